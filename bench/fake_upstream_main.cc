@@ -1,0 +1,47 @@
+// A fake inference server on loopback, for the demo and benchmarks: serves the given model names
+// until SIGTERM or SIGINT.
+#include <csignal>
+#include <cstdio>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/strings/str_split.h"
+#include "bench/fake_upstream.h"
+
+ABSL_FLAG(std::string, listen, "127.0.0.1:8011", "Address to serve on (port 0: any free port).");
+ABSL_FLAG(std::string, models, "resnet34,resnet50,resnet101,resnet152", "Model names to serve.");
+ABSL_FLAG(std::vector<std::string>, service_time, {},
+          "Per-model service time, e.g. resnet152=5ms,resnet34=1ms.");
+
+int main(int argc, char** argv) {
+  absl::ParseCommandLine(argc, argv);
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+
+  carbon::bench::FakeUpstreamOptions options;
+  options.models = absl::StrSplit(absl::GetFlag(FLAGS_models), ',', absl::SkipEmpty());
+  options.max_recorded = 0;
+  for (const std::string& entry : absl::GetFlag(FLAGS_service_time)) {
+    std::pair<std::string, std::string> kv = absl::StrSplit(entry, '=');
+    absl::Duration d;
+    if (!absl::ParseDuration(kv.second, &d)) {
+      std::fprintf(stderr, "bad --service_time entry '%s'\n", entry.c_str());
+      return 2;
+    }
+    options.service_time[kv.first] = d;
+  }
+  auto server = carbon::bench::FakeUpstreamServer::Start(absl::GetFlag(FLAGS_listen), options);
+  if (!server.ok()) {
+    std::fprintf(stderr, "%s\n", std::string(server.status().message()).c_str());
+    return 1;
+  }
+  std::printf("fake-upstream listening on port %d\n", (*server)->port());
+  std::fflush(stdout);
+  int sig;
+  sigwait(&signals, &sig);
+  (*server)->Shutdown();
+  return 0;
+}

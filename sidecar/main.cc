@@ -1,0 +1,85 @@
+// carbon-sidecar: wires the config, the selection publisher and the proxy together, then waits
+// for signals: SIGHUP reloads the config, SIGTERM / SIGINT drain and exit.
+#include <csignal>
+#include <cstdlib>
+#include <thread>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/synchronization/notification.h"
+#include "common/string_view_compat.h"
+#include "sidecar/config.h"
+#include "sidecar/server.h"
+#include "spdlog/spdlog.h"
+
+ABSL_FLAG(std::string, config, "config/sidecar.yaml", "Path of the sidecar's YAML config.");
+ABSL_FLAG(std::string, log_level, "info", "trace, debug, info, warn, error or off.");
+ABSL_FLAG(bool, check_config, false, "Validate the config, print the routes, and exit.");
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage("carbon-aware gRPC sidecar for KServe v2 / Triton inference servers");
+  absl::ParseCommandLine(argc, argv);
+  spdlog::set_pattern("ts=%Y-%m-%dT%H:%M:%S.%e level=%l %v");
+  spdlog::set_level(spdlog::level::from_str(absl::GetFlag(FLAGS_log_level)));
+
+  // Signals are taken synchronously by this thread only: block them before any thread starts.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGHUP);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+
+  const std::string path = absl::GetFlag(FLAGS_config);
+  auto config = carbon::sidecar::LoadConfig(path);
+  if (!config.ok()) {
+    spdlog::error("event=config_invalid error=\"{}\"", carbon::ToStd(config.status().message()));
+    return 2;
+  }
+  if (absl::GetFlag(FLAGS_check_config)) {
+    for (const auto& route : config->routes) {
+      std::printf("route %s: %zu variants from %s, default %s, baseline %s\n", route.name.c_str(),
+                  route.pool->size(), route.pool_source.c_str(),
+                  (*route.pool)[route.default_variant].name.c_str(),
+                  (*route.pool)[route.baseline].name.c_str());
+    }
+    std::printf("%s: ok\n", path.c_str());
+    return 0;
+  }
+  auto server = carbon::sidecar::SidecarServer::Start(*config);
+  if (!server.ok()) {
+    spdlog::error("event=start_failed error=\"{}\"", carbon::ToStd(server.status().message()));
+    return 1;
+  }
+
+  absl::Notification drained;
+  std::thread drainer;
+  while (!drained.HasBeenNotified()) {
+    const timespec poll{0, 100'000'000};
+    const int sig = sigtimedwait(&signals, nullptr, &poll);
+    if (sig == SIGHUP) {
+      auto next = carbon::sidecar::LoadConfig(path);
+      absl::Status result = next.ok() ? (*server)->Reload(*next) : next.status();
+      if (result.ok()) {
+        spdlog::info("event=config_reloaded result=success path={}", path);
+      } else {
+        spdlog::error("event=config_reloaded result=failure error=\"{}\" detail=\"old config kept\"",
+                      carbon::ToStd(result.message()));
+      }
+    } else if (sig == SIGTERM || sig == SIGINT) {
+      if (drainer.joinable()) {
+        spdlog::warn("event=forced_exit detail=\"second signal during drain\"");
+        std::_Exit(1);
+      }
+      spdlog::info("event=draining timeout={}", absl::FormatDuration(config->drain_timeout));
+      drainer = std::thread([&] {
+        (*server)->Shutdown(config->drain_timeout);
+        drained.Notify();
+      });
+    }
+  }
+  drainer.join();
+  spdlog::info("event=stopped");
+  return 0;
+}

@@ -1,0 +1,512 @@
+#include "sidecar/proxy.h"
+
+#include <atomic>
+#include <optional>
+#include <string_view>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/synchronization/mutex.h"
+#include "common/string_view_compat.h"
+#include "sidecar/request_wire.h"
+
+namespace carbon::sidecar {
+namespace {
+
+enum class MethodKind {
+  kOpaqueUnary,   // a known unary method that names no model: forwarded as is
+  kOpaqueStream,  // anything unknown: forwarded as a bidi stream, whatever its real shape
+  kInfer,         // ModelInfer
+  kStreamInfer,   // ModelStreamInfer: every request message is routed
+  kModelQuery,    // ModelMetadata, ModelReady, ModelConfig, ModelStatistics
+};
+
+MethodKind Classify(std::string_view method) {
+  static const auto* kinds = new absl::flat_hash_map<std::string_view, MethodKind>{
+      {"/inference.GRPCInferenceService/ModelInfer", MethodKind::kInfer},
+      {"/inference.GRPCInferenceService/ModelStreamInfer", MethodKind::kStreamInfer},
+      {"/inference.GRPCInferenceService/ModelMetadata", MethodKind::kModelQuery},
+      {"/inference.GRPCInferenceService/ModelReady", MethodKind::kModelQuery},
+      {"/inference.GRPCInferenceService/ModelConfig", MethodKind::kModelQuery},
+      {"/inference.GRPCInferenceService/ModelStatistics", MethodKind::kModelQuery},
+      {"/inference.GRPCInferenceService/ServerLive", MethodKind::kOpaqueUnary},
+      {"/inference.GRPCInferenceService/ServerReady", MethodKind::kOpaqueUnary},
+      {"/inference.GRPCInferenceService/ServerMetadata", MethodKind::kOpaqueUnary},
+      {"/inference.GRPCInferenceService/RepositoryIndex", MethodKind::kOpaqueUnary},
+      {"/inference.GRPCInferenceService/RepositoryModelLoad", MethodKind::kOpaqueUnary},
+      {"/inference.GRPCInferenceService/RepositoryModelUnload", MethodKind::kOpaqueUnary},
+      {"/inference.GRPCInferenceService/SystemSharedMemoryStatus", MethodKind::kOpaqueUnary},
+      {"/inference.GRPCInferenceService/SystemSharedMemoryRegister", MethodKind::kOpaqueUnary},
+      {"/inference.GRPCInferenceService/SystemSharedMemoryUnregister", MethodKind::kOpaqueUnary},
+      {"/inference.GRPCInferenceService/CudaSharedMemoryStatus", MethodKind::kOpaqueUnary},
+      {"/inference.GRPCInferenceService/CudaSharedMemoryRegister", MethodKind::kOpaqueUnary},
+      {"/inference.GRPCInferenceService/CudaSharedMemoryUnregister", MethodKind::kOpaqueUnary},
+      {"/inference.GRPCInferenceService/TraceSetting", MethodKind::kOpaqueUnary},
+      {"/inference.GRPCInferenceService/LogSettings", MethodKind::kOpaqueUnary},
+  };
+  auto it = kinds->find(method);
+  return it == kinds->end() ? MethodKind::kOpaqueStream : it->second;
+}
+
+std::string_view View(grpc::string_ref s) { return {s.data(), s.size()}; }
+
+grpc::Status ToGrpc(const absl::Status& s) {
+  return grpc::Status(static_cast<grpc::StatusCode>(s.code()), std::string(s.message()));
+}
+
+// Keys a proxy must not copy from one hop to the next: HTTP/2 pseudo-headers, hop-by-hop
+// headers, and grpc- keys, which the gRPC library sets itself on each hop.
+bool IsForwardable(std::string_view key) {
+  if (key.empty() || key.front() == ':' || absl::StartsWith(ToAbsl(key), "grpc-")) return false;
+  static constexpr std::string_view kHopByHop[] = {
+      "connection", "keep-alive", "proxy-connection", "te",         "transfer-encoding",
+      "upgrade",    "host",       "content-type",     "user-agent", "content-length"};
+  for (std::string_view h : kHopByHop) {
+    if (key == h) return false;
+  }
+  return true;
+}
+
+void CopyRequestMetadata(const grpc::GenericCallbackServerContext& from, grpc::ClientContext* to) {
+  for (const auto& [key, value] : from.client_metadata()) {
+    if (IsForwardable(View(key))) to->AddMetadata(std::string(View(key)), std::string(View(value)));
+  }
+}
+
+void CopyResponseHeaders(const grpc::ClientContext& from, grpc::GenericCallbackServerContext* to) {
+  for (const auto& [key, value] : from.GetServerInitialMetadata()) {
+    if (IsForwardable(View(key))) to->AddInitialMetadata(std::string(View(key)), std::string(View(value)));
+  }
+}
+
+void CopyTrailers(const grpc::ClientContext& from, grpc::GenericCallbackServerContext* to) {
+  for (const auto& [key, value] : from.GetServerTrailingMetadata()) {
+    if (IsForwardable(View(key))) to->AddTrailingMetadata(std::string(View(key)), std::string(View(value)));
+  }
+}
+
+// The per-request controls of DESIGN.md §3, read once per call from the client's metadata.
+struct RequestControls {
+  std::string_view pin;  // points into the server context's metadata
+  std::optional<double> max_error_percent;
+};
+
+absl::StatusOr<RequestControls> ReadControls(const grpc::GenericCallbackServerContext& ctx) {
+  RequestControls controls;
+  for (const auto& [key, value] : ctx.client_metadata()) {
+    const std::string_view k = View(key);
+    if (k == kPinModelHeader) {
+      controls.pin = View(value);
+    } else if (k == kMaxErrorHeader) {
+      double v;
+      if (!absl::SimpleAtod(ToAbsl(View(value)), &v) || !(v >= 0 && v <= 100)) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            kMaxErrorHeader, " must be a number of percent in [0, 100], got '", ToAbsl(View(value)), "'"));
+      }
+      controls.max_error_percent = v;
+    }
+  }
+  return controls;
+}
+
+// Decides and applies the variant for the model-named messages of one call, and remembers the
+// first decision for the response headers.
+class RequestRouter {
+ public:
+  RequestRouter(const selector::SnapshotCell<RoutingSnapshot>* routes, MethodKind kind)
+      : routes_(routes), kind_(kind) {}
+
+  // Rewrites `message` when it names a route; leaves it untouched otherwise. Errors are
+  // INVALID_ARGUMENT and the message must then not be forwarded.
+  absl::Status Route(const grpc::GenericCallbackServerContext& ctx, grpc::ByteBuffer* message) {
+    if (!controls_) {
+      auto controls = ReadControls(ctx);
+      if (!controls.ok()) return controls.status();
+      controls_ = *controls;
+    }
+    // Reused per thread: after the first call on a thread, a rewrite allocates nothing.
+    thread_local std::vector<grpc::Slice> slices;
+    thread_local std::vector<std::string_view> views;
+    thread_local std::string scratch;
+    if (grpc::Status dumped = message->Dump(&slices); !dumped.ok()) {
+      return absl::InternalError(absl::StrCat("cannot read request bytes: ", dumped.error_message()));
+    }
+    views.clear();
+    for (const grpc::Slice& s : slices) {
+      views.emplace_back(reinterpret_cast<const char*>(s.begin()), s.size());
+    }
+    const bool wants_batch = kind_ == MethodKind::kInfer || kind_ == MethodKind::kStreamInfer;
+    auto scanned = ScanModelNamedRequest(views, wants_batch, &scratch);
+    if (!scanned.ok()) {
+      slices.clear();
+      return scanned.status();
+    }
+    const std::shared_ptr<const RoutingSnapshot>& snapshot = routes_->Load();
+    const RouteView* route = snapshot->Find(scanned->model_name);
+    // Only the call's first message decides the response headers; later messages of a stream
+    // never touch them, since the headers may be sent concurrently.
+    const bool first_message = !decided_first_;
+    decided_first_ = true;
+    if (route == nullptr) {
+      slices.clear();
+      return absl::OkStatus();
+    }
+    const selector::Pool& pool = route->pool();
+    size_t variant = route->selection.variant;
+    std::string_view reason = selector::SelectionReasonName(route->selection.reason);
+    if (!controls_->pin.empty()) {
+      auto pinned = pool.IndexOf(controls_->pin);
+      if (!pinned) {
+        slices.clear();
+        std::vector<absl::string_view> names;
+        for (const auto& v : pool.variants()) names.push_back(v.name);
+        return absl::InvalidArgumentError(
+            absl::StrCat(kPinModelHeader, " '", ToAbsl(controls_->pin), "' is not a variant of route '",
+                         route->route->config.name, "' (", absl::StrJoin(names, ", "), ")"));
+      }
+      variant = *pinned;
+      reason = "pinned";
+    } else if (controls_->max_error_percent) {
+      const size_t floored = selector::ApplyQualityFloor(pool, route->selection,
+                                                         *controls_->max_error_percent, route->ready);
+      if (floored != variant) reason = "quality_floor";
+      variant = floored;
+    }
+    slices.push_back(route->route->overrides[variant]);
+    grpc::ByteBuffer rewritten(slices.data(), slices.size());
+    message->Swap(&rewritten);
+    slices.clear();
+
+    if (first_message) {
+      first_.emplace();
+      first_->snapshot = snapshot;
+      first_->route = route;
+      first_->variant = variant;
+      first_->reason = reason;
+      const int64_t dim = scanned->first_input_leading_dim.value_or(1);
+      first_->items = route->route->config.batch_dimension && dim > 0 ? dim : 1;
+    }
+    return absl::OkStatus();
+  }
+
+  // Adds the x-carbon-* headers for the first routed message, if any.
+  void AddTags(grpc::GenericCallbackServerContext* ctx) const {
+    if (!first_) return;
+    const RouteView& route = *first_->route;
+    const selector::Variant& v = route.pool()[first_->variant];
+    ctx->AddInitialMetadata(kModelHeader, v.name);
+    ctx->AddInitialMetadata(kRouteHeader, route.route->config.name);
+    ctx->AddInitialMetadata(kReasonHeader, std::string(first_->reason));
+    if (route.selection.intensity) {
+      const double c = route.selection.intensity->gco2_per_kwh;
+      ctx->AddInitialMetadata(kIntensityHeader, absl::StrCat(c));
+      // mJ -> J -> kWh, times g/kWh.
+      const double grams = v.energy_mj * 1e-3 / 3.6e6 * c * static_cast<double>(first_->items);
+      ctx->AddInitialMetadata(kGramsHeader, absl::StrCat(grams));
+    }
+  }
+
+ private:
+  struct Decision {
+    std::shared_ptr<const RoutingSnapshot> snapshot;  // keeps `route` alive
+    const RouteView* route = nullptr;
+    size_t variant = 0;
+    std::string_view reason;
+    int64_t items = 1;
+  };
+
+  const selector::SnapshotCell<RoutingSnapshot>* routes_;
+  MethodKind kind_;
+  std::optional<RequestControls> controls_;
+  bool decided_first_ = false;
+  std::optional<Decision> first_;
+};
+
+}  // namespace
+
+// One unary call: read the request, route it, one UnaryCall upstream, write the response and
+// status back. No lock: each step starts only after the previous one completed.
+class UnaryProxyCall final : public grpc::ServerGenericBidiReactor {
+ public:
+  UnaryProxyCall(InferenceProxy* proxy, grpc::GenericCallbackServerContext* ctx, MethodKind kind)
+      : proxy_(proxy), ctx_(ctx), kind_(kind), router_(proxy->routes_, kind) {
+    StartRead(&request_);
+  }
+
+  void OnReadDone(bool ok) override {
+    if (!ok) {
+      Finish(ctx_->IsCancelled() ? grpc::Status::CANCELLED
+                                 : grpc::Status(grpc::StatusCode::INTERNAL,
+                                                "the client sent no request message"));
+      return;
+    }
+    if (kind_ != MethodKind::kOpaqueUnary) {
+      if (absl::Status routed = router_.Route(*ctx_, &request_); !routed.ok()) {
+        Finish(ToGrpc(routed));
+        return;
+      }
+    }
+    upstream_ctx_ = grpc::ClientContext::FromCallbackServerContext(*ctx_);
+    CopyRequestMetadata(*ctx_, upstream_ctx_.get());
+    proxy_->stub_.UnaryCall(upstream_ctx_.get(), ctx_->method(), grpc::StubOptions(), &request_,
+                            &response_, [this](grpc::Status status) { OnUpstreamDone(status); });
+  }
+
+  void OnDone() override { delete this; }
+
+ private:
+  void OnUpstreamDone(const grpc::Status& status) {
+    CopyResponseHeaders(*upstream_ctx_, ctx_);
+    router_.AddTags(ctx_);
+    CopyTrailers(*upstream_ctx_, ctx_);
+    if (status.ok()) {
+      StartWriteAndFinish(&response_, grpc::WriteOptions(), status);
+    } else {
+      Finish(status);
+    }
+  }
+
+  InferenceProxy* proxy_;
+  grpc::GenericCallbackServerContext* ctx_;
+  MethodKind kind_;
+  RequestRouter router_;
+  std::unique_ptr<grpc::ClientContext> upstream_ctx_;
+  grpc::ByteBuffer request_;
+  grpc::ByteBuffer response_;
+};
+
+// A streaming (or unknown) call: two pipelines run at once, client -> upstream ("forward") and
+// upstream -> client ("backward"), each with one operation in flight at a time. Each pipeline
+// holds the upstream reactor open (AddHold) while it may still start an upstream operation from
+// outside an upstream reaction, so the upstream's OnDone, which finishes the server side, runs
+// only once both have let go. When the upstream ends while the forward pipeline is parked on a
+// client read, the backward pipeline lets go of the forward hold too; the per-call mutex makes
+// that hand-over safe. It is never shared between calls.
+class StreamingProxyCall final : public grpc::ServerGenericBidiReactor {
+ public:
+  StreamingProxyCall(InferenceProxy* proxy, grpc::GenericCallbackServerContext* ctx, MethodKind kind)
+      : proxy_(proxy), ctx_(ctx), kind_(kind), router_(proxy->routes_, kind), upstream_(this) {
+    // A routed stream waits for its first message, so the variant is known before the upstream
+    // call (and its headers) start, and a bad first message never reaches the upstream.
+    if (kind_ != MethodKind::kStreamInfer) StartUpstream();
+    StartRead(&request_);
+  }
+
+  void OnReadDone(bool ok) override {
+    if (!upstream_started_) {
+      if (!ok && ctx_->IsCancelled()) {
+        Finish(grpc::Status::CANCELLED);
+        return;
+      }
+      if (ok) {
+        if (absl::Status routed = router_.Route(*ctx_, &request_); !routed.ok()) {
+          Finish(ToGrpc(routed));
+          return;
+        }
+      }
+      StartUpstream();
+    } else if (ok && kind_ == MethodKind::kStreamInfer) {
+      if (absl::Status routed = router_.Route(*ctx_, &request_); !routed.ok()) {
+        // A bad message mid-stream ends the whole call with its reason.
+        bool release;
+        {
+          absl::MutexLock lock(&mu_);
+          override_status_ = ToGrpc(routed);
+          release = ReleaseForwardLocked();
+        }
+        upstream_ctx_->TryCancel();
+        if (release) upstream_.RemoveHold();
+        return;
+      }
+    }
+    {
+      absl::MutexLock lock(&mu_);
+      if (!forward_active_) return;  // the upstream has ended; nothing more goes to it
+      ++forward_busy_;
+    }
+    if (ok) {
+      upstream_.StartWrite(&request_);
+    } else {
+      upstream_.StartWritesDone();
+    }
+  }
+
+  void OnWriteDone(bool ok) override {
+    if (ok) {
+      upstream_.StartRead(&response_);
+    } else {
+      // The client is gone: stop the upstream and end the backward pipeline.
+      upstream_ctx_->TryCancel();
+      EndBackward();
+    }
+  }
+
+  void OnDone() override { Unref(); }
+
+ private:
+  class Upstream final : public grpc::ClientBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer> {
+   public:
+    explicit Upstream(StreamingProxyCall* call) : call_(call) {}
+    void OnReadInitialMetadataDone(bool ok) override { call_->UpstreamHeaders(ok); }
+    void OnReadDone(bool ok) override { call_->UpstreamRead(ok); }
+    void OnWriteDone(bool ok) override { call_->UpstreamWriteDone(ok); }
+    void OnWritesDoneDone(bool) override { call_->UpstreamWritesDoneDone(); }
+    void OnDone(const grpc::Status& status) override { call_->UpstreamDone(status); }
+
+   private:
+    StreamingProxyCall* call_;
+  };
+
+  void StartUpstream() {
+    upstream_started_ = true;
+    refs_.fetch_add(1, std::memory_order_relaxed);
+    upstream_ctx_ = grpc::ClientContext::FromCallbackServerContext(*ctx_);
+    CopyRequestMetadata(*ctx_, upstream_ctx_.get());
+    proxy_->stub_.PrepareBidiStreamingCall(upstream_ctx_.get(), ctx_->method(), grpc::StubOptions(),
+                                           &upstream_);
+    upstream_.AddMultipleHolds(2);  // forward and backward
+    {
+      absl::MutexLock lock(&mu_);
+      forward_active_ = true;
+    }
+    upstream_.StartCall();
+  }
+
+  void UpstreamHeaders(bool ok) {
+    if (ok) {
+      CopyResponseHeaders(*upstream_ctx_, ctx_);
+      router_.AddTags(ctx_);
+      StartSendInitialMetadata();
+    }
+    upstream_.StartRead(&response_);
+  }
+
+  void UpstreamRead(bool ok) {
+    if (ok) {
+      StartWrite(&response_);
+    } else {
+      EndBackward();
+    }
+  }
+
+  void UpstreamWriteDone(bool ok) {
+    bool stop;
+    {
+      absl::MutexLock lock(&mu_);
+      stop = !ok || backward_ended_;
+      if (stop) {
+        --forward_busy_;
+        stop = ReleaseForwardLocked();
+        if (!stop) return;  // already released by the backward pipeline
+      }
+    }
+    if (stop) {
+      upstream_.RemoveHold();
+      return;
+    }
+    // Still counted busy while the next client read is issued, so the backward pipeline cannot
+    // let go of the forward hold (and the server side finish) before StartRead has run.
+    StartRead(&request_);
+    bool release;
+    {
+      absl::MutexLock lock(&mu_);
+      --forward_busy_;
+      release = backward_ended_ && ReleaseForwardLocked();
+    }
+    if (release) upstream_.RemoveHold();
+  }
+
+  void UpstreamWritesDoneDone() {
+    bool release;
+    {
+      absl::MutexLock lock(&mu_);
+      --forward_busy_;
+      release = ReleaseForwardLocked();
+    }
+    if (release) upstream_.RemoveHold();
+  }
+
+  // True when the caller must drop the forward hold: the pipeline was active and is idle.
+  bool ReleaseForwardLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (!forward_active_ || forward_busy_ != 0) return false;
+    forward_active_ = false;
+    return true;
+  }
+
+  // The upstream sends nothing more. A forward pipeline parked on a client read would never
+  // touch the upstream again: let go of its hold too, so the status can come through.
+  void EndBackward() {
+    bool release_forward;
+    {
+      absl::MutexLock lock(&mu_);
+      backward_ended_ = true;
+      release_forward = ReleaseForwardLocked();
+    }
+    if (release_forward) upstream_.RemoveHold();
+    upstream_.RemoveHold();
+  }
+
+  void UpstreamDone(const grpc::Status& status) {
+    CopyTrailers(*upstream_ctx_, ctx_);
+    std::optional<grpc::Status> override_status;
+    {
+      absl::MutexLock lock(&mu_);
+      override_status = override_status_;
+    }
+    Finish(override_status.value_or(status));
+    Unref();
+  }
+
+  void Unref() {
+    if (refs_.fetch_sub(1, std::memory_order_acq_rel) == 1) delete this;
+  }
+
+  InferenceProxy* proxy_;
+  grpc::GenericCallbackServerContext* ctx_;
+  MethodKind kind_;
+  RequestRouter router_;
+  Upstream upstream_;
+  std::unique_ptr<grpc::ClientContext> upstream_ctx_;
+  grpc::ByteBuffer request_;
+  grpc::ByteBuffer response_;
+  // Written only by the forward pipeline, or before any callback can run.
+  bool upstream_started_ = false;
+  std::atomic<int> refs_{1};  // the server side, plus the upstream side once started
+
+  absl::Mutex mu_;
+  bool forward_active_ ABSL_GUARDED_BY(mu_) = false;  // the forward hold is still held
+  int forward_busy_ ABSL_GUARDED_BY(mu_) = 0;         // forward steps under way
+  bool backward_ended_ ABSL_GUARDED_BY(mu_) = false;
+  std::optional<grpc::Status> override_status_ ABSL_GUARDED_BY(mu_);
+};
+
+grpc::ChannelArguments UpstreamChannelArguments(int max_message_bytes) {
+  grpc::ChannelArguments args;
+  args.SetMaxReceiveMessageSize(max_message_bytes);
+  args.SetMaxSendMessageSize(max_message_bytes);
+  args.SetInt(GRPC_ARG_ENABLE_RETRIES, 0);
+  args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
+  args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 100);
+  args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
+  return args;
+}
+
+InferenceProxy::InferenceProxy(std::shared_ptr<grpc::Channel> upstream,
+                               const selector::SnapshotCell<RoutingSnapshot>* routes)
+    : channel_(std::move(upstream)), stub_(channel_), routes_(routes) {}
+
+grpc::ServerGenericBidiReactor* InferenceProxy::CreateReactor(
+    grpc::GenericCallbackServerContext* ctx) {
+  const MethodKind kind = Classify(ctx->method());
+  if (kind == MethodKind::kOpaqueStream || kind == MethodKind::kStreamInfer) {
+    return new StreamingProxyCall(this, ctx, kind);
+  }
+  return new UnaryProxyCall(this, ctx, kind);
+}
+
+}  // namespace carbon::sidecar

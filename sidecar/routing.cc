@@ -1,0 +1,184 @@
+#include "sidecar/routing.h"
+
+#include "absl/strings/str_cat.h"
+#include "common/string_view_compat.h"
+#include "sidecar/request_wire.h"
+#include "spdlog/spdlog.h"
+#include "telemetry/static_provider.h"
+#include "telemetry/trace_provider.h"
+
+namespace carbon::sidecar {
+
+CompiledRoute::CompiledRoute(RouteConfig route_config, absl::Duration stale_after)
+    : config(std::move(route_config)),
+      policy(*config.pool,
+             selector::PolicySettings{config.default_variant, stale_after, config.min_dwell}) {
+  for (const auto& v : config.pool->variants()) {
+    const std::string bytes = EncodeModelOverride(v.name);
+    overrides.emplace_back(bytes.data(), bytes.size());
+  }
+}
+
+RoutingSnapshot::RoutingSnapshot(std::vector<RouteView> routes) : routes_(std::move(routes)) {
+  for (size_t i = 0; i < routes_.size(); ++i) by_name_[routes_[i].route->config.name] = i;
+}
+
+const RouteView* RoutingSnapshot::Find(std::string_view model_name) const {
+  auto it = by_name_.find(model_name);
+  return it == by_name_.end() ? nullptr : &routes_[it->second];
+}
+
+absl::StatusOr<std::unique_ptr<telemetry::IntensityProvider>> MakeProvider(
+    const IntensityConfig& config) {
+  if (config.provider == "static") {
+    return std::make_unique<telemetry::StaticProvider>(config.gco2_per_kwh);
+  }
+  if (config.provider == "trace") {
+    auto readings = telemetry::LoadIntensityTrace(
+        config.trace_path, {config.trace_time_column, config.trace_value_column});
+    if (!readings.ok()) return readings.status();
+    auto trace = telemetry::TraceProvider::Create(*std::move(readings), config.trace_speedup,
+                                                  config.trace_loop, config.trace_start);
+    if (!trace.ok()) return trace.status();
+    return std::unique_ptr<telemetry::IntensityProvider>(*std::move(trace));
+  }
+  return absl::InvalidArgumentError(absl::StrCat("unknown intensity provider '", config.provider, "'"));
+}
+
+struct SelectionPublisher::State {
+  IntensityConfig intensity;
+  std::unique_ptr<telemetry::IntensityProvider> provider;
+  selector::IntensityWindow window;
+  std::vector<std::shared_ptr<const CompiledRoute>> routes;
+  std::vector<std::optional<selector::Selection>> previous;  // per route
+  bool provider_failing = false;
+};
+
+absl::StatusOr<std::unique_ptr<SelectionPublisher>> SelectionPublisher::Create(
+    const SidecarConfig& config) {
+  auto state = MakeState(config);
+  if (!state.ok()) return state.status();
+  std::unique_ptr<SelectionPublisher> publisher(new SelectionPublisher(*std::move(state)));
+  publisher->RefreshNow();
+  return publisher;
+}
+
+SelectionPublisher::SelectionPublisher(std::unique_ptr<State> state)
+    : state_(std::move(state)), snapshots_(std::make_shared<const RoutingSnapshot>(std::vector<RouteView>{})) {}
+
+SelectionPublisher::~SelectionPublisher() { Stop(); }
+
+void SelectionPublisher::Start() {
+  absl::MutexLock lock(&mu_);
+  if (thread_.joinable()) return;
+  stopping_ = false;
+  thread_ = std::thread([this] { Run(); });
+}
+
+void SelectionPublisher::Stop() {
+  {
+    absl::MutexLock lock(&mu_);
+    stopping_ = true;
+  }
+  if (thread_.joinable()) thread_.join();
+}
+
+void SelectionPublisher::RefreshNow() {
+  absl::MutexLock lock(&mu_);
+  PollAndPublish();
+}
+
+void SelectionPublisher::Run() {
+  absl::MutexLock lock(&mu_);
+  while (!stopping_) {
+    // Waits out the refresh interval, waking early only to stop.
+    const absl::Duration refresh = state_->intensity.refresh;
+    mu_.AwaitWithTimeout(absl::Condition(&stopping_), refresh);
+    if (stopping_) break;
+    PollAndPublish();
+  }
+}
+
+absl::Status SelectionPublisher::Reload(const SidecarConfig& config) {
+  auto state = MakeState(config);
+  if (!state.ok()) return state.status();
+  absl::MutexLock lock(&mu_);
+  // Routes that survive a reload keep their previous selection, so dwell carries over.
+  for (size_t i = 0; i < (*state)->routes.size(); ++i) {
+    for (size_t j = 0; j < state_->routes.size(); ++j) {
+      if (state_->routes[j]->config.name == (*state)->routes[i]->config.name &&
+          state_->routes[j]->config.pool->variants().size() ==
+              (*state)->routes[i]->config.pool->variants().size()) {
+        (*state)->previous[i] = state_->previous[j];
+      }
+    }
+  }
+  state_ = *std::move(state);
+  PollAndPublish();
+  return absl::OkStatus();
+}
+
+void SelectionPublisher::PollAndPublish() {
+  State& s = *state_;
+  auto reading = s.provider->Latest();
+  if (reading.ok()) {
+    s.window.Add(*reading);
+    if (s.provider_failing) spdlog::info("event=intensity_recovered provider={}", s.provider->kind());
+    s.provider_failing = false;
+  } else if (!s.provider_failing) {
+    spdlog::warn("event=intensity_failing provider={} error=\"{}\"", s.provider->kind(),
+                 ToStd(reading.status().message()));
+    s.provider_failing = true;
+  }
+  const absl::Time now = s.provider->Now();
+  const std::optional<selector::WindowBounds> bounds = s.window.Bounds(now);
+  std::vector<RouteView> views;
+  for (size_t i = 0; i < s.routes.size(); ++i) {
+    const CompiledRoute& route = *s.routes[i];
+    const uint64_t ready = route.config.pool->all_variants_mask();
+    selector::Selection sel =
+        route.policy.Select(s.window.latest(), bounds, now, ready, s.previous[i] ? &*s.previous[i] : nullptr);
+    if (!s.previous[i] || s.previous[i]->variant != sel.variant || s.previous[i]->reason != sel.reason) {
+      const auto& pool = *route.config.pool;
+      spdlog::info(
+          "event=selection route={} model={} previous={} reason={} intensity_gco2_per_kwh={} "
+          "window_low={} window_high={} t={}",
+          route.config.name, pool[sel.variant].name,
+          s.previous[i] ? pool[s.previous[i]->variant].name : "none",
+          selector::SelectionReasonName(sel.reason),
+          sel.intensity ? absl::StrCat(sel.intensity->gco2_per_kwh) : "none",
+          sel.bounds ? absl::StrCat(sel.bounds->low) : "none",
+          sel.bounds ? absl::StrCat(sel.bounds->high) : "none",
+          sel.t ? absl::StrCat(*sel.t) : "none");
+    }
+    s.previous[i] = sel;
+    views.push_back(RouteView{s.routes[i], sel, ready});
+  }
+  snapshots_.Publish(std::make_shared<const RoutingSnapshot>(std::move(views)));
+}
+
+absl::StatusOr<std::unique_ptr<SelectionPublisher::State>> SelectionPublisher::MakeState(
+    const SidecarConfig& config) {
+  auto provider = MakeProvider(config.intensity);
+  if (!provider.ok()) return provider.status();
+  auto state = std::unique_ptr<State>(new State{
+      config.intensity, *std::move(provider), selector::IntensityWindow(config.intensity.window),
+      {}, {}, false});
+  state->window.SetFixedBounds(config.intensity.fixed_bounds);
+  const absl::Time now = state->provider->Now();
+  auto history = state->provider->History(now - config.intensity.window, now);
+  if (history.ok()) {
+    for (const auto& r : *history) state->window.Add(r);
+  } else {
+    spdlog::warn("event=intensity_history_failed provider={} error=\"{}\"", state->provider->kind(),
+                 ToStd(history.status().message()));
+  }
+  for (const RouteConfig& route : config.routes) {
+    state->routes.push_back(
+        std::make_shared<const CompiledRoute>(route, config.intensity.stale_after));
+    state->previous.emplace_back();
+  }
+  return state;
+}
+
+}  // namespace carbon::sidecar

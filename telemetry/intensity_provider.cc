@@ -1,0 +1,9 @@
+#include "telemetry/intensity_provider.h"
+
+namespace carbon::telemetry {
+
+absl::StatusOr<std::vector<IntensityReading>> IntensityProvider::History(absl::Time, absl::Time) {
+  return std::vector<IntensityReading>{};
+}
+
+}  // namespace carbon::telemetry
