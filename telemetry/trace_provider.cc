@@ -79,7 +79,7 @@ absl::StatusOr<std::vector<IntensityReading>> ParseIntensityCsv(std::string_view
     }
     readings.push_back(r);
   }
-  if (readings.empty()) return CsvError(file, line_no, "no readings");
+  if (readings.empty()) return absl::InvalidArgumentError(absl::StrCat(file, ": no readings"));
   return readings;
 }
 

@@ -1,0 +1,252 @@
+#include "sidecar/config.h"
+
+#include <atomic>
+#include <filesystem>
+#include <fstream>
+#include <string>
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+namespace carbon::sidecar {
+namespace {
+
+using ::testing::HasSubstr;
+using ::testing::StartsWith;
+
+// A fresh directory per test, holding the config and the files it names.
+class ConfigTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    static std::atomic<int> counter{0};
+    dir_ = std::filesystem::path(::testing::TempDir()) /
+           ("config_test_" + std::to_string(getpid()) + "_" + std::to_string(counter++));
+    std::filesystem::create_directories(dir_ / "pools");
+    Write("pools/resnet.yaml", R"(name: resnet-v100
+source: test
+variants:
+  - { name: resnet34,  energy_mj: 359.9321833, error_percent: 8.58 }
+  - { name: resnet50,  energy_mj: 420.6213298, error_percent: 7.138 }
+  - { name: resnet101, energy_mj: 803.0948846, error_percent: 6.454 }
+  - { name: resnet152, energy_mj: 1238.147188, error_percent: 5.954 }
+)");
+    Write("trace.csv", "Time,Carbon Intensity\n2023-06-01 00:00:00,100\n2023-06-01 00:30:00,300\n");
+  }
+  void TearDown() override { std::filesystem::remove_all(dir_); }
+
+  std::string Write(const std::string& name, const std::string& text) {
+    const std::string path = (dir_ / name).string();
+    std::ofstream(path) << text;
+    return path;
+  }
+
+  // Loads `text` as sidecar.yaml and returns the error message (empty when it loaded).
+  std::string ErrorOf(const std::string& text) {
+    auto config = LoadConfig(Write("sidecar.yaml", text));
+    if (config.ok()) return "";
+    EXPECT_EQ(config.status().code(), absl::StatusCode::kInvalidArgument) << config.status();
+    return std::string(config.status().message());
+  }
+
+  std::string Path(const std::string& name) const { return (dir_ / name).string(); }
+
+  std::filesystem::path dir_;
+};
+
+constexpr char kValid[] = R"(listen: 127.0.0.1:9001
+upstream:
+  target: 127.0.0.1:9011
+  max_message_bytes: 1048576
+drain_timeout: 5s
+intensity:
+  provider: trace
+  region: GB-SW
+  file: trace.csv
+  speedup: 60
+  loop: false
+  start: 2023-06-01T00:10:00Z
+  refresh: 10s
+  stale_after: 1h
+  window: 12h
+  window_bounds: { low: 100, high: 300 }
+routes:
+  - name: resnet
+    pool: pools/resnet.yaml
+    baseline: resnet50
+    default: resnet101
+    min_dwell: 15m
+    batch_dimension: true
+  - name: vgg
+    variants:
+      - { name: alexnet, energy_mj: 125.00, error_percent: 20.934 }
+      - { name: vgg16,   energy_mj: 668.97, error_percent: 9.618 }
+    baseline: vgg16
+    default: alexnet
+)";
+
+TEST_F(ConfigTest, ReadsEveryField) {
+  auto config = LoadConfig(Write("sidecar.yaml", kValid));
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_EQ(config->listen, "127.0.0.1:9001");
+  EXPECT_EQ(config->upstream.target, "127.0.0.1:9011");
+  EXPECT_EQ(config->upstream.max_message_bytes, 1048576);
+  EXPECT_EQ(config->drain_timeout, absl::Seconds(5));
+  const IntensityConfig& i = config->intensity;
+  EXPECT_EQ(i.provider, "trace");
+  EXPECT_EQ(i.region, "GB-SW");
+  EXPECT_EQ(i.trace_path, Path("trace.csv"));  // relative to the config's directory
+  EXPECT_EQ(i.trace_speedup, 60);
+  EXPECT_FALSE(i.trace_loop);
+  ASSERT_TRUE(i.trace_start.has_value());
+  EXPECT_EQ(*i.trace_start, absl::FromUnixSeconds(1685578200));
+  EXPECT_EQ(i.refresh, absl::Seconds(10));
+  EXPECT_EQ(i.stale_after, absl::Hours(1));
+  EXPECT_EQ(i.window, absl::Hours(12));
+  ASSERT_TRUE(i.fixed_bounds.has_value());
+  EXPECT_EQ(i.fixed_bounds->low, 100);
+  EXPECT_EQ(i.fixed_bounds->high, 300);
+
+  ASSERT_EQ(config->routes.size(), 2u);
+  const RouteConfig& resnet = config->routes[0];
+  EXPECT_EQ(resnet.name, "resnet");
+  EXPECT_EQ(resnet.pool_source, Path("pools/resnet.yaml"));
+  ASSERT_EQ(resnet.pool->variants().size(), 4u);
+  EXPECT_EQ((*resnet.pool)[3].name, "resnet152");
+  EXPECT_DOUBLE_EQ((*resnet.pool)[3].energy_mj, 1238.147188);
+  EXPECT_DOUBLE_EQ((*resnet.pool)[1].error_percent, 7.138);
+  EXPECT_EQ(resnet.baseline, 1u);
+  EXPECT_EQ(resnet.default_variant, 2u);
+  EXPECT_EQ(resnet.min_dwell, absl::Minutes(15));
+  EXPECT_TRUE(resnet.batch_dimension);
+  const RouteConfig& vgg = config->routes[1];
+  EXPECT_EQ(vgg.pool_source, "inline");
+  EXPECT_EQ(vgg.pool->variants().size(), 2u);
+  EXPECT_EQ(vgg.default_variant, 0u);
+  EXPECT_FALSE(vgg.batch_dimension);
+}
+
+TEST_F(ConfigTest, DefaultsWhereOptionalKeysAreAbsent) {
+  auto config = LoadConfig(Write("sidecar.yaml", R"(upstream: { target: "127.0.0.1:1" }
+intensity: { provider: static, gco2_per_kwh: 200 }
+routes:
+  - { name: resnet, pool: pools/resnet.yaml, baseline: resnet50, default: resnet50 }
+)"));
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_EQ(config->listen, "0.0.0.0:8001");
+  EXPECT_EQ(config->upstream.max_message_bytes, 64 * 1024 * 1024);
+  EXPECT_EQ(config->intensity.refresh, absl::Minutes(5));
+  EXPECT_EQ(config->intensity.stale_after, absl::Hours(2));
+  EXPECT_EQ(config->intensity.window, absl::Hours(24));
+  EXPECT_FALSE(config->intensity.fixed_bounds.has_value());
+  EXPECT_EQ(config->intensity.gco2_per_kwh, 200);
+  EXPECT_EQ(config->routes[0].min_dwell, absl::ZeroDuration());
+}
+
+TEST_F(ConfigTest, TheShippedDemoConfigLoads) {
+  const std::string path = std::string(CARBON_SOURCE_DIR) + "/config/sidecar.yaml";
+  auto config = LoadConfig(path);
+  ASSERT_TRUE(config.ok()) << config.status();
+  ASSERT_GE(config->routes.size(), 1u);
+  EXPECT_EQ(config->routes[0].name, "resnet");
+  // DESIGN.md §1: the pool must carry the paper's numbers exactly.
+  const selector::Pool& pool = *config->routes[0].pool;
+  ASSERT_EQ(pool.variants().size(), 4u);
+  EXPECT_EQ(pool[0].energy_mj, 359.9321833);
+  EXPECT_EQ(pool[1].energy_mj, 420.6213298);
+  EXPECT_EQ(pool[2].energy_mj, 803.0948846);
+  EXPECT_EQ(pool[3].energy_mj, 1238.147188);
+  EXPECT_EQ(pool[0].error_percent, 8.58);
+  EXPECT_EQ(pool[1].error_percent, 7.138);
+  EXPECT_EQ(pool[2].error_percent, 6.454);
+  EXPECT_EQ(pool[3].error_percent, 5.954);
+}
+
+struct BadConfig {
+  const char* what;
+  std::string replace;  // a line of kValid
+  std::string with;
+  std::string expected;  // the message, after "<path>:"
+};
+
+TEST_F(ConfigTest, EveryMistakeNamesFileLineAndColumn) {
+  const std::vector<BadConfig> cases = {
+      {"unknown key", "drain_timeout: 5s", "drain_timeout: 5s\nlisten_port: 1",
+       "6:1: unknown key 'listen_port' in the config (known keys: listen, drain_timeout, upstream, "
+       "intensity, routes)"},
+      {"misspelt nested key", "  refresh: 10s", "  refesh: 10s",
+       "13:3: unknown key 'refesh' in intensity"},
+      {"duplicate key", "  region: GB-SW", "  region: GB-SW\n  region: GB-N",
+       "9:3: duplicate key 'region' in intensity"},
+      {"bad duration", "  refresh: 10s", "  refresh: often",
+       "13:12: intensity.refresh must be a positive duration such as 30s, 5m or 24h, got 'often'"},
+      {"zero refresh", "  refresh: 10s", "  refresh: 0s", "13:12: intensity.refresh must be a positive"},
+      {"unknown provider", "  provider: trace", "  provider: crystal-ball",
+       "7:13: intensity.provider 'crystal-ball' is not known"},
+      {"negative speedup", "  speedup: 60", "  speedup: -2", "10:12: intensity.speedup must be positive"},
+      {"bad start", "  start: 2023-06-01T00:10:00Z", "  start: yesterday",
+       "12:10: intensity.start must be an RFC 3339 time"},
+      {"inverted bounds", "  window_bounds: { low: 100, high: 300 }",
+       "  window_bounds: { low: 300, high: 100 }", "16:18: intensity.window_bounds: high must exceed low"},
+      {"baseline outside pool", "    baseline: resnet50", "    baseline: resnet18",
+       "20:15: routes[0].baseline 'resnet18' is not a variant of the pool (resnet34, resnet50, "
+       "resnet101, resnet152)"},
+      {"default outside pool", "    default: alexnet", "    default: vgg19",
+       "29:14: routes[1].default 'vgg19' is not a variant of the pool (alexnet, vgg16)"},
+      {"missing default", "    default: resnet101", "",
+       "18:5: routes[0] is missing required key 'default'"},
+      {"non-positive energy", "      - { name: alexnet, energy_mj: 125.00, error_percent: 20.934 }",
+       "      - { name: alexnet, energy_mj: 0, error_percent: 20.934 }", "26:7: "},
+      {"duplicate variant", "      - { name: vgg16,   energy_mj: 668.97, error_percent: 9.618 }",
+       "      - { name: alexnet,   energy_mj: 668.97, error_percent: 9.618 }", "26:7: "},
+      {"energy not a number", "      - { name: vgg16,   energy_mj: 668.97, error_percent: 9.618 }",
+       "      - { name: vgg16,   energy_mj: lots, error_percent: 9.618 }",
+       "27:37: routes[1].variants[1].energy_mj must be a finite number, got 'lots'"},
+      {"pool and variants", "    pool: pools/resnet.yaml",
+       "    pool: pools/resnet.yaml\n    variants: [{ name: a, energy_mj: 1, error_percent: 1 }]",
+       "18:5: routes[0] needs exactly one of 'pool' (a file) or 'variants' (inline)"},
+      {"duplicate route", "  - name: vgg", "  - name: resnet", "24:11: route name 'resnet' is used twice"},
+      {"max message too big", "  max_message_bytes: 1048576", "  max_message_bytes: 99999999999",
+       "4:22: upstream.max_message_bytes must lie between 1 and 2147483647"},
+      {"broken YAML", "  target: 127.0.0.1:9011", "  target: [127.0.0.1:9011", "invalid YAML"},
+  };
+  for (const BadConfig& c : cases) {
+    std::string text = kValid;
+    const size_t at = text.find(c.replace + "\n");
+    ASSERT_NE(at, std::string::npos) << c.what;
+    text.replace(at, c.replace.size() + 1, c.with.empty() ? "" : c.with + "\n");
+    const std::string error = ErrorOf(text);
+    EXPECT_THAT(error, StartsWith(Path("sidecar.yaml") + ":")) << c.what;
+    EXPECT_THAT(error, HasSubstr(c.expected)) << c.what << ": " << error;
+  }
+}
+
+TEST_F(ConfigTest, ErrorsInAPoolFileNameThePoolFile) {
+  Write("pools/resnet.yaml", "variants:\n  - { name: resnet34, energy_mj: -1, error_percent: 8 }\n");
+  const std::string error = ErrorOf(kValid);
+  EXPECT_THAT(error, StartsWith(Path("sidecar.yaml") + ":19:11: routes[0].pool: "));
+  EXPECT_THAT(error, HasSubstr(Path("pools/resnet.yaml") + ":2:"));
+
+  std::filesystem::remove(dir_ / "pools/resnet.yaml");
+  EXPECT_THAT(ErrorOf(kValid), HasSubstr("cannot open file"));
+}
+
+TEST_F(ConfigTest, MissingTraceFileIsReportedAtLoad) {
+  std::filesystem::remove(dir_ / "trace.csv");
+  // The trace is read when the provider is made, not by LoadConfig; the path is still resolved.
+  auto config = LoadConfig(Write("sidecar.yaml", kValid));
+  ASSERT_TRUE(config.ok());
+  EXPECT_EQ(config->intensity.trace_path, Path("trace.csv"));
+}
+
+TEST_F(ConfigTest, UnreadableOrEmptyFiles) {
+  auto missing = LoadConfig(Path("nope.yaml"));
+  EXPECT_EQ(missing.status().code(), absl::StatusCode::kNotFound);
+  EXPECT_THAT(ErrorOf(""), HasSubstr("the config must be a mapping"));
+  EXPECT_THAT(ErrorOf("- a\n- b\n"), HasSubstr("the config must be a mapping, got a list"));
+  EXPECT_THAT(ErrorOf("upstream: { target: a }\nintensity: { provider: static, gco2_per_kwh: 1 }\n"
+                      "routes: []\n"),
+              HasSubstr("sidecar.yaml:3:9: routes must be a non-empty list"));
+}
+
+}  // namespace
+}  // namespace carbon::sidecar
