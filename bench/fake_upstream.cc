@@ -17,8 +17,12 @@ class DelayedUnaryReactor final : public grpc::ServerUnaryReactor {
       Finish(status_);
       return;
     }
-    alarm_.Set(absl::ToChronoTime(absl::Now() + delay), [this](bool) { Finish(status_); });
+    alarm_.Set(absl::ToChronoTime(absl::Now() + delay), [this](bool fired) {
+      Finish(fired ? status_ : grpc::Status::CANCELLED);
+    });
   }
+  // A cancelled call (client gone, deadline passed, server shutting down) ends at once.
+  void OnCancel() override { alarm_.Cancel(); }
   void OnDone() override { delete this; }
 
  private:
@@ -284,6 +288,7 @@ void FakeUpstreamServer::Shutdown() {
   if (server_) {
     server_->Shutdown(std::chrono::system_clock::now());
     server_->Wait();
+    server_.reset();
   }
 }
 

@@ -1,6 +1,7 @@
 #include "sidecar/proxy.h"
 
 #include <atomic>
+#include <charconv>
 #include <optional>
 #include <string_view>
 #include <vector>
@@ -54,6 +55,14 @@ MethodKind Classify(std::string_view method) {
 }
 
 std::string_view View(grpc::string_ref s) { return {s.data(), s.size()}; }
+
+// The shortest text that reads back as exactly `v` (absl::StrCat keeps only six digits, too few
+// for grams of a single inference).
+std::string ShortestDecimal(double v) {
+  char buf[32];
+  const auto result = std::to_chars(buf, buf + sizeof buf, v);
+  return std::string(buf, result.ptr);
+}
 
 grpc::Status ToGrpc(const absl::Status& s) {
   return grpc::Status(static_cast<grpc::StatusCode>(s.code()), std::string(s.message()));
@@ -204,10 +213,10 @@ class RequestRouter {
     ctx->AddInitialMetadata(kReasonHeader, std::string(first_->reason));
     if (route.selection.intensity) {
       const double c = route.selection.intensity->gco2_per_kwh;
-      ctx->AddInitialMetadata(kIntensityHeader, absl::StrCat(c));
+      ctx->AddInitialMetadata(kIntensityHeader, ShortestDecimal(c));
       // mJ -> J -> kWh, times g/kWh.
       const double grams = v.energy_mj * 1e-3 / 3.6e6 * c * static_cast<double>(first_->items);
-      ctx->AddInitialMetadata(kGramsHeader, absl::StrCat(grams));
+      ctx->AddInitialMetadata(kGramsHeader, ShortestDecimal(grams));
     }
   }
 

@@ -54,7 +54,7 @@ absl::Status SidecarServer::Reload(const SidecarConfig& config) {
 }
 
 void SidecarServer::Shutdown(absl::Duration drain) {
-  if (shut_down_) return;
+  if (shut_down_ || server_ == nullptr) return;
   shut_down_ = true;
   server_->Shutdown(std::chrono::system_clock::now() + absl::ToChronoMilliseconds(drain));
   server_->Wait();

@@ -1,0 +1,598 @@
+// The sidecar in-process between a real gRPC client and real gRPC upstreams on loopback.
+#include <grpcpp/generic/generic_stub.h>
+#include <grpcpp/grpcpp.h>
+#include <grpcpp/health_check_service_interface.h>
+
+#include <atomic>
+#include <thread>
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/notification.h"
+#include "bench/fake_upstream.h"
+#include "inference/grpc_service.grpc.pb.h"
+#include "sidecar/server.h"
+
+namespace carbon::sidecar {
+namespace {
+
+using ::testing::HasSubstr;
+using ::testing::Pair;
+using ::testing::UnorderedElementsAre;
+
+std::shared_ptr<const selector::Pool> ResnetPool() {
+  auto pool = selector::Pool::Create({{"resnet34", 359.9321833, 8.58},
+                                      {"resnet50", 420.6213298, 7.138},
+                                      {"resnet101", 803.0948846, 6.454},
+                                      {"resnet152", 1238.147188, 5.954}});
+  EXPECT_TRUE(pool.ok());
+  return std::make_shared<const selector::Pool>(*pool);
+}
+
+// A static intensity inside fixed bounds 100..300 makes the choice exact (DESIGN.md §1 vectors).
+SidecarConfig StaticConfig(int upstream_port, double intensity) {
+  SidecarConfig c;
+  c.path = "test";
+  c.listen = "127.0.0.1:0";
+  c.upstream.target = absl::StrCat("127.0.0.1:", upstream_port);
+  c.upstream.max_message_bytes = 4 * 1024 * 1024;
+  c.intensity.provider = "static";
+  c.intensity.gco2_per_kwh = intensity;
+  c.intensity.refresh = absl::Hours(1);
+  c.intensity.fixed_bounds = selector::WindowBounds{100, 300};
+  RouteConfig route;
+  route.name = "resnet";
+  route.pool_source = "inline";
+  route.pool = ResnetPool();
+  route.baseline = 1;
+  route.default_variant = 1;
+  route.batch_dimension = true;
+  c.routes.push_back(route);
+  return c;
+}
+
+std::string Header(const std::multimap<grpc::string_ref, grpc::string_ref>& md, const std::string& key) {
+  auto it = md.find(key);
+  return it == md.end() ? "<absent>" : std::string(it->second.data(), it->second.size());
+}
+
+inference::ModelInferRequest InferRequest(const std::string& model, size_t payload_bytes, int64_t batch = 1) {
+  inference::ModelInferRequest req;
+  req.set_model_name(model);
+  req.set_model_version("2");
+  req.set_id("request-42");
+  auto* in = req.add_inputs();
+  in->set_name("input");
+  in->set_datatype("FP32");
+  for (int64_t d : {batch, int64_t{3}, int64_t{224}, int64_t{224}}) in->add_shape(d);
+  std::string payload(payload_bytes, '\0');
+  for (size_t i = 0; i < payload.size(); ++i) payload[i] = static_cast<char>(i * 131 + 7);
+  req.add_raw_input_contents(std::move(payload));
+  return req;
+}
+
+template <typename Pred>
+bool PollUntil(Pred pred, absl::Duration timeout = absl::Seconds(10)) {
+  const absl::Time end = absl::Now() + timeout;
+  while (absl::Now() < end) {
+    if (pred()) return true;
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  return pred();
+}
+
+class ProxyTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    bench::FakeUpstreamOptions options;
+    options.models = {"resnet34", "resnet50", "resnet101", "resnet152"};
+    auto upstream = bench::FakeUpstreamServer::Start("127.0.0.1:0", options);
+    ASSERT_TRUE(upstream.ok()) << upstream.status();
+    upstream_ = *std::move(upstream);
+    StartSidecar(StaticConfig(upstream_->port(), 200));
+  }
+
+  void StartSidecar(const SidecarConfig& config) {
+    auto sidecar = SidecarServer::Start(config);
+    ASSERT_TRUE(sidecar.ok()) << sidecar.status();
+    sidecar_ = *std::move(sidecar);
+    channel_ = grpc::CreateChannel(absl::StrCat("127.0.0.1:", sidecar_->port()),
+                                   grpc::InsecureChannelCredentials());
+    stub_ = inference::GRPCInferenceService::NewStub(channel_);
+  }
+
+  std::unique_ptr<grpc::ClientContext> Context(absl::Duration timeout = absl::Seconds(10)) {
+    auto ctx = std::make_unique<grpc::ClientContext>();
+    ctx->set_deadline(absl::ToChronoTime(absl::Now() + timeout));
+    return ctx;
+  }
+
+  std::unique_ptr<bench::FakeUpstreamServer> upstream_;
+  std::unique_ptr<SidecarServer> sidecar_;
+  std::shared_ptr<grpc::Channel> channel_;
+  std::unique_ptr<inference::GRPCInferenceService::Stub> stub_;
+};
+
+TEST_F(ProxyTest, RoutedInferGoesToTheSelectedVariantWithPayloadIntactAndTags) {
+  const inference::ModelInferRequest req = InferRequest("resnet", 602112, /*batch=*/4);
+  auto ctx = Context();
+  ctx->AddMetadata("x-request-source", "gateway-7");
+  inference::ModelInferResponse resp;
+  grpc::Status status = stub_->ModelInfer(ctx.get(), req, &resp);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+
+  // C = 200 in [100, 300]: E_target 799.04 mJ, nearest resnet101.
+  const auto received = upstream_->service().received();
+  ASSERT_EQ(received.size(), 1u);
+  EXPECT_EQ(received[0].method, "ModelInfer");
+  EXPECT_EQ(received[0].model_name, "resnet101");
+  EXPECT_EQ(received[0].model_version, "");
+  EXPECT_EQ(received[0].id, "request-42");
+  EXPECT_EQ(received[0].raw_input_bytes, 602112u);
+  EXPECT_EQ(received[0].raw_input_fnv1a, bench::Fnv1a64(req.raw_input_contents(0)));
+  EXPECT_THAT(received[0].metadata, UnorderedElementsAre(Pair("x-request-source", "gateway-7")));
+
+  EXPECT_EQ(resp.model_name(), "resnet101");
+  EXPECT_EQ(resp.id(), "request-42");
+  const auto& md = ctx->GetServerInitialMetadata();
+  EXPECT_EQ(Header(md, "x-carbon-model"), "resnet101");
+  EXPECT_EQ(Header(md, "x-carbon-route"), "resnet");
+  EXPECT_EQ(Header(md, "x-carbon-reason"), "heuristic");
+  EXPECT_EQ(Header(md, "x-carbon-intensity-gco2-per-kwh"), "200");
+  double grams = 0;
+  ASSERT_TRUE(absl::SimpleAtod(Header(md, "x-carbon-grams"), &grams));
+  // Four images at 803.0948846 mJ each, 200 g/kWh.
+  EXPECT_DOUBLE_EQ(grams, 4 * 803.0948846e-3 / 3.6e6 * 200);
+}
+
+TEST_F(ProxyTest, NamesThatAreNotRoutesPassThroughUntouched) {
+  auto ctx = Context();
+  inference::ModelInferResponse resp;
+  ASSERT_TRUE(stub_->ModelInfer(ctx.get(), InferRequest("resnet50", 100), &resp).ok());
+  auto received = upstream_->service().received();
+  ASSERT_EQ(received.size(), 1u);
+  EXPECT_EQ(received[0].model_name, "resnet50");
+  EXPECT_EQ(received[0].model_version, "2");  // no rewrite at all
+  EXPECT_EQ(Header(ctx->GetServerInitialMetadata(), "x-carbon-model"), "<absent>");
+
+  auto missing = Context();
+  grpc::Status status = stub_->ModelInfer(missing.get(), InferRequest("no-such-model", 10), &resp);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::NOT_FOUND);
+  EXPECT_THAT(status.error_message(), HasSubstr("no-such-model"));
+}
+
+TEST_F(ProxyTest, ModelQueriesOnARouteGoToTheSelectedVariant) {
+  {
+    auto ctx = Context();
+    inference::ModelMetadataRequest req;
+    req.set_name("resnet");
+    inference::ModelMetadataResponse resp;
+    ASSERT_TRUE(stub_->ModelMetadata(ctx.get(), req, &resp).ok());
+    EXPECT_EQ(resp.name(), "resnet101");
+    EXPECT_EQ(Header(ctx->GetServerInitialMetadata(), "x-carbon-model"), "resnet101");
+  }
+  {
+    auto ctx = Context();
+    inference::ModelReadyRequest req;
+    req.set_name("resnet");
+    inference::ModelReadyResponse resp;
+    ASSERT_TRUE(stub_->ModelReady(ctx.get(), req, &resp).ok());
+    EXPECT_TRUE(resp.ready());
+  }
+  {
+    auto ctx = Context();
+    inference::ModelConfigRequest req;
+    req.set_name("resnet");
+    inference::ModelConfigResponse resp;
+    ASSERT_TRUE(stub_->ModelConfig(ctx.get(), req, &resp).ok());
+  }
+  {
+    auto ctx = Context();
+    inference::ModelStatisticsRequest req;
+    req.set_name("resnet");
+    inference::ModelStatisticsResponse resp;
+    ASSERT_TRUE(stub_->ModelStatistics(ctx.get(), req, &resp).ok());
+  }
+  std::vector<std::string> seen;
+  for (const auto& r : upstream_->service().received()) seen.push_back(r.method + ":" + r.model_name);
+  EXPECT_THAT(seen, ::testing::ElementsAre("ModelMetadata:resnet101", "ModelReady:resnet101",
+                                           "ModelConfig:resnet101", "ModelStatistics:resnet101"));
+}
+
+TEST_F(ProxyTest, ServerMethodsPassThrough) {
+  auto ctx = Context();
+  inference::ServerLiveResponse live;
+  ASSERT_TRUE(stub_->ServerLive(ctx.get(), inference::ServerLiveRequest(), &live).ok());
+  EXPECT_TRUE(live.live());
+  auto meta_ctx = Context();
+  inference::ServerMetadataResponse meta;
+  ASSERT_TRUE(stub_->ServerMetadata(meta_ctx.get(), inference::ServerMetadataRequest(), &meta).ok());
+  EXPECT_FALSE(meta.name().empty());
+}
+
+TEST_F(ProxyTest, PinAndQualityFloorControls) {
+  {
+    auto ctx = Context();
+    ctx->AddMetadata("x-carbon-pin-model", "resnet152");
+    inference::ModelInferResponse resp;
+    ASSERT_TRUE(stub_->ModelInfer(ctx.get(), InferRequest("resnet", 10), &resp).ok());
+    EXPECT_EQ(resp.model_name(), "resnet152");
+    EXPECT_EQ(Header(ctx->GetServerInitialMetadata(), "x-carbon-reason"), "pinned");
+  }
+  {
+    // resnet101 (6.454 %) is over a 6.0 % ceiling: the floor moves to resnet152.
+    auto ctx = Context();
+    ctx->AddMetadata("x-carbon-max-error-percent", "6.0");
+    inference::ModelInferResponse resp;
+    ASSERT_TRUE(stub_->ModelInfer(ctx.get(), InferRequest("resnet", 10), &resp).ok());
+    EXPECT_EQ(resp.model_name(), "resnet152");
+    EXPECT_EQ(Header(ctx->GetServerInitialMetadata(), "x-carbon-reason"), "quality_floor");
+  }
+  const size_t before = upstream_->service().received_count();
+  {
+    auto ctx = Context();
+    ctx->AddMetadata("x-carbon-pin-model", "vgg16");
+    inference::ModelInferResponse resp;
+    grpc::Status status = stub_->ModelInfer(ctx.get(), InferRequest("resnet", 10), &resp);
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+    EXPECT_EQ(status.error_message(),
+              "x-carbon-pin-model 'vgg16' is not a variant of route 'resnet' "
+              "(resnet34, resnet50, resnet101, resnet152)");
+  }
+  {
+    auto ctx = Context();
+    ctx->AddMetadata("x-carbon-max-error-percent", "lots");
+    inference::ModelInferResponse resp;
+    grpc::Status status = stub_->ModelInfer(ctx.get(), InferRequest("resnet", 10), &resp);
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+    EXPECT_THAT(status.error_message(), HasSubstr("x-carbon-max-error-percent"));
+  }
+  EXPECT_EQ(upstream_->service().received_count(), before);  // neither reached the upstream
+}
+
+TEST_F(ProxyTest, MalformedRequestBytesAreRejectedBeforeTheUpstream) {
+  grpc::GenericStub generic(channel_);
+  const std::string bad("\x0a\x10short", 7);  // model name declares 16 bytes, 5 follow
+  grpc::Slice slice(bad.data(), bad.size());
+  grpc::ByteBuffer request(&slice, 1);
+  for (const char* method : {"/inference.GRPCInferenceService/ModelInfer",
+                             "/inference.GRPCInferenceService/ModelReady"}) {
+    grpc::ClientContext ctx;
+    grpc::ByteBuffer response;
+    absl::Notification done;
+    grpc::Status status;
+    generic.UnaryCall(&ctx, method, grpc::StubOptions(), &request, &response,
+                      [&](grpc::Status s) {
+                        status = std::move(s);
+                        done.Notify();
+                      });
+    ASSERT_TRUE(done.WaitForNotificationWithTimeout(absl::Seconds(10)));
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << method;
+    EXPECT_EQ(status.error_message(),
+              "malformed request message at byte 0: model name declares 16 bytes but only 5 remain");
+  }
+  EXPECT_EQ(upstream_->service().received_count(), 0u);
+}
+
+TEST_F(ProxyTest, OversizedRequestIsResourceExhausted) {
+  auto ctx = Context();
+  inference::ModelInferResponse resp;
+  grpc::Status status = stub_->ModelInfer(ctx.get(), InferRequest("resnet", 5 * 1024 * 1024), &resp);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_EQ(upstream_->service().received_count(), 0u);
+}
+
+TEST_F(ProxyTest, DeadlineReachesTheUpstream) {
+  auto ctx = Context(absl::Seconds(7));
+  const absl::Time client_deadline = absl::FromChrono(ctx->deadline());
+  inference::ModelInferResponse resp;
+  ASSERT_TRUE(stub_->ModelInfer(ctx.get(), InferRequest("resnet", 10), &resp).ok());
+  const auto received = upstream_->service().received();
+  ASSERT_EQ(received.size(), 1u);
+  EXPECT_LE(received[0].deadline, client_deadline + absl::Milliseconds(50));
+  EXPECT_GT(received[0].deadline, client_deadline - absl::Seconds(2));
+}
+
+TEST_F(ProxyTest, SlowUpstreamPastTheDeadlineIsDeadlineExceeded) {
+  upstream_.reset();
+  bench::FakeUpstreamOptions options;
+  options.models = {"resnet101"};
+  options.service_time["resnet101"] = absl::Seconds(5);
+  auto slow = bench::FakeUpstreamServer::Start("127.0.0.1:0", options);
+  ASSERT_TRUE(slow.ok());
+  upstream_ = *std::move(slow);
+  StartSidecar(StaticConfig(upstream_->port(), 200));
+  auto ctx = Context(absl::Milliseconds(300));
+  const absl::Time start = absl::Now();
+  inference::ModelInferResponse resp;
+  grpc::Status status = stub_->ModelInfer(ctx.get(), InferRequest("resnet", 10), &resp);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
+  EXPECT_LT(absl::Now() - start, absl::Seconds(3));
+}
+
+TEST_F(ProxyTest, StreamInferRoutesEveryMessage) {
+  auto ctx = Context();
+  auto stream = stub_->ModelStreamInfer(ctx.get());
+  ASSERT_TRUE(stream->Write(InferRequest("resnet", 1000)));
+  ASSERT_TRUE(stream->Write(InferRequest("resnet50", 1000)));
+  ASSERT_TRUE(stream->Write(InferRequest("resnet", 1000)));
+  ASSERT_TRUE(stream->WritesDone());
+  std::vector<std::string> served;
+  inference::ModelStreamInferResponse resp;
+  while (stream->Read(&resp)) {
+    EXPECT_EQ(resp.error_message(), "");
+    served.push_back(resp.infer_response().model_name());
+  }
+  ASSERT_TRUE(stream->Finish().ok());
+  EXPECT_THAT(served, ::testing::ElementsAre("resnet101", "resnet50", "resnet101"));
+  EXPECT_EQ(Header(ctx->GetServerInitialMetadata(), "x-carbon-model"), "resnet101");
+  std::vector<std::string> upstream_saw;
+  for (const auto& r : upstream_->service().received()) upstream_saw.push_back(r.model_name);
+  EXPECT_THAT(upstream_saw, ::testing::ElementsAre("resnet101", "resnet50", "resnet101"));
+}
+
+TEST_F(ProxyTest, BadMessageMidStreamEndsTheStreamWithInvalidArgument) {
+  grpc::GenericStub generic(channel_);
+  // A good message, its answer, then bytes no protobuf parser would accept.
+  grpc::ClientContext raw_ctx;
+  grpc::CompletionQueue cq;
+  auto call = generic.PrepareCall(&raw_ctx, "/inference.GRPCInferenceService/ModelStreamInfer", &cq);
+  void* tag;
+  bool ok;
+  call->StartCall(reinterpret_cast<void*>(1));
+  ASSERT_TRUE(cq.Next(&tag, &ok) && ok);
+  const std::string good = InferRequest("resnet", 10).SerializeAsString();
+  grpc::Slice good_slice(good.data(), good.size());
+  grpc::ByteBuffer good_buffer(&good_slice, 1);
+  call->Write(good_buffer, reinterpret_cast<void*>(2));
+  ASSERT_TRUE(cq.Next(&tag, &ok) && ok);
+  grpc::ByteBuffer reply;
+  call->Read(&reply, reinterpret_cast<void*>(3));
+  ASSERT_TRUE(cq.Next(&tag, &ok) && ok);
+  const std::string bad("\x0a\x10short", 7);
+  grpc::Slice bad_slice(bad.data(), bad.size());
+  grpc::ByteBuffer bad_buffer(&bad_slice, 1);
+  call->Write(bad_buffer, reinterpret_cast<void*>(4));
+  ASSERT_TRUE(cq.Next(&tag, &ok));
+  grpc::Status status;
+  call->Finish(&status, reinterpret_cast<void*>(5));
+  while (cq.Next(&tag, &ok) && tag != reinterpret_cast<void*>(5)) {
+  }
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(status.error_message(), HasSubstr("model name declares 16 bytes"));
+  cq.Shutdown();
+  while (cq.Next(&tag, &ok)) {
+  }
+  // The upstream saw the good message only, and its stream was cancelled.
+  for (const auto& r : upstream_->service().received()) EXPECT_EQ(r.model_name, "resnet101");
+  EXPECT_TRUE(PollUntil([&] { return upstream_->service().cancelled_streams() >= 1; }));
+}
+
+TEST_F(ProxyTest, UpstreamDownIsUnavailableAndRecovers) {
+  const int port = upstream_->port();
+  upstream_.reset();
+  {
+    auto ctx = Context(absl::Seconds(10));
+    inference::ModelInferResponse resp;
+    const absl::Time start = absl::Now();
+    grpc::Status status = stub_->ModelInfer(ctx.get(), InferRequest("resnet", 10), &resp);
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::UNAVAILABLE) << status.error_message();
+    EXPECT_LT(absl::Now() - start, absl::Seconds(5));  // promptly, not at the deadline
+  }
+  bench::FakeUpstreamOptions options;
+  options.models = {"resnet101"};
+  auto restarted = bench::FakeUpstreamServer::Start(absl::StrCat("127.0.0.1:", port), options);
+  ASSERT_TRUE(restarted.ok()) << restarted.status();
+  upstream_ = *std::move(restarted);
+  EXPECT_TRUE(PollUntil([&] {
+    auto ctx = Context(absl::Seconds(2));
+    inference::ModelInferResponse resp;
+    return stub_->ModelInfer(ctx.get(), InferRequest("resnet", 10), &resp).ok();
+  }));
+}
+
+TEST_F(ProxyTest, ReloadChangesTheSelection) {
+  SidecarConfig dirty = StaticConfig(upstream_->port(), 300);
+  ASSERT_TRUE(sidecar_->Reload(dirty).ok());
+  auto ctx = Context();
+  inference::ModelInferResponse resp;
+  ASSERT_TRUE(stub_->ModelInfer(ctx.get(), InferRequest("resnet", 10), &resp).ok());
+  EXPECT_EQ(resp.model_name(), "resnet34");
+  EXPECT_EQ(Header(ctx->GetServerInitialMetadata(), "x-carbon-intensity-gco2-per-kwh"), "300");
+
+  SidecarConfig clean = StaticConfig(upstream_->port(), 100);
+  ASSERT_TRUE(sidecar_->Reload(clean).ok());
+  auto ctx2 = Context();
+  ASSERT_TRUE(stub_->ModelInfer(ctx2.get(), InferRequest("resnet", 10), &resp).ok());
+  EXPECT_EQ(resp.model_name(), "resnet152");
+
+  SidecarConfig broken = clean;
+  broken.intensity.provider = "trace";
+  broken.intensity.trace_path = "/nonexistent/trace.csv";
+  EXPECT_FALSE(sidecar_->Reload(broken).ok());
+  auto ctx3 = Context();
+  ASSERT_TRUE(stub_->ModelInfer(ctx3.get(), InferRequest("resnet", 10), &resp).ok());
+  EXPECT_EQ(resp.model_name(), "resnet152");  // the old config keeps serving
+}
+
+TEST_F(ProxyTest, HealthServiceAnswersLocally) {
+  auto health = grpc::CreateChannel(absl::StrCat("127.0.0.1:", sidecar_->port()),
+                                    grpc::InsecureChannelCredentials());
+  grpc::GenericStub generic(health);
+  // grpc.health.v1.HealthCheckRequest{service: ""} is the empty message; SERVING is field 1 = 1.
+  grpc::ByteBuffer request;
+  grpc::Slice empty("", 0);
+  request = grpc::ByteBuffer(&empty, 1);
+  grpc::ByteBuffer response;
+  grpc::ClientContext ctx;
+  absl::Notification done;
+  grpc::Status status;
+  generic.UnaryCall(&ctx, "/grpc.health.v1.Health/Check", grpc::StubOptions(), &request, &response,
+                    [&](grpc::Status s) {
+                      status = std::move(s);
+                      done.Notify();
+                    });
+  ASSERT_TRUE(done.WaitForNotificationWithTimeout(absl::Seconds(10)));
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  std::vector<grpc::Slice> slices;
+  ASSERT_TRUE(response.Dump(&slices).ok());
+  std::string bytes;
+  for (const auto& s : slices) bytes.append(reinterpret_cast<const char*>(s.begin()), s.size());
+  EXPECT_EQ(bytes, std::string("\x08\x01", 2));
+  EXPECT_EQ(upstream_->service().received_count(), 0u);
+}
+
+// An upstream that is not an inference server: it echoes any method, streams included, and
+// answers with whatever status, headers and trailers the client asks for.
+class EchoService final : public grpc::CallbackGenericService {
+ public:
+  grpc::ServerGenericBidiReactor* CreateReactor(grpc::GenericCallbackServerContext* ctx) override {
+    class Echo final : public grpc::ServerGenericBidiReactor {
+     public:
+      explicit Echo(grpc::GenericCallbackServerContext* ctx) : ctx_(ctx) {
+        ctx_->AddInitialMetadata("x-echo-method", ctx_->method());
+        ctx_->AddTrailingMetadata("x-echo-trailer", "bye");
+        ctx_->AddTrailingMetadata("x-echo-bin", std::string("\x00\xff\x01", 3));
+        StartSendInitialMetadata();
+        StartRead(&message_);
+      }
+      void OnSendInitialMetadataDone(bool) override {}
+      void OnReadDone(bool ok) override {
+        if (!ok) {
+          FinishWithRequested();
+          return;
+        }
+        StartWrite(&message_);
+      }
+      void OnWriteDone(bool ok) override {
+        if (!ok) {
+          Finish(grpc::Status::CANCELLED);
+          return;
+        }
+        StartRead(&message_);
+      }
+      void OnDone() override { delete this; }
+
+     private:
+      void FinishWithRequested() {
+        auto it = ctx_->client_metadata().find("x-want-code");
+        if (it == ctx_->client_metadata().end()) {
+          Finish(grpc::Status::OK);
+          return;
+        }
+        int code = 0;
+        (void)absl::SimpleAtoi(absl::string_view(it->second.data(), it->second.size()), &code);
+        Finish(grpc::Status(static_cast<grpc::StatusCode>(code), "as you wished", "detail-bytes"));
+      }
+      grpc::GenericCallbackServerContext* ctx_;
+      grpc::ByteBuffer message_;
+    };
+    return new Echo(ctx);
+  }
+};
+
+class OpaqueProxyTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    grpc::ServerBuilder builder;
+    builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &echo_port_);
+    builder.RegisterCallbackGenericService(&echo_);
+    echo_server_ = builder.BuildAndStart();
+    ASSERT_NE(echo_port_, 0);
+    auto sidecar = SidecarServer::Start(StaticConfig(echo_port_, 200));
+    ASSERT_TRUE(sidecar.ok()) << sidecar.status();
+    sidecar_ = *std::move(sidecar);
+    channel_ = grpc::CreateChannel(absl::StrCat("127.0.0.1:", sidecar_->port()),
+                                   grpc::InsecureChannelCredentials());
+  }
+  void TearDown() override {
+    sidecar_.reset();
+    echo_server_->Shutdown(std::chrono::system_clock::now());
+  }
+
+  // Runs one bidi call of `method` with `messages`, returning the echoed messages.
+  std::vector<std::string> Call(const std::string& method, const std::vector<std::string>& messages,
+                                grpc::ClientContext* ctx, grpc::Status* status) {
+    grpc::GenericStub generic(channel_);
+    grpc::CompletionQueue cq;
+    auto call = generic.PrepareCall(ctx, method, &cq);
+    void* tag;
+    bool ok;
+    call->StartCall(nullptr);
+    cq.Next(&tag, &ok);
+    std::vector<std::string> echoed;
+    for (const std::string& m : messages) {
+      grpc::Slice slice(m.data(), m.size());
+      grpc::ByteBuffer buffer(&slice, 1);
+      call->Write(buffer, nullptr);
+      if (!cq.Next(&tag, &ok) || !ok) break;
+      grpc::ByteBuffer reply;
+      call->Read(&reply, nullptr);
+      if (!cq.Next(&tag, &ok) || !ok) break;
+      std::vector<grpc::Slice> slices;
+      (void)reply.Dump(&slices);
+      std::string bytes;
+      for (const auto& s : slices) bytes.append(reinterpret_cast<const char*>(s.begin()), s.size());
+      echoed.push_back(bytes);
+    }
+    call->WritesDone(nullptr);
+    cq.Next(&tag, &ok);
+    call->Finish(status, nullptr);
+    cq.Next(&tag, &ok);
+    cq.Shutdown();
+    while (cq.Next(&tag, &ok)) {
+    }
+    return echoed;
+  }
+
+  EchoService echo_;
+  std::unique_ptr<grpc::Server> echo_server_;
+  int echo_port_ = 0;
+  std::unique_ptr<SidecarServer> sidecar_;
+  std::shared_ptr<grpc::Channel> channel_;
+};
+
+TEST_F(OpaqueProxyTest, UnknownMethodsStreamThroughByteForByte) {
+  grpc::ClientContext ctx;
+  ctx.AddMetadata("x-tenant", "blue");
+  grpc::Status status;
+  const std::vector<std::string> messages = {std::string("\x00\x01\x02 not protobuf \xff", 17), "",
+                                             std::string(100000, 'z')};
+  auto echoed = Call("/some.Other/Chat", messages, &ctx, &status);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  EXPECT_EQ(echoed, messages);
+  EXPECT_EQ(Header(ctx.GetServerInitialMetadata(), "x-echo-method"), "/some.Other/Chat");
+  EXPECT_EQ(Header(ctx.GetServerTrailingMetadata(), "x-echo-trailer"), "bye");
+  EXPECT_EQ(Header(ctx.GetServerTrailingMetadata(), "x-echo-bin"), std::string("\x00\xff\x01", 3));
+}
+
+TEST_F(OpaqueProxyTest, StatusCodesMessagesAndDetailsComeBackAsSent) {
+  for (int code : {1, 3, 5, 7, 8, 9, 10, 12, 13, 14, 16}) {
+    grpc::ClientContext ctx;
+    ctx.AddMetadata("x-want-code", std::to_string(code));
+    grpc::Status status;
+    Call("/some.Other/Fail", {"ping"}, &ctx, &status);
+    EXPECT_EQ(status.error_code(), code);
+    EXPECT_EQ(status.error_message(), "as you wished") << code;
+    EXPECT_EQ(status.error_details(), "detail-bytes") << code;
+    EXPECT_EQ(Header(ctx.GetServerTrailingMetadata(), "x-echo-trailer"), "bye") << code;
+  }
+}
+
+TEST_F(OpaqueProxyTest, ServerLiveOnANonInferenceUpstreamIsForwardedAsIs) {
+  // A unary inference method that names no model goes through the unary path untouched.
+  grpc::ClientContext ctx;
+  grpc::Status status;
+  auto echoed = Call("/inference.GRPCInferenceService/ServerLive", {std::string("\x08\x01", 2)}, &ctx, &status);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  ASSERT_EQ(echoed.size(), 1u);
+  EXPECT_EQ(echoed[0], std::string("\x08\x01", 2));
+  EXPECT_EQ(Header(ctx.GetServerInitialMetadata(), "x-echo-method"),
+            "/inference.GRPCInferenceService/ServerLive");
+}
+
+}  // namespace
+}  // namespace carbon::sidecar
