@@ -11,6 +11,7 @@
 #include "common/string_view_compat.h"
 #include "sidecar/config.h"
 #include "sidecar/server.h"
+#include "spdlog/sinks/stdout_sinks.h"
 #include "spdlog/spdlog.h"
 
 ABSL_FLAG(std::string, config, "config/sidecar.yaml", "Path of the sidecar's YAML config.");
@@ -20,6 +21,8 @@ ABSL_FLAG(bool, check_config, false, "Validate the config, print the routes, and
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage("carbon-aware gRPC sidecar for KServe v2 / Triton inference servers");
   absl::ParseCommandLine(argc, argv);
+  // Logs go to stderr, as services' logs do; stdout is left to --check_config's report.
+  spdlog::set_default_logger(spdlog::stderr_logger_mt("carbon-sidecar"));
   spdlog::set_pattern("ts=%Y-%m-%dT%H:%M:%S.%e level=%l %v");
   spdlog::set_level(spdlog::level::from_str(absl::GetFlag(FLAGS_log_level)));
 
@@ -72,9 +75,10 @@ int main(int argc, char** argv) {
         spdlog::warn("event=forced_exit detail=\"second signal during drain\"");
         std::_Exit(1);
       }
-      spdlog::info("event=draining timeout={}", absl::FormatDuration(config->drain_timeout));
-      drainer = std::thread([&] {
-        (*server)->Shutdown(config->drain_timeout);
+      const absl::Duration drain = (*server)->drain_timeout();
+      spdlog::info("event=draining timeout={}", absl::FormatDuration(drain));
+      drainer = std::thread([&server, &drained, drain] {
+        (*server)->Shutdown(drain);
         drained.Notify();
       });
     }

@@ -21,6 +21,8 @@ class SidecarServer {
   ~SidecarServer();
 
   int port() const { return port_; }
+  // The drain timeout of the config in force (reloads change it).
+  absl::Duration drain_timeout() const { return config_.drain_timeout; }
   SelectionPublisher& publisher() { return *publisher_; }
 
   // Applies a new config's routes and intensity settings. Changing `listen`, `upstream` or the
