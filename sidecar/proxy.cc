@@ -14,7 +14,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/synchronization/mutex.h"
 #include "common/string_view_compat.h"
-#include "sidecar/request_wire.h"
+#include "sidecar/request_bytes.h"
 
 namespace carbon::sidecar {
 namespace {
@@ -139,20 +139,11 @@ class RequestRouter {
       controls_ = *controls;
     }
     // Reused per thread: after the first call on a thread, a rewrite allocates nothing.
-    thread_local std::vector<grpc::Slice> slices;
-    thread_local std::vector<std::string_view> views;
-    thread_local std::string scratch;
-    if (grpc::Status dumped = message->Dump(&slices); !dumped.ok()) {
-      return absl::InternalError(absl::StrCat("cannot read request bytes: ", dumped.error_message()));
-    }
-    views.clear();
-    for (const grpc::Slice& s : slices) {
-      views.emplace_back(reinterpret_cast<const char*>(s.begin()), s.size());
-    }
+    thread_local RequestBytes bytes;
     const bool wants_batch = kind_ == MethodKind::kInfer || kind_ == MethodKind::kStreamInfer;
-    auto scanned = ScanModelNamedRequest(views, wants_batch, &scratch);
+    auto scanned = bytes.Scan(message, wants_batch);
     if (!scanned.ok()) {
-      slices.clear();
+      bytes.Clear();
       return scanned.status();
     }
     const std::shared_ptr<const RoutingSnapshot>& snapshot = routes_->Load();
@@ -162,7 +153,7 @@ class RequestRouter {
     const bool first_message = !decided_first_;
     decided_first_ = true;
     if (route == nullptr) {
-      slices.clear();
+      bytes.Clear();
       return absl::OkStatus();
     }
     const selector::Pool& pool = route->pool();
@@ -171,7 +162,7 @@ class RequestRouter {
     if (!controls_->pin.empty()) {
       auto pinned = pool.IndexOf(controls_->pin);
       if (!pinned) {
-        slices.clear();
+        bytes.Clear();
         std::vector<absl::string_view> names;
         for (const auto& v : pool.variants()) names.push_back(v.name);
         return absl::InvalidArgumentError(
@@ -186,10 +177,7 @@ class RequestRouter {
       if (floored != variant) reason = "quality_floor";
       variant = floored;
     }
-    slices.push_back(route->route->overrides[variant]);
-    grpc::ByteBuffer rewritten(slices.data(), slices.size());
-    message->Swap(&rewritten);
-    slices.clear();
+    bytes.AppendTo(message, route->route->overrides[variant]);
 
     if (first_message) {
       first_.emplace();
