@@ -338,6 +338,7 @@ absl::StatusOr<SidecarConfig> LoadConfig(const std::string& path) {
       return ErrorAt(path, upstream["max_message_bytes"].Mark(),
                      "upstream.max_message_bytes must lie between 1 and 2147483647");
     }
+    u.Duration("readiness_interval", &config.upstream.readiness_interval, /*allow_zero=*/true);
     if (auto s = u.Finish(); !s.ok()) return s;
 
     MapReader i(intensity, path, "intensity");

@@ -16,6 +16,8 @@ namespace carbon::sidecar {
 struct UpstreamConfig {
   std::string target;                          // host:port of the inference server
   int64_t max_message_bytes = 64 * 1024 * 1024;  // both directions, both sides of the sidecar
+  // How often the variants' readiness is asked (ModelReady); zero: never, all count as ready.
+  absl::Duration readiness_interval = absl::Seconds(10);
 };
 
 struct IntensityConfig {

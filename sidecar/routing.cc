@@ -47,24 +47,27 @@ absl::StatusOr<std::unique_ptr<telemetry::IntensityProvider>> MakeProvider(
 
 struct SelectionPublisher::State {
   IntensityConfig intensity;
+  absl::Duration readiness_interval;
   std::unique_ptr<telemetry::IntensityProvider> provider;
   selector::IntensityWindow window;
   std::vector<std::shared_ptr<const CompiledRoute>> routes;
   std::vector<std::optional<selector::Selection>> previous;  // per route
+  std::vector<uint64_t> ready;                                // per route
   bool provider_failing = false;
 };
 
 absl::StatusOr<std::unique_ptr<SelectionPublisher>> SelectionPublisher::Create(
-    const SidecarConfig& config) {
+    const SidecarConfig& config, ReadinessProbe readiness) {
   auto state = MakeState(config);
   if (!state.ok()) return state.status();
-  std::unique_ptr<SelectionPublisher> publisher(new SelectionPublisher(*std::move(state)));
+  std::unique_ptr<SelectionPublisher> publisher(
+      new SelectionPublisher(*std::move(state), std::move(readiness)));
   publisher->RefreshNow();
   return publisher;
 }
 
-SelectionPublisher::SelectionPublisher(std::unique_ptr<State> state)
-    : state_(std::move(state)), snapshots_(std::make_shared<const RoutingSnapshot>(std::vector<RouteView>{})) {}
+SelectionPublisher::SelectionPublisher(std::unique_ptr<State> state, ReadinessProbe readiness)
+    : readiness_(std::move(readiness)), state_(std::move(state)), snapshots_(std::make_shared<const RoutingSnapshot>(std::vector<RouteView>{})) {}
 
 SelectionPublisher::~SelectionPublisher() { Stop(); }
 
@@ -85,17 +88,24 @@ void SelectionPublisher::Stop() {
 
 void SelectionPublisher::RefreshNow() {
   absl::MutexLock lock(&mu_);
-  PollAndPublish();
+  PollAndPublish(/*poll_intensity=*/true, /*ask_readiness=*/true);
 }
 
 void SelectionPublisher::Run() {
   absl::MutexLock lock(&mu_);
+  absl::Time next_poll = absl::Now() + state_->intensity.refresh;
+  absl::Time next_ask = absl::Now() + state_->readiness_interval;
   while (!stopping_) {
-    // Waits out the refresh interval, waking early only to stop.
-    const absl::Duration refresh = state_->intensity.refresh;
-    mu_.AwaitWithTimeout(absl::Condition(&stopping_), refresh);
+    const bool asks = readiness_ && state_->readiness_interval > absl::ZeroDuration();
+    // Waits for the next poll or question, waking early only to stop.
+    mu_.AwaitWithDeadline(absl::Condition(&stopping_), asks ? std::min(next_poll, next_ask) : next_poll);
     if (stopping_) break;
-    PollAndPublish();
+    const absl::Time now = absl::Now();
+    const bool poll = now >= next_poll;
+    const bool ask = asks && now >= next_ask;
+    if (poll) next_poll = now + state_->intensity.refresh;
+    if (ask) next_ask = now + state_->readiness_interval;
+    PollAndPublish(poll, ask);
   }
 }
 
@@ -114,28 +124,56 @@ absl::Status SelectionPublisher::Reload(const SidecarConfig& config) {
     }
   }
   state_ = *std::move(state);
-  PollAndPublish();
+  PollAndPublish(/*poll_intensity=*/true, /*ask_readiness=*/true);
   return absl::OkStatus();
 }
 
-void SelectionPublisher::PollAndPublish() {
+void SelectionPublisher::AskReadiness() {
   State& s = *state_;
-  auto reading = s.provider->Latest();
-  if (reading.ok()) {
-    s.window.Add(*reading);
-    if (s.provider_failing) spdlog::info("event=intensity_recovered provider={}", s.provider->kind());
-    s.provider_failing = false;
-  } else if (!s.provider_failing) {
-    spdlog::warn("event=intensity_failing provider={} error=\"{}\"", s.provider->kind(),
-                 ToStd(reading.status().message()));
-    s.provider_failing = true;
+  for (size_t i = 0; i < s.routes.size(); ++i) {
+    const CompiledRoute& route = *s.routes[i];
+    const selector::Pool& pool = *route.config.pool;
+    std::vector<std::string> names;
+    for (const auto& v : pool.variants()) names.push_back(v.name);
+    const std::vector<std::optional<bool>> answers = readiness_(names);
+    uint64_t ready = s.ready[i];
+    for (size_t v = 0; v < answers.size() && v < names.size(); ++v) {
+      if (!answers[v]) continue;  // no answer: what was known stands
+      const uint64_t bit = uint64_t{1} << v;
+      ready = *answers[v] ? (ready | bit) : (ready & ~bit);
+    }
+    for (size_t v = 0; v < names.size(); ++v) {
+      const uint64_t bit = uint64_t{1} << v;
+      if ((ready & bit) != (s.ready[i] & bit)) {
+        spdlog::info("event=variant_readiness route={} model={} ready={}", route.config.name, names[v],
+                     (ready & bit) != 0);
+      }
+    }
+    s.ready[i] = ready;
+  }
+}
+
+void SelectionPublisher::PollAndPublish(bool poll_intensity, bool ask_readiness) {
+  State& s = *state_;
+  if (ask_readiness && readiness_ && s.readiness_interval > absl::ZeroDuration()) AskReadiness();
+  if (poll_intensity) {
+    auto reading = s.provider->Latest();
+    if (reading.ok()) {
+      s.window.Add(*reading);
+      if (s.provider_failing) spdlog::info("event=intensity_recovered provider={}", s.provider->kind());
+      s.provider_failing = false;
+    } else if (!s.provider_failing) {
+      spdlog::warn("event=intensity_failing provider={} error=\"{}\"", s.provider->kind(),
+                   ToStd(reading.status().message()));
+      s.provider_failing = true;
+    }
   }
   const absl::Time now = s.provider->Now();
   const std::optional<selector::WindowBounds> bounds = s.window.Bounds(now);
   std::vector<RouteView> views;
   for (size_t i = 0; i < s.routes.size(); ++i) {
     const CompiledRoute& route = *s.routes[i];
-    const uint64_t ready = route.config.pool->all_variants_mask();
+    const uint64_t ready = s.ready[i];
     selector::Selection sel =
         route.policy.Select(s.window.latest(), bounds, now, ready, s.previous[i] ? &*s.previous[i] : nullptr);
     if (!s.previous[i] || s.previous[i]->variant != sel.variant || s.previous[i]->reason != sel.reason) {
@@ -162,8 +200,8 @@ absl::StatusOr<std::unique_ptr<SelectionPublisher::State>> SelectionPublisher::M
   auto provider = MakeProvider(config.intensity);
   if (!provider.ok()) return provider.status();
   auto state = std::unique_ptr<State>(new State{
-      config.intensity, *std::move(provider), selector::IntensityWindow(config.intensity.window),
-      {}, {}, false});
+      config.intensity, config.upstream.readiness_interval, *std::move(provider),
+      selector::IntensityWindow(config.intensity.window), {}, {}, {}, false});
   state->window.SetFixedBounds(config.intensity.fixed_bounds);
   const absl::Time now = state->provider->Now();
   auto history = state->provider->History(now - config.intensity.window, now);
@@ -177,6 +215,7 @@ absl::StatusOr<std::unique_ptr<SelectionPublisher::State>> SelectionPublisher::M
     state->routes.push_back(
         std::make_shared<const CompiledRoute>(route, config.intensity.stale_after));
     state->previous.emplace_back();
+    state->ready.push_back(route.pool->all_variants_mask());
   }
   return state;
 }

@@ -1,5 +1,6 @@
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -56,12 +57,19 @@ class RoutingSnapshot {
 // Builds the provider that `intensity.provider` names.
 absl::StatusOr<std::unique_ptr<telemetry::IntensityProvider>> MakeProvider(const IntensityConfig& config);
 
-// Polls the intensity provider on a background thread at `intensity.refresh`, keeps the trailing
-// window, runs each route's policy and publishes a new RoutingSnapshot. The request path only
-// reads snapshots, so a slow or failing provider never delays a request. Thread-safe.
+// Answers, per variant name, whether the upstream can serve it now (nullopt: cannot tell).
+using ReadinessProbe =
+    std::function<std::vector<std::optional<bool>>(const std::vector<std::string>& names)>;
+
+// Polls the intensity provider on a background thread at `intensity.refresh`, and the variants'
+// readiness at `upstream.readiness_interval`, keeps the trailing window, runs each route's policy
+// and publishes a new RoutingSnapshot. The request path only reads snapshots, so a slow or failing
+// provider or upstream never delays a request. Thread-safe.
 class SelectionPublisher {
  public:
-  static absl::StatusOr<std::unique_ptr<SelectionPublisher>> Create(const SidecarConfig& config);
+  // Without a readiness probe every variant counts as ready.
+  static absl::StatusOr<std::unique_ptr<SelectionPublisher>> Create(const SidecarConfig& config,
+                                                                    ReadinessProbe readiness = nullptr);
   ~SelectionPublisher();
 
   const selector::SnapshotCell<RoutingSnapshot>& snapshots() const { return snapshots_; }
@@ -69,7 +77,7 @@ class SelectionPublisher {
   // Starts polling; the first poll has already happened in Create.
   void Start();
   void Stop();
-  // Polls once now and publishes.
+  // Polls intensity (and readiness) once now and publishes.
   void RefreshNow();
   // Switches to a new config: new routes, provider and window (backfilled from the provider's
   // history). On error nothing changes.
@@ -78,10 +86,12 @@ class SelectionPublisher {
  private:
   struct State;
   static absl::StatusOr<std::unique_ptr<State>> MakeState(const SidecarConfig& config);
-  explicit SelectionPublisher(std::unique_ptr<State> state);
+  SelectionPublisher(std::unique_ptr<State> state, ReadinessProbe readiness);
   void Run();
-  void PollAndPublish() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void PollAndPublish(bool poll_intensity, bool ask_readiness) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void AskReadiness() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
+  const ReadinessProbe readiness_;
   absl::Mutex mu_;
   std::unique_ptr<State> state_ ABSL_GUARDED_BY(mu_);
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;

@@ -4,20 +4,31 @@
 #include <grpcpp/health_check_service_interface.h>
 
 #include "absl/strings/str_cat.h"
+#include "sidecar/readiness.h"
 #include "spdlog/spdlog.h"
 
 namespace carbon::sidecar {
+namespace {
+
+constexpr absl::Duration kReadinessTimeout = absl::Seconds(1);
+
+}  // namespace
 
 absl::StatusOr<std::unique_ptr<SidecarServer>> SidecarServer::Start(const SidecarConfig& config) {
   std::unique_ptr<SidecarServer> s(new SidecarServer());
   s->config_ = config;
-  auto publisher = SelectionPublisher::Create(config);
-  if (!publisher.ok()) return publisher.status();
-  s->publisher_ = *std::move(publisher);
-
   const int max_bytes = static_cast<int>(config.upstream.max_message_bytes);
   auto channel = grpc::CreateCustomChannel(config.upstream.target, grpc::InsecureChannelCredentials(),
                                            UpstreamChannelArguments(max_bytes));
+  // The readiness questions share the proxy's channel, so they see the upstream the calls see.
+  s->readiness_ = std::make_unique<UpstreamReadiness>(channel, kReadinessTimeout);
+  auto publisher = SelectionPublisher::Create(
+      config, [readiness = s->readiness_.get()](const std::vector<std::string>& names) {
+        return readiness->Ask(names);
+      });
+  if (!publisher.ok()) return publisher.status();
+  s->publisher_ = *std::move(publisher);
+
   s->proxy_ = std::make_unique<InferenceProxy>(channel, &s->publisher_->snapshots());
 
   grpc::EnableDefaultHealthCheckService(true);

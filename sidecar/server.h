@@ -8,6 +8,7 @@
 #include "absl/time/time.h"
 #include "sidecar/config.h"
 #include "sidecar/proxy.h"
+#include "sidecar/readiness.h"
 #include "sidecar/routing.h"
 
 namespace carbon::sidecar {
@@ -36,6 +37,7 @@ class SidecarServer {
   SidecarServer() = default;
 
   SidecarConfig config_;
+  std::unique_ptr<UpstreamReadiness> readiness_;
   std::unique_ptr<SelectionPublisher> publisher_;
   std::unique_ptr<InferenceProxy> proxy_;
   std::unique_ptr<grpc::Server> server_;

@@ -39,6 +39,8 @@ SidecarConfig StaticConfig(int upstream_port, double intensity) {
   c.listen = "127.0.0.1:0";
   c.upstream.target = absl::StrCat("127.0.0.1:", upstream_port);
   c.upstream.max_message_bytes = 4 * 1024 * 1024;
+  // The readiness questions would show among what the upstream received; ReadinessTest asks them.
+  c.upstream.readiness_interval = absl::ZeroDuration();
   c.intensity.provider = "static";
   c.intensity.gco2_per_kwh = intensity;
   c.intensity.refresh = absl::Hours(1);
@@ -443,6 +445,42 @@ TEST_F(ProxyTest, HealthServiceAnswersLocally) {
   for (const auto& s : slices) bytes.append(reinterpret_cast<const char*>(s.begin()), s.size());
   EXPECT_EQ(bytes, std::string("\x08\x01", 2));
   EXPECT_EQ(upstream_->service().received_count(), 0u);
+}
+
+TEST(ReadinessTest, VariantsTheUpstreamDoesNotServeAreLeftOut) {
+  bench::FakeUpstreamOptions partial;
+  partial.models = {"resnet34", "resnet50"};
+  auto upstream = bench::FakeUpstreamServer::Start("127.0.0.1:0", partial);
+  ASSERT_TRUE(upstream.ok());
+  const int port = (*upstream)->port();
+  SidecarConfig config = StaticConfig(port, 100);  // the cleanest grid: resnet152 if it could
+  config.upstream.readiness_interval = absl::Milliseconds(50);
+  auto sidecar = SidecarServer::Start(config);
+  ASSERT_TRUE(sidecar.ok());
+  auto stub = inference::GRPCInferenceService::NewStub(grpc::CreateChannel(
+      absl::StrCat("127.0.0.1:", (*sidecar)->port()), grpc::InsecureChannelCredentials()));
+  const auto served = [&]() -> std::string {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(5)));
+    inference::ModelInferResponse resp;
+    grpc::Status status = stub->ModelInfer(&ctx, InferRequest("resnet", 10), &resp);
+    return status.ok() ? resp.model_name() : "error: " + status.error_message();
+  };
+  // The nearest ready variant to the target energy (1238 mJ) is resnet50.
+  EXPECT_EQ(served(), "resnet50");
+  std::vector<std::string> asked;
+  for (const auto& r : (*upstream)->service().received()) {
+    if (r.method == "ModelReady") asked.push_back(r.model_name);
+  }
+  EXPECT_THAT(asked, ::testing::IsSupersetOf({"resnet34", "resnet50", "resnet101", "resnet152"}));
+
+  // Once the upstream serves every variant, the selection follows.
+  upstream->reset();
+  bench::FakeUpstreamOptions full;
+  full.models = {"resnet34", "resnet50", "resnet101", "resnet152"};
+  auto restarted = bench::FakeUpstreamServer::Start(absl::StrCat("127.0.0.1:", port), full);
+  ASSERT_TRUE(restarted.ok()) << restarted.status();
+  EXPECT_TRUE(PollUntil([&] { return served() == "resnet152"; }));
 }
 
 // An upstream that is not an inference server: it echoes any method, streams included, and
