@@ -86,6 +86,43 @@ bool PollUntil(Pred pred, absl::Duration timeout = absl::Seconds(10)) {
   return pred();
 }
 
+// Runs one bidi call of `method`: each message is written and one reply read before the next.
+// Returns the replies' bytes.
+std::vector<std::string> BidiCall(const std::shared_ptr<grpc::Channel>& channel, const std::string& method,
+                                  const std::vector<std::string>& messages, grpc::ClientContext* ctx,
+                                  grpc::Status* status) {
+  grpc::GenericStub generic(channel);
+  grpc::CompletionQueue cq;
+  auto call = generic.PrepareCall(ctx, method, &cq);
+  void* tag;
+  bool ok;
+  call->StartCall(nullptr);
+  cq.Next(&tag, &ok);
+  std::vector<std::string> replies;
+  for (const std::string& m : messages) {
+    grpc::Slice slice(m.data(), m.size());
+    grpc::ByteBuffer buffer(&slice, 1);
+    call->Write(buffer, nullptr);
+    if (!cq.Next(&tag, &ok) || !ok) break;
+    grpc::ByteBuffer reply;
+    call->Read(&reply, nullptr);
+    if (!cq.Next(&tag, &ok) || !ok) break;
+    std::vector<grpc::Slice> slices;
+    (void)reply.Dump(&slices);
+    std::string bytes;
+    for (const auto& s : slices) bytes.append(reinterpret_cast<const char*>(s.begin()), s.size());
+    replies.push_back(bytes);
+  }
+  call->WritesDone(nullptr);
+  cq.Next(&tag, &ok);
+  call->Finish(status, nullptr);
+  cq.Next(&tag, &ok);
+  cq.Shutdown();
+  while (cq.Next(&tag, &ok)) {
+  }
+  return replies;
+}
+
 class ProxyTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -337,37 +374,16 @@ TEST_F(ProxyTest, StreamInferRoutesEveryMessage) {
 }
 
 TEST_F(ProxyTest, BadMessageMidStreamEndsTheStreamWithInvalidArgument) {
-  grpc::GenericStub generic(channel_);
   // A good message, its answer, then bytes no protobuf parser would accept.
-  grpc::ClientContext raw_ctx;
-  grpc::CompletionQueue cq;
-  auto call = generic.PrepareCall(&raw_ctx, "/inference.GRPCInferenceService/ModelStreamInfer", &cq);
-  void* tag;
-  bool ok;
-  call->StartCall(reinterpret_cast<void*>(1));
-  ASSERT_TRUE(cq.Next(&tag, &ok) && ok);
   const std::string good = InferRequest("resnet", 10).SerializeAsString();
-  grpc::Slice good_slice(good.data(), good.size());
-  grpc::ByteBuffer good_buffer(&good_slice, 1);
-  call->Write(good_buffer, reinterpret_cast<void*>(2));
-  ASSERT_TRUE(cq.Next(&tag, &ok) && ok);
-  grpc::ByteBuffer reply;
-  call->Read(&reply, reinterpret_cast<void*>(3));
-  ASSERT_TRUE(cq.Next(&tag, &ok) && ok);
   const std::string bad("\x0a\x10short", 7);
-  grpc::Slice bad_slice(bad.data(), bad.size());
-  grpc::ByteBuffer bad_buffer(&bad_slice, 1);
-  call->Write(bad_buffer, reinterpret_cast<void*>(4));
-  ASSERT_TRUE(cq.Next(&tag, &ok));
+  grpc::ClientContext ctx;
   grpc::Status status;
-  call->Finish(&status, reinterpret_cast<void*>(5));
-  while (cq.Next(&tag, &ok) && tag != reinterpret_cast<void*>(5)) {
-  }
+  auto replies = BidiCall(channel_, "/inference.GRPCInferenceService/ModelStreamInfer", {good, bad},
+                          &ctx, &status);
+  EXPECT_EQ(replies.size(), 1u);
   EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   EXPECT_THAT(status.error_message(), HasSubstr("model name declares 16 bytes"));
-  cq.Shutdown();
-  while (cq.Next(&tag, &ok)) {
-  }
   // The upstream saw the good message only, and its stream was cancelled.
   for (const auto& r : upstream_->service().received()) EXPECT_EQ(r.model_name, "resnet101");
   EXPECT_TRUE(PollUntil([&] { return upstream_->service().cancelled_streams() >= 1; }));
@@ -444,6 +460,22 @@ TEST_F(ProxyTest, HealthServiceAnswersLocally) {
   std::string bytes;
   for (const auto& s : slices) bytes.append(reinterpret_cast<const char*>(s.begin()), s.size());
   EXPECT_EQ(bytes, std::string("\x08\x01", 2));
+  EXPECT_EQ(upstream_->service().received_count(), 0u);
+}
+
+TEST_F(ProxyTest, ReflectionDescribesTheInferenceService) {
+  // ServerReflectionRequest{file_containing_symbol (4): "inference.GRPCInferenceService"}, as
+  // grpcurl sends for `describe`.
+  const std::string symbol = "inference.GRPCInferenceService";
+  const std::string request = std::string("\x22") + static_cast<char>(symbol.size()) + symbol;
+  grpc::ClientContext ctx;
+  grpc::Status status;
+  auto replies = BidiCall(channel_, "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+                          {request}, &ctx, &status);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  ASSERT_EQ(replies.size(), 1u);
+  EXPECT_THAT(replies[0], HasSubstr("inference/grpc_service.proto"));
+  EXPECT_THAT(replies[0], HasSubstr("ModelStreamInfer"));
   EXPECT_EQ(upstream_->service().received_count(), 0u);
 }
 
@@ -551,39 +583,9 @@ class OpaqueProxyTest : public ::testing::Test {
     echo_server_->Shutdown(std::chrono::system_clock::now());
   }
 
-  // Runs one bidi call of `method` with `messages`, returning the echoed messages.
   std::vector<std::string> Call(const std::string& method, const std::vector<std::string>& messages,
                                 grpc::ClientContext* ctx, grpc::Status* status) {
-    grpc::GenericStub generic(channel_);
-    grpc::CompletionQueue cq;
-    auto call = generic.PrepareCall(ctx, method, &cq);
-    void* tag;
-    bool ok;
-    call->StartCall(nullptr);
-    cq.Next(&tag, &ok);
-    std::vector<std::string> echoed;
-    for (const std::string& m : messages) {
-      grpc::Slice slice(m.data(), m.size());
-      grpc::ByteBuffer buffer(&slice, 1);
-      call->Write(buffer, nullptr);
-      if (!cq.Next(&tag, &ok) || !ok) break;
-      grpc::ByteBuffer reply;
-      call->Read(&reply, nullptr);
-      if (!cq.Next(&tag, &ok) || !ok) break;
-      std::vector<grpc::Slice> slices;
-      (void)reply.Dump(&slices);
-      std::string bytes;
-      for (const auto& s : slices) bytes.append(reinterpret_cast<const char*>(s.begin()), s.size());
-      echoed.push_back(bytes);
-    }
-    call->WritesDone(nullptr);
-    cq.Next(&tag, &ok);
-    call->Finish(status, nullptr);
-    cq.Next(&tag, &ok);
-    cq.Shutdown();
-    while (cq.Next(&tag, &ok)) {
-    }
-    return echoed;
+    return BidiCall(channel_, method, messages, ctx, status);
   }
 
   EchoService echo_;
