@@ -1,0 +1,158 @@
+#include "sidecar/routing.h"
+
+#include <filesystem>
+#include <fstream>
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include "inference/grpc_service.pb.h"
+
+namespace carbon::sidecar {
+namespace {
+
+SidecarConfig BaseConfig() {
+  SidecarConfig c;
+  c.upstream.target = "127.0.0.1:1";
+  c.intensity.provider = "static";
+  c.intensity.gco2_per_kwh = 200;
+  c.intensity.refresh = absl::Hours(1);
+  c.intensity.fixed_bounds = selector::WindowBounds{100, 300};
+  RouteConfig route;
+  route.name = "resnet";
+  auto pool = selector::Pool::Create({{"resnet34", 359.9321833, 8.58},
+                                      {"resnet50", 420.6213298, 7.138},
+                                      {"resnet101", 803.0948846, 6.454},
+                                      {"resnet152", 1238.147188, 5.954}});
+  route.pool = std::make_shared<const selector::Pool>(*pool);
+  route.baseline = 1;
+  route.default_variant = 1;
+  c.routes.push_back(route);
+  return c;
+}
+
+std::string VariantOf(const SelectionPublisher& publisher, const std::string& route_name) {
+  const RouteView* route = publisher.snapshots().Load()->Find(route_name);
+  return route == nullptr ? "<no route>" : route->pool()[route->selection.variant].name;
+}
+
+TEST(RoutingSnapshotTest, FindsRoutesByNameOnly) {
+  auto publisher = SelectionPublisher::Create(BaseConfig());
+  ASSERT_TRUE(publisher.ok()) << publisher.status();
+  const auto snapshot = (*publisher)->snapshots().Load();
+  ASSERT_NE(snapshot->Find("resnet"), nullptr);
+  EXPECT_EQ(snapshot->Find("resnet50"), nullptr);
+  EXPECT_EQ(snapshot->Find("Resnet"), nullptr);
+  EXPECT_EQ(snapshot->Find(""), nullptr);
+  EXPECT_EQ(VariantOf(**publisher, "resnet"), "resnet101");
+}
+
+TEST(CompiledRouteTest, OverridesAreTheEncodedVariantNames) {
+  SidecarConfig config = BaseConfig();
+  CompiledRoute route(config.routes[0], absl::Hours(2));
+  ASSERT_EQ(route.overrides.size(), 4u);
+  inference::ModelInferRequest parsed;
+  const grpc::Slice& s = route.overrides[3];
+  ASSERT_TRUE(parsed.ParseFromString(std::string(reinterpret_cast<const char*>(s.begin()), s.size())));
+  EXPECT_EQ(parsed.model_name(), "resnet152");
+}
+
+TEST(SelectionPublisherTest, ReadinessAnswersShapeTheChoice) {
+  SidecarConfig config = BaseConfig();
+  config.intensity.gco2_per_kwh = 100;  // cleanest: resnet152 when it is ready
+  std::vector<std::optional<bool>> answers = {true, true, false, false};
+  auto publisher = SelectionPublisher::Create(
+      config, [&](const std::vector<std::string>& names) {
+        EXPECT_EQ(names, (std::vector<std::string>{"resnet34", "resnet50", "resnet101", "resnet152"}));
+        return answers;
+      });
+  ASSERT_TRUE(publisher.ok());
+  EXPECT_EQ(VariantOf(**publisher, "resnet"), "resnet50");
+  // No answer (upstream unreachable) keeps what was known.
+  answers = {std::nullopt, std::nullopt, std::nullopt, std::nullopt};
+  (*publisher)->RefreshNow();
+  EXPECT_EQ(VariantOf(**publisher, "resnet"), "resnet50");
+  answers = {true, true, true, true};
+  (*publisher)->RefreshNow();
+  EXPECT_EQ(VariantOf(**publisher, "resnet"), "resnet152");
+  // Nothing ready: the route's default, saying why.
+  answers = {false, false, false, false};
+  (*publisher)->RefreshNow();
+  const RouteView* route = (*publisher)->snapshots().Load()->Find("resnet");
+  EXPECT_EQ(route->selection.reason, selector::SelectionReason::kNoReadyVariant);
+}
+
+TEST(SelectionPublisherTest, ZeroReadinessIntervalNeverAsks) {
+  SidecarConfig config = BaseConfig();
+  config.upstream.readiness_interval = absl::ZeroDuration();
+  int asked = 0;
+  auto publisher = SelectionPublisher::Create(config, [&](const std::vector<std::string>& names) {
+    ++asked;
+    return std::vector<std::optional<bool>>(names.size(), false);
+  });
+  ASSERT_TRUE(publisher.ok());
+  (*publisher)->RefreshNow();
+  EXPECT_EQ(asked, 0);
+  EXPECT_EQ(VariantOf(**publisher, "resnet"), "resnet101");
+}
+
+TEST(SelectionPublisherTest, AnEndedTraceGoesStaleAndTheDefaultTakesOver) {
+  const auto dir = std::filesystem::path(::testing::TempDir()) / ("routing_" + std::to_string(getpid()));
+  std::filesystem::create_directories(dir);
+  std::ofstream(dir / "trace.csv") << "t,v\n2023-06-01 00:00:00,100\n2023-06-01 00:30:00,300\n";
+  SidecarConfig config = BaseConfig();
+  config.intensity.provider = "trace";
+  config.intensity.trace_path = (dir / "trace.csv").string();
+  config.intensity.trace_loop = false;
+  config.intensity.trace_speedup = 1e6;  // a simulated hour every 3.6 ms
+  config.intensity.stale_after = absl::Hours(1);
+  auto publisher = SelectionPublisher::Create(config);
+  ASSERT_TRUE(publisher.ok()) << publisher.status();
+  const auto reason = [&] {
+    (*publisher)->RefreshNow();
+    return (*publisher)->snapshots().Load()->Find("resnet")->selection.reason;
+  };
+  const absl::Time end = absl::Now() + absl::Seconds(10);
+  while (reason() != selector::SelectionReason::kStaleIntensity && absl::Now() < end) {
+    absl::SleepFor(absl::Milliseconds(1));
+  }
+  EXPECT_EQ(reason(), selector::SelectionReason::kStaleIntensity);
+  EXPECT_EQ(VariantOf(**publisher, "resnet"), "resnet50");  // the default
+  std::filesystem::remove_all(dir);
+}
+
+TEST(SelectionPublisherTest, AFailedReloadChangesNothing) {
+  auto publisher = SelectionPublisher::Create(BaseConfig());
+  ASSERT_TRUE(publisher.ok());
+  const auto before = (*publisher)->snapshots().Load();
+  SidecarConfig broken = BaseConfig();
+  broken.intensity.provider = "trace";
+  broken.intensity.trace_path = "/nonexistent.csv";
+  EXPECT_EQ((*publisher)->Reload(broken).code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ((*publisher)->snapshots().Load(), before);
+}
+
+TEST(SelectionPublisherTest, BackgroundPollingPublishesWithoutBeingAsked) {
+  SidecarConfig config = BaseConfig();
+  const auto dir = std::filesystem::path(::testing::TempDir()) / ("routing_bg_" + std::to_string(getpid()));
+  std::filesystem::create_directories(dir);
+  std::ofstream(dir / "trace.csv") << "t,v\n2023-06-01 00:00:00,100\n2023-06-01 00:30:00,300\n";
+  config.intensity.provider = "trace";
+  config.intensity.trace_path = (dir / "trace.csv").string();
+  config.intensity.trace_speedup = 3600;  // 30 simulated minutes in half a second
+  config.intensity.refresh = absl::Milliseconds(20);
+  auto publisher = SelectionPublisher::Create(config);
+  ASSERT_TRUE(publisher.ok());
+  EXPECT_EQ(VariantOf(**publisher, "resnet"), "resnet152");  // C = 100, the window's low
+  (*publisher)->Start();
+  const absl::Time end = absl::Now() + absl::Seconds(10);
+  while (VariantOf(**publisher, "resnet") != "resnet34" && absl::Now() < end) {
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  EXPECT_EQ(VariantOf(**publisher, "resnet"), "resnet34");  // C = 300, the high
+  (*publisher)->Stop();
+  std::filesystem::remove_all(dir);
+}
+
+}  // namespace
+}  // namespace carbon::sidecar
