@@ -1,0 +1,96 @@
+#include "telemetry/carbon_ledger.h"
+
+#include <cmath>
+#include <limits>
+
+#include "absl/strings/str_cat.h"
+
+namespace carbon::telemetry {
+
+size_t ThisThreadShard() {
+  static std::atomic<size_t> next{0};
+  thread_local const size_t shard = next.fetch_add(1, std::memory_order_relaxed) % kLedgerShards;
+  return shard;
+}
+
+void VariantLedger::RecordServed(uint64_t items, double gco2_per_kwh) {
+  Shard& s = shards_[ThisThreadShard()];
+  s.requests.fetch_add(1, std::memory_order_relaxed);
+  s.items.fetch_add(items, std::memory_order_relaxed);
+  if (gco2_per_kwh >= 0) {
+    s.items_with_intensity.fetch_add(items, std::memory_order_relaxed);
+    s.item_intensity.fetch_add(static_cast<double>(items) * gco2_per_kwh, std::memory_order_relaxed);
+  }
+}
+
+void VariantLedger::RecordFailed(int code) {
+  const size_t c = code >= 0 && static_cast<size_t>(code) < kGrpcCodes ? static_cast<size_t>(code) : 2;
+  failed_[c].fetch_add(1, std::memory_order_relaxed);
+}
+
+VariantTotals VariantLedger::Totals() const {
+  VariantTotals t;
+  for (const Shard& s : shards_) {
+    t.requests += s.requests.load(std::memory_order_relaxed);
+    t.items += s.items.load(std::memory_order_relaxed);
+    t.items_with_intensity += s.items_with_intensity.load(std::memory_order_relaxed);
+    t.item_intensity += s.item_intensity.load(std::memory_order_relaxed);
+  }
+  for (size_t c = 0; c < kGrpcCodes; ++c) t.failed[c] = failed_[c].load(std::memory_order_relaxed);
+  return t;
+}
+
+RouteLedger::RouteLedger(std::string route, std::shared_ptr<const selector::Pool> pool,
+                         size_t baseline, std::vector<VariantLedger*> variants)
+    : route_(std::move(route)), pool_(std::move(pool)), baseline_(baseline), variants_(std::move(variants)) {}
+
+double JoulesFor(const selector::Variant& v, uint64_t items) {
+  return static_cast<double>(items) * v.energy_mj * 1e-3;
+}
+
+double GramsFor(const selector::Variant& v, double item_intensity) {
+  // mJ -> J, J -> kWh, × g/kWh.
+  return item_intensity * v.energy_mj * 1e-3 / 3.6e6;
+}
+
+RouteReport Report(const RouteLedger& route) {
+  const selector::Pool& pool = route.pool();
+  RouteReport r;
+  double item_intensity = 0;
+  for (size_t i = 0; i < pool.size(); ++i) {
+    VariantTotals t = route.variant(i).Totals();
+    r.requests += t.requests;
+    r.items += t.items;
+    r.joules += JoulesFor(pool[i], t.items);
+    r.grams += GramsFor(pool[i], t.item_intensity);
+    r.error_percent_sum += static_cast<double>(t.items) * pool[i].error_percent;
+    item_intensity += t.item_intensity;
+    r.variants.push_back(t);
+  }
+  for (size_t i = 0; i < pool.size(); ++i) r.counterfactual_grams.push_back(GramsFor(pool[i], item_intensity));
+  if (r.items > 0) r.mean_error_percent = r.error_percent_sum / static_cast<double>(r.items);
+  const double baseline_error = pool[route.baseline()].error_percent;
+  if (r.items > 0 && baseline_error > 0) {
+    r.relative_quality_improvement_percent = (baseline_error - r.mean_error_percent) / baseline_error * 100;
+  }
+  r.extra_grams = r.grams - r.counterfactual_grams[route.baseline()];
+  r.efficiency = r.extra_grams != 0 ? r.relative_quality_improvement_percent / r.extra_grams
+                                    : std::numeric_limits<double>::quiet_NaN();
+  return r;
+}
+
+std::shared_ptr<const RouteLedger> CarbonLedger::Route(const std::string& route,
+                                                       std::shared_ptr<const selector::Pool> pool,
+                                                       size_t baseline) {
+  std::vector<VariantLedger*> cells;
+  absl::MutexLock lock(&mu_);
+  for (const selector::Variant& v : pool->variants()) {
+    // A key no route or variant name can forge: names are non-empty and the separator is NUL.
+    std::unique_ptr<VariantLedger>& cell = variants_[absl::StrCat(route, std::string(1, '\0'), v.name)];
+    if (cell == nullptr) cell = std::make_unique<VariantLedger>();
+    cells.push_back(cell.get());
+  }
+  return std::make_shared<const RouteLedger>(route, std::move(pool), baseline, std::move(cells));
+}
+
+}  // namespace carbon::telemetry

@@ -1,0 +1,121 @@
+#pragma once
+
+#include <array>
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/synchronization/mutex.h"
+#include "selector/pool.h"
+
+namespace carbon::telemetry {
+
+// Request counters are split over this many cache-line-sized shards; each thread writes to one, and
+// readers add them up. Recording never takes a lock and threads rarely share a line.
+inline constexpr size_t kLedgerShards = 16;
+// gRPC status codes 0 (OK) … 16 (UNAUTHENTICATED).
+inline constexpr size_t kGrpcCodes = 17;
+
+// The shard the calling thread records into.
+size_t ThisThreadShard();
+
+// What one (route, variant) has accumulated. Energy, grams and counterfactual grams all follow from
+// `items` and `item_intensity`, with the pool's energies:
+//   joules           = items × E[mJ] / 1000
+//   grams            = item_intensity × E[mJ] × 1e-3 / 3.6e6
+// where item_intensity = Σ items × C over the served requests (C in gCO2/kWh at the time), so
+// one request costs three relaxed atomic adds however many variants the pool has.
+struct VariantTotals {
+  uint64_t requests = 0;             // served successfully
+  uint64_t items = 0;                // inferences: batch size × requests
+  uint64_t items_with_intensity = 0; // those served while an intensity was known
+  double item_intensity = 0;         // Σ items × C, gCO2/kWh
+  std::array<uint64_t, kGrpcCodes> failed{};  // requests routed here that ended with that code
+};
+
+// The ledger of one (route, variant), identified by name, kept across reloads so counters only
+// ever grow. Thread-safe; Record* never blocks.
+class VariantLedger {
+ public:
+  // A request served successfully: `items` inferences at intensity `gco2_per_kwh` (negative: no
+  // intensity known, so no grams are charged for it).
+  void RecordServed(uint64_t items, double gco2_per_kwh);
+  // A request routed here that did not succeed; `code` is its gRPC status code.
+  void RecordFailed(int code);
+  VariantTotals Totals() const;
+
+ private:
+  struct alignas(64) Shard {
+    std::atomic<uint64_t> requests{0};
+    std::atomic<uint64_t> items{0};
+    std::atomic<uint64_t> items_with_intensity{0};
+    std::atomic<double> item_intensity{0};
+  };
+  std::array<Shard, kLedgerShards> shards_;
+  // Failures are rare enough to share one line per code.
+  std::array<std::atomic<uint64_t>, kGrpcCodes> failed_{};
+};
+
+// The ledger of one route with its pool: a view onto per-variant ledgers, indexed like the pool.
+// Immutable apart from the counters; safe to share.
+class RouteLedger {
+ public:
+  RouteLedger(std::string route, std::shared_ptr<const selector::Pool> pool, size_t baseline,
+              std::vector<VariantLedger*> variants);
+
+  const std::string& route() const { return route_; }
+  const selector::Pool& pool() const { return *pool_; }
+  size_t baseline() const { return baseline_; }
+  VariantLedger& variant(size_t i) const { return *variants_[i]; }
+
+ private:
+  std::string route_;
+  std::shared_ptr<const selector::Pool> pool_;
+  size_t baseline_;
+  std::vector<VariantLedger*> variants_;
+};
+
+// A route's totals at one moment and what follows from them (DESIGN.md §1, "Ledger and
+// carbon-emission efficiency").
+struct RouteReport {
+  std::vector<VariantTotals> variants;  // indexed like the pool
+  uint64_t requests = 0;
+  uint64_t items = 0;
+  double joules = 0;
+  double grams = 0;
+  // Per pool variant: the grams had every item of the route (served with an intensity known) gone
+  // to that variant at the same intensities.
+  std::vector<double> counterfactual_grams;
+  double error_percent_sum = 0;    // Σ items × error of the variant that served them
+  double mean_error_percent = 0;   // error_percent_sum / items (0 without items)
+  // Against the baseline variant:
+  double relative_quality_improvement_percent = 0;  // (err_b - mean) / err_b × 100
+  double extra_grams = 0;                            // grams - counterfactual_grams[baseline]
+  double efficiency = 0;  // relative_quality_improvement_percent / extra_grams; NaN when extra is 0
+};
+
+// Per-variant figures of one served variant, for callers that need them directly.
+double JoulesFor(const selector::Variant& v, uint64_t items);
+double GramsFor(const selector::Variant& v, double item_intensity);
+
+RouteReport Report(const RouteLedger& route);
+
+// Owns every VariantLedger ever made, keyed by (route, variant) name, so that a reload that keeps a
+// route and variant keeps counting where it was. Thread-safe: Route() (config time) takes a lock;
+// recording through the returned RouteLedger does not.
+class CarbonLedger {
+ public:
+  std::shared_ptr<const RouteLedger> Route(const std::string& route,
+                                           std::shared_ptr<const selector::Pool> pool, size_t baseline);
+
+ private:
+  absl::Mutex mu_;
+  absl::flat_hash_map<std::string, std::unique_ptr<VariantLedger>> variants_ ABSL_GUARDED_BY(mu_);
+};
+
+}  // namespace carbon::telemetry

@@ -1,0 +1,142 @@
+#include "telemetry/carbon_ledger.h"
+
+#include <cmath>
+#include <thread>
+
+#include <gtest/gtest.h>
+
+namespace carbon::telemetry {
+namespace {
+
+std::shared_ptr<const selector::Pool> ResnetPool() {
+  auto pool = selector::Pool::Create({{"resnet34", 359.9321833, 8.58},
+                                      {"resnet50", 420.6213298, 7.138},
+                                      {"resnet101", 803.0948846, 6.454},
+                                      {"resnet152", 1238.147188, 5.954}});
+  EXPECT_TRUE(pool.ok());
+  return std::make_shared<const selector::Pool>(*pool);
+}
+
+constexpr size_t kR34 = 0, kR50 = 1, kR101 = 2, kR152 = 3;
+
+TEST(CarbonLedgerTest, GramsAndCounterfactualsForASequenceOfIntensities) {
+  CarbonLedger ledger;
+  auto route = ledger.Route("resnet", ResnetPool(), kR50);
+  route->variant(kR101).RecordServed(2, 200);  // a batch of two at 200 g/kWh
+  route->variant(kR34).RecordServed(1, 300);
+  route->variant(kR152).RecordServed(1, 100);
+  route->variant(kR152).RecordServed(3, -1);   // no intensity known: counted, not charged
+
+  const RouteReport r = Report(*route);
+  EXPECT_EQ(r.requests, 4u);
+  EXPECT_EQ(r.items, 7u);
+  // By hand: grams = E[mJ] × 1e-3 J/mJ ÷ 3.6e6 J/kWh × C × items.
+  const double g101 = 803.0948846e-3 / 3.6e6 * 200 * 2;
+  const double g34 = 359.9321833e-3 / 3.6e6 * 300 * 1;
+  const double g152 = 1238.147188e-3 / 3.6e6 * 100 * 1;
+  EXPECT_NEAR(r.grams, g101 + g34 + g152, 1e-15);
+  EXPECT_NEAR(r.joules, 2 * 0.8030948846 + 0.3599321833 + 4 * 1.238147188, 1e-12);
+  // Had all items served with an intensity (2 @ 200, 1 @ 300, 1 @ 100 → Σ items·C = 800) gone to v:
+  for (size_t v = 0; v < 4; ++v) {
+    EXPECT_NEAR(r.counterfactual_grams[v], route->pool()[v].energy_mj * 1e-3 / 3.6e6 * 800, 1e-15) << v;
+  }
+  EXPECT_EQ(r.variants[kR152].items, 4u);
+  EXPECT_EQ(r.variants[kR152].items_with_intensity, 1u);
+  EXPECT_DOUBLE_EQ(r.error_percent_sum, 2 * 6.454 + 8.58 + 4 * 5.954);
+}
+
+TEST(CarbonLedgerTest, EfficiencyIsThePapersDefinition) {
+  // Three items: resnet101 at 100 g/kWh, resnet152 at 50, resnet34 at 400.
+  CarbonLedger ledger;
+  auto route = ledger.Route("resnet", ResnetPool(), kR50);
+  route->variant(kR101).RecordServed(1, 100);
+  route->variant(kR152).RecordServed(1, 50);
+  route->variant(kR34).RecordServed(1, 400);
+  const RouteReport r = Report(*route);
+
+  const double mean_error = (6.454 + 5.954 + 8.58) / 3;
+  const double rqi = (7.138 - mean_error) / 7.138 * 100;
+  const double actual = (803.0948846 * 100 + 1238.147188 * 50 + 359.9321833 * 400) * 1e-3 / 3.6e6;
+  const double baseline = 420.6213298 * (100 + 50 + 400) * 1e-3 / 3.6e6;
+  EXPECT_NEAR(r.mean_error_percent, mean_error, 1e-12);
+  EXPECT_NEAR(r.relative_quality_improvement_percent, rqi, 1e-10);
+  EXPECT_NEAR(r.extra_grams, actual - baseline, 1e-15);
+  EXPECT_NEAR(r.efficiency, rqi / (actual - baseline), std::abs(rqi / (actual - baseline)) * 1e-9);
+}
+
+TEST(CarbonLedgerTest, OnlyTheBaselineGivesNoEfficiency) {
+  CarbonLedger ledger;
+  auto route = ledger.Route("resnet", ResnetPool(), kR50);
+  route->variant(kR50).RecordServed(5, 250);
+  const RouteReport r = Report(*route);
+  EXPECT_DOUBLE_EQ(r.relative_quality_improvement_percent, 0);
+  EXPECT_DOUBLE_EQ(r.extra_grams, 0);
+  EXPECT_TRUE(std::isnan(r.efficiency));
+}
+
+TEST(CarbonLedgerTest, FailuresAreCountedByCodeAndNotCharged) {
+  CarbonLedger ledger;
+  auto route = ledger.Route("resnet", ResnetPool(), kR50);
+  route->variant(kR101).RecordFailed(14);
+  route->variant(kR101).RecordFailed(14);
+  route->variant(kR101).RecordFailed(4);
+  route->variant(kR101).RecordFailed(99);  // not a gRPC code: UNKNOWN
+  const RouteReport r = Report(*route);
+  EXPECT_EQ(r.requests, 0u);
+  EXPECT_EQ(r.grams, 0);
+  EXPECT_EQ(r.variants[kR101].failed[14], 2u);
+  EXPECT_EQ(r.variants[kR101].failed[4], 1u);
+  EXPECT_EQ(r.variants[kR101].failed[2], 1u);
+}
+
+TEST(CarbonLedgerTest, CountsAreExactWhenManyThreadsRecordAtOnce) {
+  CarbonLedger ledger;
+  auto route = ledger.Route("resnet", ResnetPool(), kR50);
+  constexpr int kThreads = 8;
+  constexpr int kPerThread = 200000;
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < kPerThread; ++i) {
+        // Whole-number intensities: every partial sum is exact in a double, whatever the order.
+        route->variant(static_cast<size_t>(i % 4)).RecordServed(static_cast<uint64_t>(1 + t % 3), 100 + i % 7);
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  const RouteReport r = Report(*route);
+  uint64_t expected_items = 0;
+  double expected_item_intensity = 0;
+  for (int t = 0; t < kThreads; ++t) {
+    for (int i = 0; i < kPerThread; ++i) {
+      expected_items += static_cast<uint64_t>(1 + t % 3);
+      expected_item_intensity += static_cast<double>(1 + t % 3) * (100 + i % 7);
+    }
+  }
+  EXPECT_EQ(r.requests, static_cast<uint64_t>(kThreads) * kPerThread);
+  EXPECT_EQ(r.items, expected_items);
+  double item_intensity = 0;
+  for (const auto& v : r.variants) item_intensity += v.item_intensity;
+  EXPECT_EQ(item_intensity, expected_item_intensity);
+  for (const auto& v : r.variants) EXPECT_EQ(v.requests, static_cast<uint64_t>(kThreads) * kPerThread / 4);
+}
+
+TEST(CarbonLedgerTest, AReloadKeepsCountingWhereItWas) {
+  CarbonLedger ledger;
+  auto before = ledger.Route("resnet", ResnetPool(), kR50);
+  before->variant(kR101).RecordServed(1, 200);
+  // The same route with a pool that drops resnet34 and adds resnet18.
+  auto pool = selector::Pool::Create({{"resnet18", 300, 10.0},
+                                      {"resnet50", 420.6213298, 7.138},
+                                      {"resnet101", 803.0948846, 6.454}});
+  auto after = ledger.Route("resnet", std::make_shared<const selector::Pool>(*pool), 1);
+  EXPECT_EQ(after->variant(2).Totals().requests, 1u);  // resnet101 carried over
+  EXPECT_EQ(after->variant(0).Totals().requests, 0u);  // resnet18 is new
+  EXPECT_EQ(&after->variant(2), &before->variant(kR101));
+  // Another route never shares cells with this one.
+  auto other = ledger.Route("resnet-b", ResnetPool(), kR50);
+  EXPECT_EQ(other->variant(kR101).Totals().requests, 0u);
+}
+
+}  // namespace
+}  // namespace carbon::telemetry
