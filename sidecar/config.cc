@@ -6,6 +6,7 @@
 #include <sstream>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_join.h"
 #include "yaml-cpp/yaml.h"
 
@@ -176,6 +177,13 @@ absl::StatusOr<YAML::Node> ParseYamlFile(const std::string& path) {
   }
 }
 
+bool LooksLikeHostPort(const std::string& address) {
+  const size_t colon = address.rfind(':');
+  int port;
+  return colon != std::string::npos && colon > 0 &&
+         absl::SimpleAtoi(absl::string_view(address).substr(colon + 1), &port) && port >= 0 && port <= 65535;
+}
+
 std::string Resolve(const std::string& base_dir, const std::string& path) {
   if (path.empty() || std::filesystem::path(path).is_absolute()) return path;
   return (std::filesystem::path(base_dir) / path).lexically_normal().string();
@@ -325,10 +333,21 @@ absl::StatusOr<SidecarConfig> LoadConfig(const std::string& path) {
     MapReader top(*root, path, "the config");
     top.String("listen", &config.listen);
     top.Duration("drain_timeout", &config.drain_timeout, /*allow_zero=*/true);
+    YAML::Node admin = top.Get("admin", false);
     YAML::Node upstream = top.Get("upstream", true);
     YAML::Node intensity = top.Get("intensity", true);
     YAML::Node routes = top.Get("routes", true);
     if (auto s = top.Finish(); !s.ok()) return s;
+
+    if (admin.IsDefined()) {
+      MapReader a(admin, path, "admin");
+      if (a.String("listen", &config.admin_listen, true) && !LooksLikeHostPort(config.admin_listen)) {
+        return ErrorAt(path, admin["listen"].Mark(),
+                       absl::StrCat("admin.listen must be host:port, such as 127.0.0.1:9464, got '",
+                                    config.admin_listen, "'"));
+      }
+      if (auto s = a.Finish(); !s.ok()) return s;
+    }
 
     MapReader u(upstream, path, "upstream");
     u.String("target", &config.upstream.target, true);

@@ -52,6 +52,9 @@ struct RouteConfig {
 struct SidecarConfig {
   std::string path;  // the file it came from
   std::string listen = "0.0.0.0:8001";
+  // The admin HTTP port (/metrics, /healthz, /readyz, /v1/selection, /v1/config). Loopback by
+  // default: exposing it further is an explicit choice.
+  std::string admin_listen = "127.0.0.1:9464";
   UpstreamConfig upstream;
   absl::Duration drain_timeout = absl::Seconds(30);
   IntensityConfig intensity;

@@ -62,14 +62,7 @@ int main(int argc, char** argv) {
     const timespec poll{0, 100'000'000};
     const int sig = sigtimedwait(&signals, nullptr, &poll);
     if (sig == SIGHUP) {
-      auto next = carbon::sidecar::LoadConfig(path);
-      absl::Status result = next.ok() ? (*server)->Reload(*next) : next.status();
-      if (result.ok()) {
-        spdlog::info("event=config_reloaded result=success path={}", path);
-      } else {
-        spdlog::error("event=config_reloaded result=failure error=\"{}\" detail=\"old config kept\"",
-                      carbon::ToStd(result.message()));
-      }
+      (void)(*server)->ReloadFromFile(path);  // logged and counted either way
     } else if (sig == SIGTERM || sig == SIGINT) {
       if (drainer.joinable()) {
         spdlog::warn("event=forced_exit detail=\"second signal during drain\"");

@@ -2,6 +2,7 @@
 
 #include <atomic>
 #include <charconv>
+#include <chrono>
 #include <optional>
 #include <string_view>
 #include <vector>
@@ -15,6 +16,7 @@
 #include "absl/synchronization/mutex.h"
 #include "common/string_view_compat.h"
 #include "sidecar/request_bytes.h"
+#include "telemetry/latency_histogram.h"
 
 namespace carbon::sidecar {
 namespace {
@@ -127,15 +129,19 @@ absl::StatusOr<RequestControls> ReadControls(const grpc::GenericCallbackServerCo
 // first decision for the response headers.
 class RequestRouter {
  public:
-  RequestRouter(const selector::SnapshotCell<RoutingSnapshot>* routes, MethodKind kind)
-      : routes_(routes), kind_(kind) {}
+  RequestRouter(const selector::SnapshotCell<RoutingSnapshot>* routes, ProxyCounters* counters,
+                MethodKind kind)
+      : routes_(routes), counters_(counters), kind_(kind) {}
 
   // Rewrites `message` when it names a route; leaves it untouched otherwise. Errors are
   // INVALID_ARGUMENT and the message must then not be forwarded.
   absl::Status Route(const grpc::GenericCallbackServerContext& ctx, grpc::ByteBuffer* message) {
     if (!controls_) {
       auto controls = ReadControls(ctx);
-      if (!controls.ok()) return controls.status();
+      if (!controls.ok()) {
+        counters_->bad_controls.fetch_add(1, std::memory_order_relaxed);
+        return controls.status();
+      }
       controls_ = *controls;
     }
     // Reused per thread: after the first call on a thread, a rewrite allocates nothing.
@@ -144,6 +150,7 @@ class RequestRouter {
     auto scanned = bytes.Scan(message, wants_batch);
     if (!scanned.ok()) {
       bytes.Clear();
+      counters_->malformed.fetch_add(1, std::memory_order_relaxed);
       return scanned.status();
     }
     const std::shared_ptr<const RoutingSnapshot>& snapshot = routes_->Load();
@@ -163,6 +170,7 @@ class RequestRouter {
       auto pinned = pool.IndexOf(controls_->pin);
       if (!pinned) {
         bytes.Clear();
+        counters_->bad_controls.fetch_add(1, std::memory_order_relaxed);
         std::vector<absl::string_view> names;
         for (const auto& v : pool.variants()) names.push_back(v.name);
         return absl::InvalidArgumentError(
@@ -179,16 +187,50 @@ class RequestRouter {
     }
     bytes.AppendTo(message, route->route->overrides[variant]);
 
+    const int64_t dim = scanned->first_input_leading_dim.value_or(1);
+    const uint64_t items = route->route->config.batch_dimension && dim > 0 ? static_cast<uint64_t>(dim) : 1;
+    const double intensity = route->selection.intensity ? route->selection.intensity->gco2_per_kwh : -1;
+    telemetry::VariantLedger* cell = &route->route->ledger->variant(variant);
     if (first_message) {
       first_.emplace();
       first_->snapshot = snapshot;
       first_->route = route;
       first_->variant = variant;
       first_->reason = reason;
-      const int64_t dim = scanned->first_input_leading_dim.value_or(1);
-      first_->items = route->route->config.batch_dimension && dim > 0 ? dim : 1;
+      first_->items = static_cast<int64_t>(items);
+      first_->charge = Charge{cell, intensity, 1, items};
+    } else {
+      // Later messages of a stream: merged per (variant, intensity), so a long stream keeps a
+      // handful of entries, not one per message.
+      bool merged = false;
+      for (Charge& c : more_charges_) {
+        if (c.cell == cell && c.intensity == intensity) {
+          ++c.requests;
+          c.items += items;
+          merged = true;
+          break;
+        }
+      }
+      if (!merged) more_charges_.push_back(Charge{cell, intensity, 1, items});
     }
     return absl::OkStatus();
+  }
+
+  bool routed() const { return first_.has_value() || !more_charges_.empty(); }
+
+  // Charges the ledger for the routed messages of a call that ended with `code`: served when OK,
+  // failed with that code otherwise. `seconds` is the call's duration (unary calls only).
+  void Settle(grpc::StatusCode code, std::optional<double> seconds) const {
+    const auto settle = [code](const Charge& c) {
+      if (code == grpc::StatusCode::OK) {
+        c.cell->RecordServed(c.requests, c.items, c.intensity);
+      } else {
+        c.cell->RecordFailed(static_cast<int>(code), c.requests);
+      }
+    };
+    if (first_) settle(first_->charge);
+    for (const Charge& c : more_charges_) settle(c);
+    if (first_ && seconds) first_->charge.cell->latency().Observe(*seconds);
   }
 
   // Adds the x-carbon-* headers for the first routed message, if any.
@@ -209,20 +251,36 @@ class RequestRouter {
   }
 
  private:
+  // What to charge for routed messages once the call's outcome is known. Ledger cells live as
+  // long as the server.
+  struct Charge {
+    telemetry::VariantLedger* cell;
+    double intensity;  // gCO2/kWh in force when routed; negative: none known
+    uint64_t requests;
+    uint64_t items;
+  };
+
   struct Decision {
     std::shared_ptr<const RoutingSnapshot> snapshot;  // keeps `route` alive
     const RouteView* route = nullptr;
     size_t variant = 0;
     std::string_view reason;
     int64_t items = 1;
+    Charge charge;
   };
 
   const selector::SnapshotCell<RoutingSnapshot>* routes_;
+  ProxyCounters* counters_;
   MethodKind kind_;
   std::optional<RequestControls> controls_;
   bool decided_first_ = false;
   std::optional<Decision> first_;
+  std::vector<Charge> more_charges_;  // streams only
 };
+
+double SecondsSince(std::chrono::steady_clock::time_point start) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
 
 }  // namespace
 
@@ -231,7 +289,11 @@ class RequestRouter {
 class UnaryProxyCall final : public grpc::ServerGenericBidiReactor {
  public:
   UnaryProxyCall(InferenceProxy* proxy, grpc::GenericCallbackServerContext* ctx, MethodKind kind)
-      : proxy_(proxy), ctx_(ctx), kind_(kind), router_(proxy->routes_, kind) {
+      : proxy_(proxy),
+        ctx_(ctx),
+        kind_(kind),
+        router_(proxy->routes_, &proxy->counters_, kind),
+        start_(std::chrono::steady_clock::now()) {
     StartRead(&request_);
   }
 
@@ -258,6 +320,11 @@ class UnaryProxyCall final : public grpc::ServerGenericBidiReactor {
 
  private:
   void OnUpstreamDone(const grpc::Status& status) {
+    if (router_.routed()) {
+      router_.Settle(status.error_code(), SecondsSince(start_));
+    } else {
+      proxy_->counters_.CountPassthrough(status.error_code());
+    }
     CopyResponseHeaders(*upstream_ctx_, ctx_);
     router_.AddTags(ctx_);
     CopyTrailers(*upstream_ctx_, ctx_);
@@ -272,6 +339,7 @@ class UnaryProxyCall final : public grpc::ServerGenericBidiReactor {
   grpc::GenericCallbackServerContext* ctx_;
   MethodKind kind_;
   RequestRouter router_;
+  const std::chrono::steady_clock::time_point start_;
   std::unique_ptr<grpc::ClientContext> upstream_ctx_;
   grpc::ByteBuffer request_;
   grpc::ByteBuffer response_;
@@ -287,7 +355,11 @@ class UnaryProxyCall final : public grpc::ServerGenericBidiReactor {
 class StreamingProxyCall final : public grpc::ServerGenericBidiReactor {
  public:
   StreamingProxyCall(InferenceProxy* proxy, grpc::GenericCallbackServerContext* ctx, MethodKind kind)
-      : proxy_(proxy), ctx_(ctx), kind_(kind), router_(proxy->routes_, kind), upstream_(this) {
+      : proxy_(proxy),
+        ctx_(ctx),
+        kind_(kind),
+        router_(proxy->routes_, &proxy->counters_, kind),
+        upstream_(this) {
     // A routed stream waits for its first message, so the variant is known before the upstream
     // call (and its headers) start, and a bad first message never reaches the upstream.
     if (kind_ != MethodKind::kStreamInfer) StartUpstream();
@@ -455,7 +527,13 @@ class StreamingProxyCall final : public grpc::ServerGenericBidiReactor {
       absl::MutexLock lock(&mu_);
       override_status = override_status_;
     }
-    Finish(override_status.value_or(status));
+    const grpc::Status& final_status = override_status ? *override_status : status;
+    if (router_.routed()) {
+      router_.Settle(final_status.error_code(), std::nullopt);
+    } else {
+      proxy_->counters_.CountPassthrough(final_status.error_code());
+    }
+    Finish(final_status);
     Unref();
   }
 

@@ -1,5 +1,7 @@
 #pragma once
 
+#include <array>
+#include <atomic>
 #include <memory>
 
 #include <grpcpp/generic/async_generic_service.h>
@@ -8,6 +10,7 @@
 
 #include "selector/snapshot_cell.h"
 #include "sidecar/routing.h"
+#include "telemetry/carbon_ledger.h"
 
 namespace carbon::sidecar {
 
@@ -20,6 +23,19 @@ inline constexpr char kGramsHeader[] = "x-carbon-grams";
 // Request metadata keys clients may set.
 inline constexpr char kPinModelHeader[] = "x-carbon-pin-model";
 inline constexpr char kMaxErrorHeader[] = "x-carbon-max-error-percent";
+
+// What the proxy counts outside the carbon ledger. Thread-safe.
+struct ProxyCounters {
+  // Calls that named no route, by final gRPC code.
+  std::array<std::atomic<uint64_t>, telemetry::kGrpcCodes> passthrough{};
+  std::atomic<uint64_t> malformed{0};     // request bytes that are not a valid message
+  std::atomic<uint64_t> bad_controls{0};  // bad x-carbon-pin-model / x-carbon-max-error-percent
+
+  void CountPassthrough(grpc::StatusCode code) {
+    const auto c = static_cast<size_t>(code);
+    passthrough[c < passthrough.size() ? c : 2].fetch_add(1, std::memory_order_relaxed);
+  }
+};
 
 // Channel arguments for the upstream channel: message limits, no transparent retries (the client
 // decides), and a short reconnect backoff so a restarted inference server is used again promptly.
@@ -37,12 +53,15 @@ class InferenceProxy final : public grpc::CallbackGenericService {
 
   grpc::ServerGenericBidiReactor* CreateReactor(grpc::GenericCallbackServerContext* ctx) override;
 
+  const ProxyCounters& counters() const { return counters_; }
+
  private:
   friend class UnaryProxyCall;
   friend class StreamingProxyCall;
   std::shared_ptr<grpc::Channel> channel_;
   grpc::GenericStub stub_;
   const selector::SnapshotCell<RoutingSnapshot>* routes_;
+  ProxyCounters counters_;
 };
 
 }  // namespace carbon::sidecar

@@ -9,17 +9,20 @@
 
 namespace carbon::sidecar {
 
-CompiledRoute::CompiledRoute(RouteConfig route_config, absl::Duration stale_after)
+CompiledRoute::CompiledRoute(RouteConfig route_config, absl::Duration stale_after,
+                             std::shared_ptr<const telemetry::RouteLedger> route_ledger)
     : config(std::move(route_config)),
       policy(*config.pool,
-             selector::PolicySettings{config.default_variant, stale_after, config.min_dwell}) {
+             selector::PolicySettings{config.default_variant, stale_after, config.min_dwell}),
+      ledger(std::move(route_ledger)) {
   for (const auto& v : config.pool->variants()) {
     const std::string bytes = EncodeModelOverride(v.name);
     overrides.emplace_back(bytes.data(), bytes.size());
   }
 }
 
-RoutingSnapshot::RoutingSnapshot(std::vector<RouteView> routes) : routes_(std::move(routes)) {
+RoutingSnapshot::RoutingSnapshot(std::vector<RouteView> routes, SourceStatus source)
+    : routes_(std::move(routes)), source_(std::move(source)) {
   for (size_t i = 0; i < routes_.size(); ++i) by_name_[routes_[i].route->config.name] = i;
 }
 
@@ -57,17 +60,28 @@ struct SelectionPublisher::State {
 };
 
 absl::StatusOr<std::unique_ptr<SelectionPublisher>> SelectionPublisher::Create(
-    const SidecarConfig& config, ReadinessProbe readiness) {
-  auto state = MakeState(config);
+    const SidecarConfig& config, ReadinessProbe readiness, telemetry::CarbonLedger* ledger) {
+  std::unique_ptr<telemetry::CarbonLedger> own_ledger;
+  if (ledger == nullptr) {
+    own_ledger = std::make_unique<telemetry::CarbonLedger>();
+    ledger = own_ledger.get();
+  }
+  auto state = MakeState(config, *ledger);
   if (!state.ok()) return state.status();
-  std::unique_ptr<SelectionPublisher> publisher(
-      new SelectionPublisher(*std::move(state), std::move(readiness)));
+  std::unique_ptr<SelectionPublisher> publisher(new SelectionPublisher(
+      *std::move(state), std::move(readiness), ledger, std::move(own_ledger)));
   publisher->RefreshNow();
   return publisher;
 }
 
-SelectionPublisher::SelectionPublisher(std::unique_ptr<State> state, ReadinessProbe readiness)
-    : readiness_(std::move(readiness)), state_(std::move(state)), snapshots_(std::make_shared<const RoutingSnapshot>(std::vector<RouteView>{})) {}
+SelectionPublisher::SelectionPublisher(std::unique_ptr<State> state, ReadinessProbe readiness,
+                                       telemetry::CarbonLedger* ledger,
+                                       std::unique_ptr<telemetry::CarbonLedger> own_ledger)
+    : readiness_(std::move(readiness)),
+      own_ledger_(std::move(own_ledger)),
+      ledger_(ledger),
+      state_(std::move(state)),
+      snapshots_(std::make_shared<const RoutingSnapshot>(std::vector<RouteView>{})) {}
 
 SelectionPublisher::~SelectionPublisher() { Stop(); }
 
@@ -110,7 +124,7 @@ void SelectionPublisher::Run() {
 }
 
 absl::Status SelectionPublisher::Reload(const SidecarConfig& config) {
-  auto state = MakeState(config);
+  auto state = MakeState(config, *ledger_);
   if (!state.ok()) return state.status();
   absl::MutexLock lock(&mu_);
   // Routes that survive a reload keep their previous selection, so dwell carries over.
@@ -136,6 +150,10 @@ void SelectionPublisher::AskReadiness() {
     std::vector<std::string> names;
     for (const auto& v : pool.variants()) names.push_back(v.name);
     const std::vector<std::optional<bool>> answers = readiness_(names);
+    upstream_reachable_ = false;
+    for (const auto& a : answers) {
+      if (a) upstream_reachable_ = true;
+    }
     uint64_t ready = s.ready[i];
     for (size_t v = 0; v < answers.size() && v < names.size(); ++v) {
       if (!answers[v]) continue;  // no answer: what was known stands
@@ -159,13 +177,18 @@ void SelectionPublisher::PollAndPublish(bool poll_intensity, bool ask_readiness)
   if (poll_intensity) {
     auto reading = s.provider->Latest();
     if (reading.ok()) {
+      ++fetch_successes_;
+      last_success_ = absl::Now();
       s.window.Add(*reading);
       if (s.provider_failing) spdlog::info("event=intensity_recovered provider={}", s.provider->kind());
       s.provider_failing = false;
-    } else if (!s.provider_failing) {
-      spdlog::warn("event=intensity_failing provider={} error=\"{}\"", s.provider->kind(),
-                   ToStd(reading.status().message()));
-      s.provider_failing = true;
+    } else {
+      ++fetch_failures_;
+      if (!s.provider_failing) {
+        spdlog::warn("event=intensity_failing provider={} error=\"{}\"", s.provider->kind(),
+                     ToStd(reading.status().message()));
+        s.provider_failing = true;
+      }
     }
   }
   const absl::Time now = s.provider->Now();
@@ -192,11 +215,14 @@ void SelectionPublisher::PollAndPublish(bool poll_intensity, bool ask_readiness)
     s.previous[i] = sel;
     views.push_back(RouteView{s.routes[i], sel, ready});
   }
-  snapshots_.Publish(std::make_shared<const RoutingSnapshot>(std::move(views)));
+  SourceStatus source{std::string(s.provider->kind()), s.intensity.region, s.window.latest(), bounds, now,
+                      s.provider_failing, fetch_successes_, fetch_failures_, last_success_,
+                      upstream_reachable_};
+  snapshots_.Publish(std::make_shared<const RoutingSnapshot>(std::move(views), std::move(source)));
 }
 
 absl::StatusOr<std::unique_ptr<SelectionPublisher::State>> SelectionPublisher::MakeState(
-    const SidecarConfig& config) {
+    const SidecarConfig& config, telemetry::CarbonLedger& ledger) {
   auto provider = MakeProvider(config.intensity);
   if (!provider.ok()) return provider.status();
   auto state = std::unique_ptr<State>(new State{
@@ -212,8 +238,8 @@ absl::StatusOr<std::unique_ptr<SelectionPublisher::State>> SelectionPublisher::M
                  ToStd(history.status().message()));
   }
   for (const RouteConfig& route : config.routes) {
-    state->routes.push_back(
-        std::make_shared<const CompiledRoute>(route, config.intensity.stale_after));
+    state->routes.push_back(std::make_shared<const CompiledRoute>(
+        route, config.intensity.stale_after, ledger.Route(route.name, route.pool, route.baseline)));
     state->previous.emplace_back();
     state->ready.push_back(route.pool->all_variants_mask());
   }

@@ -18,6 +18,7 @@
 #include "selector/linear_interpolation_policy.h"
 #include "selector/snapshot_cell.h"
 #include "sidecar/config.h"
+#include "telemetry/carbon_ledger.h"
 #include "telemetry/intensity_provider.h"
 
 namespace carbon::sidecar {
@@ -25,11 +26,13 @@ namespace carbon::sidecar {
 // A route as configured, with what the request path needs precomputed: one ready-made override
 // slice per variant, so a rewrite allocates nothing. Immutable.
 struct CompiledRoute {
-  CompiledRoute(RouteConfig route_config, absl::Duration stale_after);
+  CompiledRoute(RouteConfig route_config, absl::Duration stale_after,
+                std::shared_ptr<const telemetry::RouteLedger> route_ledger);
 
   RouteConfig config;
   selector::LinearInterpolationPolicy policy;
   std::vector<grpc::Slice> overrides;  // indexed like the pool
+  std::shared_ptr<const telemetry::RouteLedger> ledger;
 };
 
 // A route and what the policy currently selects for it.
@@ -41,16 +44,34 @@ struct RouteView {
   const selector::Pool& pool() const { return *route->config.pool; }
 };
 
-// Everything the request path reads, swapped whole when intensity or config changes. Immutable.
+// What the intensity source and the upstream looked like when a snapshot was made.
+struct SourceStatus {
+  std::string provider;  // intensity.provider
+  std::string region;
+  std::optional<selector::IntensityReading> latest;
+  std::optional<selector::WindowBounds> window;
+  absl::Time now;  // the provider's clock (simulated for a replayed trace)
+  bool provider_failing = false;
+  uint64_t fetch_successes = 0;  // since start, across reloads
+  uint64_t fetch_failures = 0;
+  std::optional<absl::Time> last_success;  // wall clock
+  // Whether the upstream answered the last readiness questions; nullopt when never asked.
+  std::optional<bool> upstream_reachable;
+};
+
+// Everything the request path and the admin port read, swapped whole when intensity or config
+// changes, so that no reader sees half an update. Immutable.
 class RoutingSnapshot {
  public:
-  explicit RoutingSnapshot(std::vector<RouteView> routes);
+  explicit RoutingSnapshot(std::vector<RouteView> routes, SourceStatus source = {});
   // The route a client's model name selects, or null for names the sidecar passes through.
   const RouteView* Find(std::string_view model_name) const;
   const std::vector<RouteView>& routes() const { return routes_; }
+  const SourceStatus& source() const { return source_; }
 
  private:
   std::vector<RouteView> routes_;
+  SourceStatus source_;
   absl::flat_hash_map<std::string_view, size_t> by_name_;  // keys point into routes_
 };
 
@@ -68,8 +89,11 @@ using ReadinessProbe =
 class SelectionPublisher {
  public:
   // Without a readiness probe every variant counts as ready.
-  static absl::StatusOr<std::unique_ptr<SelectionPublisher>> Create(const SidecarConfig& config,
-                                                                    ReadinessProbe readiness = nullptr);
+  // Without a readiness probe every variant counts as ready. `ledger` (which must outlive the
+  // publisher) gives each route its counters; null: a ledger of the publisher's own.
+  static absl::StatusOr<std::unique_ptr<SelectionPublisher>> Create(
+      const SidecarConfig& config, ReadinessProbe readiness = nullptr,
+      telemetry::CarbonLedger* ledger = nullptr);
   ~SelectionPublisher();
 
   const selector::SnapshotCell<RoutingSnapshot>& snapshots() const { return snapshots_; }
@@ -85,14 +109,22 @@ class SelectionPublisher {
 
  private:
   struct State;
-  static absl::StatusOr<std::unique_ptr<State>> MakeState(const SidecarConfig& config);
-  SelectionPublisher(std::unique_ptr<State> state, ReadinessProbe readiness);
+  static absl::StatusOr<std::unique_ptr<State>> MakeState(const SidecarConfig& config,
+                                                          telemetry::CarbonLedger& ledger);
+  SelectionPublisher(std::unique_ptr<State> state, ReadinessProbe readiness,
+                     telemetry::CarbonLedger* ledger, std::unique_ptr<telemetry::CarbonLedger> own_ledger);
   void Run();
   void PollAndPublish(bool poll_intensity, bool ask_readiness) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void AskReadiness() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const ReadinessProbe readiness_;
+  std::unique_ptr<telemetry::CarbonLedger> own_ledger_;
+  telemetry::CarbonLedger* const ledger_;
   absl::Mutex mu_;
+  uint64_t fetch_successes_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t fetch_failures_ ABSL_GUARDED_BY(mu_) = 0;
+  std::optional<absl::Time> last_success_ ABSL_GUARDED_BY(mu_);
+  std::optional<bool> upstream_reachable_ ABSL_GUARDED_BY(mu_);
   std::unique_ptr<State> state_ ABSL_GUARDED_BY(mu_);
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   selector::SnapshotCell<RoutingSnapshot> snapshots_;

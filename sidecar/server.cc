@@ -4,8 +4,9 @@
 #include <grpcpp/health_check_service_interface.h>
 
 #include "absl/strings/str_cat.h"
-#include "sidecar/readiness.h"
+#include "common/string_view_compat.h"
 #include "spdlog/spdlog.h"
+#include "telemetry/exposition.h"
 
 namespace carbon::sidecar {
 namespace {
@@ -16,18 +17,24 @@ constexpr absl::Duration kReadinessTimeout = absl::Seconds(1);
 
 absl::StatusOr<std::unique_ptr<SidecarServer>> SidecarServer::Start(const SidecarConfig& config) {
   std::unique_ptr<SidecarServer> s(new SidecarServer());
-  s->config_ = config;
+  {
+    absl::MutexLock lock(&s->config_mu_);
+    s->config_ = config;
+  }
   const int max_bytes = static_cast<int>(config.upstream.max_message_bytes);
   auto channel = grpc::CreateCustomChannel(config.upstream.target, grpc::InsecureChannelCredentials(),
                                            UpstreamChannelArguments(max_bytes));
   // The readiness questions share the proxy's channel, so they see the upstream the calls see.
   s->readiness_ = std::make_unique<UpstreamReadiness>(channel, kReadinessTimeout);
   auto publisher = SelectionPublisher::Create(
-      config, [readiness = s->readiness_.get()](const std::vector<std::string>& names) {
+      config,
+      [readiness = s->readiness_.get()](const std::vector<std::string>& names) {
         return readiness->Ask(names);
-      });
+      },
+      &s->ledger_);
   if (!publisher.ok()) return publisher.status();
   s->publisher_ = *std::move(publisher);
+  s->reloads_.last_success_timestamp = absl::ToDoubleSeconds(absl::Now() - absl::UnixEpoch());
 
   s->proxy_ = std::make_unique<InferenceProxy>(channel, &s->publisher_->snapshots());
 
@@ -42,26 +49,91 @@ absl::StatusOr<std::unique_ptr<SidecarServer>> SidecarServer::Start(const Sideca
   if (!s->server_ || s->port_ == 0) {
     return absl::UnavailableError(absl::StrCat("cannot listen on ", config.listen));
   }
+  auto admin = telemetry::AdminServer::Start(config.admin_listen, s->AdminHandlers());
+  if (!admin.ok()) return admin.status();
+  s->admin_ = *std::move(admin);
   s->publisher_->Start();
-  spdlog::info("event=listening address={} port={} upstream={} routes={}", config.listen, s->port_,
-               config.upstream.target, config.routes.size());
+  spdlog::info("event=listening address={} port={} admin_port={} upstream={} routes={}", config.listen,
+               s->port_, s->admin_->port(), config.upstream.target, config.routes.size());
   return s;
 }
 
 SidecarServer::~SidecarServer() { Shutdown(absl::ZeroDuration()); }
 
+std::map<std::string, telemetry::AdminHandler> SidecarServer::AdminHandlers() {
+  std::map<std::string, telemetry::AdminHandler> handlers;
+  handlers["/metrics"] = [this](const telemetry::AdminRequest& request) {
+    const bool open_metrics = telemetry::WantsOpenMetrics(request.accept);
+    // One snapshot for the whole scrape: a reload mid-scrape shows either side, never a mix.
+    const std::shared_ptr<const RoutingSnapshot> snapshot = publisher_->snapshots().Load();
+    telemetry::AdminResponse response;
+    response.content_type = open_metrics ? telemetry::kOpenMetricsType : telemetry::kPrometheusTextType;
+    response.body = RenderMetrics({*snapshot, proxy_->counters(), reloads_}, open_metrics);
+    return response;
+  };
+  handlers["/healthz"] = [](const telemetry::AdminRequest&) {
+    return telemetry::AdminResponse{200, "text/plain; charset=utf-8", "ok\n"};
+  };
+  handlers["/readyz"] = [this](const telemetry::AdminRequest&) {
+    const std::shared_ptr<const RoutingSnapshot> snapshot = publisher_->snapshots().Load();
+    std::string why;
+    const bool ready = IsReady(*snapshot, &why);
+    return telemetry::AdminResponse{ready ? 200 : 503, "text/plain; charset=utf-8", why + "\n"};
+  };
+  handlers["/v1/selection"] = [this](const telemetry::AdminRequest&) {
+    const std::shared_ptr<const RoutingSnapshot> snapshot = publisher_->snapshots().Load();
+    return telemetry::AdminResponse{200, "application/json", RenderSelectionJson(*snapshot, absl::Now())};
+  };
+  handlers["/v1/config"] = [this](const telemetry::AdminRequest&) {
+    absl::MutexLock lock(&config_mu_);
+    return telemetry::AdminResponse{200, "application/json", RenderConfigJson(config_)};
+  };
+  return handlers;
+}
+
+absl::Duration SidecarServer::drain_timeout() const {
+  absl::MutexLock lock(&config_mu_);
+  return config_.drain_timeout;
+}
+
+int SidecarServer::admin_port() const { return admin_ ? admin_->port() : 0; }
+
 absl::Status SidecarServer::Reload(const SidecarConfig& config) {
-  if (config.listen != config_.listen || config.upstream.target != config_.upstream.target ||
-      config.upstream.max_message_bytes != config_.upstream.max_message_bytes) {
-    spdlog::warn("event=reload_needs_restart detail=\"listen and upstream changes take effect on "
-                 "restart; keeping listen={} upstream={}\"",
-                 config_.listen, config_.upstream.target);
+  SidecarConfig current;
+  {
+    absl::MutexLock lock(&config_mu_);
+    current = config_;
+  }
+  if (config.listen != current.listen || config.admin_listen != current.admin_listen ||
+      config.upstream.target != current.upstream.target ||
+      config.upstream.max_message_bytes != current.upstream.max_message_bytes) {
+    spdlog::warn("event=reload_needs_restart detail=\"listen, admin and upstream changes take effect on "
+                 "restart; keeping listen={} admin={} upstream={}\"",
+                 current.listen, current.admin_listen, current.upstream.target);
   }
   if (absl::Status s = publisher_->Reload(config); !s.ok()) return s;
+  absl::MutexLock lock(&config_mu_);
+  config_.path = config.path;
   config_.intensity = config.intensity;
   config_.routes = config.routes;
   config_.drain_timeout = config.drain_timeout;
+  config_.upstream.readiness_interval = config.upstream.readiness_interval;
   return absl::OkStatus();
+}
+
+absl::Status SidecarServer::ReloadFromFile(const std::string& path) {
+  auto next = LoadConfig(path);
+  absl::Status result = next.ok() ? Reload(*next) : next.status();
+  if (result.ok()) {
+    reloads_.success.fetch_add(1);
+    reloads_.last_success_timestamp = absl::ToDoubleSeconds(absl::Now() - absl::UnixEpoch());
+    spdlog::info("event=config_reloaded result=success path={}", path);
+  } else {
+    reloads_.failure.fetch_add(1);
+    spdlog::error("event=config_reloaded result=failure error=\"{}\" detail=\"old config kept\"",
+                  ToStd(result.message()));
+  }
+  return result;
 }
 
 void SidecarServer::Shutdown(absl::Duration drain) {
@@ -69,6 +141,7 @@ void SidecarServer::Shutdown(absl::Duration drain) {
   shut_down_ = true;
   server_->Shutdown(std::chrono::system_clock::now() + absl::ToChronoMilliseconds(drain));
   server_->Wait();
+  if (admin_) admin_->Stop();
   publisher_->Stop();
 }
 

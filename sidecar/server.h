@@ -1,20 +1,27 @@
 #pragma once
 
+#include <map>
 #include <memory>
+#include <string>
 
 #include <grpcpp/grpcpp.h>
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "sidecar/config.h"
+#include "absl/synchronization/mutex.h"
+#include "sidecar/admin_endpoints.h"
 #include "sidecar/proxy.h"
 #include "sidecar/readiness.h"
 #include "sidecar/routing.h"
+#include "telemetry/admin_server.h"
+#include "telemetry/carbon_ledger.h"
 
 namespace carbon::sidecar {
 
 // The running sidecar: the gRPC listener with the proxy, grpc.health.v1 and reflection, the
-// upstream channel, and the selection publisher. Thread-safe.
+// upstream channel, the selection publisher, the carbon ledger and the admin HTTP port.
+// Thread-safe.
 class SidecarServer {
  public:
   // Binds `config.listen` (port 0 picks a free port) and starts serving and polling.
@@ -23,24 +30,34 @@ class SidecarServer {
 
   int port() const { return port_; }
   // The drain timeout of the config in force (reloads change it).
-  absl::Duration drain_timeout() const { return config_.drain_timeout; }
+  absl::Duration drain_timeout() const;
   SelectionPublisher& publisher() { return *publisher_; }
 
-  // Applies a new config's routes and intensity settings. Changing `listen`, `upstream` or the
-  // message limit needs a restart: such changes are reported and the old values kept.
+  // Applies a new config's routes and intensity settings. Changing `listen`, `admin`, `upstream`
+  // or the message limit needs a restart: such changes are reported and the old values kept.
   absl::Status Reload(const SidecarConfig& config);
+  // Loads `path` and applies it; counts the result for /metrics either way.
+  absl::Status ReloadFromFile(const std::string& path);
+  // The admin HTTP port actually bound.
+  int admin_port() const;
 
   // Stops accepting calls, lets in-flight calls finish for up to `drain`, cancels the rest.
   void Shutdown(absl::Duration drain);
 
  private:
   SidecarServer() = default;
+  std::map<std::string, telemetry::AdminHandler> AdminHandlers();
 
-  SidecarConfig config_;
+  mutable absl::Mutex config_mu_;
+  SidecarConfig config_ ABSL_GUARDED_BY(config_mu_);
+  // Declared before what records into it, so it outlives them.
+  telemetry::CarbonLedger ledger_;
+  ReloadCounters reloads_;
   std::unique_ptr<UpstreamReadiness> readiness_;
   std::unique_ptr<SelectionPublisher> publisher_;
   std::unique_ptr<InferenceProxy> proxy_;
   std::unique_ptr<grpc::Server> server_;
+  std::unique_ptr<telemetry::AdminServer> admin_;
   int port_ = 0;
   bool shut_down_ = false;
 };

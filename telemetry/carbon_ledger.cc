@@ -4,6 +4,7 @@
 #include <limits>
 
 #include "absl/strings/str_cat.h"
+#include "telemetry/latency_histogram.h"
 
 namespace carbon::telemetry {
 
@@ -13,9 +14,12 @@ size_t ThisThreadShard() {
   return shard;
 }
 
-void VariantLedger::RecordServed(uint64_t items, double gco2_per_kwh) {
+VariantLedger::VariantLedger() : latency_(std::make_unique<LatencyHistogram>()) {}
+VariantLedger::~VariantLedger() = default;
+
+void VariantLedger::RecordServed(uint64_t requests, uint64_t items, double gco2_per_kwh) {
   Shard& s = shards_[ThisThreadShard()];
-  s.requests.fetch_add(1, std::memory_order_relaxed);
+  s.requests.fetch_add(requests, std::memory_order_relaxed);
   s.items.fetch_add(items, std::memory_order_relaxed);
   if (gco2_per_kwh >= 0) {
     s.items_with_intensity.fetch_add(items, std::memory_order_relaxed);
@@ -23,9 +27,9 @@ void VariantLedger::RecordServed(uint64_t items, double gco2_per_kwh) {
   }
 }
 
-void VariantLedger::RecordFailed(int code) {
+void VariantLedger::RecordFailed(int code, uint64_t requests) {
   const size_t c = code >= 0 && static_cast<size_t>(code) < kGrpcCodes ? static_cast<size_t>(code) : 2;
-  failed_[c].fetch_add(1, std::memory_order_relaxed);
+  failed_[c].fetch_add(requests, std::memory_order_relaxed);
 }
 
 VariantTotals VariantLedger::Totals() const {

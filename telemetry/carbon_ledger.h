@@ -38,16 +38,23 @@ struct VariantTotals {
   std::array<uint64_t, kGrpcCodes> failed{};  // requests routed here that ended with that code
 };
 
+class LatencyHistogram;
+
 // The ledger of one (route, variant), identified by name, kept across reloads so counters only
-// ever grow. Thread-safe; Record* never blocks.
+// ever grow, with the duration histogram of the requests routed to it. Thread-safe; Record* and
+// the histogram never block.
 class VariantLedger {
  public:
-  // A request served successfully: `items` inferences at intensity `gco2_per_kwh` (negative: no
-  // intensity known, so no grams are charged for it).
-  void RecordServed(uint64_t items, double gco2_per_kwh);
-  // A request routed here that did not succeed; `code` is its gRPC status code.
-  void RecordFailed(int code);
+  VariantLedger();
+  ~VariantLedger();
+
+  // `requests` served successfully, `items` inferences in all, at intensity `gco2_per_kwh`
+  // (negative: no intensity known, so no grams are charged for them).
+  void RecordServed(uint64_t requests, uint64_t items, double gco2_per_kwh);
+  // `requests` routed here that did not succeed; `code` is their gRPC status code.
+  void RecordFailed(int code, uint64_t requests = 1);
   VariantTotals Totals() const;
+  LatencyHistogram& latency() const { return *latency_; }
 
  private:
   struct alignas(64) Shard {
@@ -59,6 +66,7 @@ class VariantLedger {
   std::array<Shard, kLedgerShards> shards_;
   // Failures are rare enough to share one line per code.
   std::array<std::atomic<uint64_t>, kGrpcCodes> failed_{};
+  std::unique_ptr<LatencyHistogram> latency_;
 };
 
 // The ledger of one route with its pool: a view onto per-variant ledgers, indexed like the pool.

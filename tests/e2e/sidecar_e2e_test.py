@@ -103,6 +103,7 @@ class SidecarEndToEnd(unittest.TestCase):
         path = os.path.join(self.dir, "sidecar.yaml")
         with open(path, "w") as f:
             f.write(f"""listen: 127.0.0.1:0
+admin: {{ listen: "127.0.0.1:0" }}
 upstream: {{ target: "127.0.0.1:{upstream_port}" }}
 drain_timeout: {drain}
 intensity:

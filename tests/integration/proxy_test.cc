@@ -37,6 +37,7 @@ SidecarConfig StaticConfig(int upstream_port, double intensity) {
   SidecarConfig c;
   c.path = "test";
   c.listen = "127.0.0.1:0";
+  c.admin_listen = "127.0.0.1:0";
   c.upstream.target = absl::StrCat("127.0.0.1:", upstream_port);
   c.upstream.max_message_bytes = 4 * 1024 * 1024;
   // The readiness questions would show among what the upstream received; ReadinessTest asks them.

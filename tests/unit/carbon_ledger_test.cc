@@ -22,10 +22,10 @@ constexpr size_t kR34 = 0, kR50 = 1, kR101 = 2, kR152 = 3;
 TEST(CarbonLedgerTest, GramsAndCounterfactualsForASequenceOfIntensities) {
   CarbonLedger ledger;
   auto route = ledger.Route("resnet", ResnetPool(), kR50);
-  route->variant(kR101).RecordServed(2, 200);  // a batch of two at 200 g/kWh
-  route->variant(kR34).RecordServed(1, 300);
-  route->variant(kR152).RecordServed(1, 100);
-  route->variant(kR152).RecordServed(3, -1);   // no intensity known: counted, not charged
+  route->variant(kR101).RecordServed(1, 2, 200);  // a batch of two at 200 g/kWh
+  route->variant(kR34).RecordServed(1, 1, 300);
+  route->variant(kR152).RecordServed(1, 1, 100);
+  route->variant(kR152).RecordServed(1, 3, -1);   // no intensity known: counted, not charged
 
   const RouteReport r = Report(*route);
   EXPECT_EQ(r.requests, 4u);
@@ -49,9 +49,9 @@ TEST(CarbonLedgerTest, EfficiencyIsThePapersDefinition) {
   // Three items: resnet101 at 100 g/kWh, resnet152 at 50, resnet34 at 400.
   CarbonLedger ledger;
   auto route = ledger.Route("resnet", ResnetPool(), kR50);
-  route->variant(kR101).RecordServed(1, 100);
-  route->variant(kR152).RecordServed(1, 50);
-  route->variant(kR34).RecordServed(1, 400);
+  route->variant(kR101).RecordServed(1, 1, 100);
+  route->variant(kR152).RecordServed(1, 1, 50);
+  route->variant(kR34).RecordServed(1, 1, 400);
   const RouteReport r = Report(*route);
 
   const double mean_error = (6.454 + 5.954 + 8.58) / 3;
@@ -67,7 +67,7 @@ TEST(CarbonLedgerTest, EfficiencyIsThePapersDefinition) {
 TEST(CarbonLedgerTest, OnlyTheBaselineGivesNoEfficiency) {
   CarbonLedger ledger;
   auto route = ledger.Route("resnet", ResnetPool(), kR50);
-  route->variant(kR50).RecordServed(5, 250);
+  route->variant(kR50).RecordServed(1, 5, 250);
   const RouteReport r = Report(*route);
   EXPECT_DOUBLE_EQ(r.relative_quality_improvement_percent, 0);
   EXPECT_DOUBLE_EQ(r.extra_grams, 0);
@@ -99,7 +99,7 @@ TEST(CarbonLedgerTest, CountsAreExactWhenManyThreadsRecordAtOnce) {
     threads.emplace_back([&, t] {
       for (int i = 0; i < kPerThread; ++i) {
         // Whole-number intensities: every partial sum is exact in a double, whatever the order.
-        route->variant(static_cast<size_t>(i % 4)).RecordServed(static_cast<uint64_t>(1 + t % 3), 100 + i % 7);
+        route->variant(static_cast<size_t>(i % 4)).RecordServed(1, static_cast<uint64_t>(1 + t % 3), 100 + i % 7);
       }
     });
   }
@@ -124,7 +124,7 @@ TEST(CarbonLedgerTest, CountsAreExactWhenManyThreadsRecordAtOnce) {
 TEST(CarbonLedgerTest, AReloadKeepsCountingWhereItWas) {
   CarbonLedger ledger;
   auto before = ledger.Route("resnet", ResnetPool(), kR50);
-  before->variant(kR101).RecordServed(1, 200);
+  before->variant(kR101).RecordServed(1, 1, 200);
   // The same route with a pool that drops resnet34 and adds resnet18.
   auto pool = selector::Pool::Create({{"resnet18", 300, 10.0},
                                       {"resnet50", 420.6213298, 7.138},

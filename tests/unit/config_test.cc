@@ -82,12 +82,15 @@ routes:
       - { name: vgg16,   energy_mj: 668.97, error_percent: 9.618 }
     baseline: vgg16
     default: alexnet
+admin:
+  listen: 127.0.0.1:0
 )";
 
 TEST_F(ConfigTest, ReadsEveryField) {
   auto config = LoadConfig(Write("sidecar.yaml", kValid));
   ASSERT_TRUE(config.ok()) << config.status();
   EXPECT_EQ(config->listen, "127.0.0.1:9001");
+  EXPECT_EQ(config->admin_listen, "127.0.0.1:0");
   EXPECT_EQ(config->upstream.target, "127.0.0.1:9011");
   EXPECT_EQ(config->upstream.max_message_bytes, 1048576);
   EXPECT_EQ(config->drain_timeout, absl::Seconds(5));
@@ -133,6 +136,8 @@ routes:
 )"));
   ASSERT_TRUE(config.ok()) << config.status();
   EXPECT_EQ(config->listen, "0.0.0.0:8001");
+  EXPECT_EQ(config->admin_listen, "127.0.0.1:9464");  // loopback unless chosen otherwise
+  EXPECT_EQ(config->upstream.readiness_interval, absl::Seconds(10));
   EXPECT_EQ(config->upstream.max_message_bytes, 64 * 1024 * 1024);
   EXPECT_EQ(config->intensity.refresh, absl::Minutes(5));
   EXPECT_EQ(config->intensity.stale_after, absl::Hours(2));
@@ -171,8 +176,8 @@ struct BadConfig {
 TEST_F(ConfigTest, EveryMistakeNamesFileLineAndColumn) {
   const std::vector<BadConfig> cases = {
       {"unknown key", "drain_timeout: 5s", "drain_timeout: 5s\nlisten_port: 1",
-       "6:1: unknown key 'listen_port' in the config (known keys: listen, drain_timeout, upstream, "
-       "intensity, routes)"},
+       "6:1: unknown key 'listen_port' in the config (known keys: listen, drain_timeout, admin, "
+       "upstream, intensity, routes)"},
       {"misspelt nested key", "  refresh: 10s", "  refesh: 10s",
        "13:3: unknown key 'refesh' in intensity"},
       {"duplicate key", "  region: GB-SW", "  region: GB-SW\n  region: GB-N",
@@ -207,6 +212,12 @@ TEST_F(ConfigTest, EveryMistakeNamesFileLineAndColumn) {
       {"duplicate route", "  - name: vgg", "  - name: resnet", "24:11: route name 'resnet' is used twice"},
       {"max message too big", "  max_message_bytes: 1048576", "  max_message_bytes: 99999999999",
        "4:22: upstream.max_message_bytes must lie between 1 and 2147483647"},
+      {"admin address", "  listen: 127.0.0.1:0", "  listen: everywhere",
+       "31:11: admin.listen must be host:port, such as 127.0.0.1:9464, got 'everywhere'"},
+      {"admin unknown key", "  listen: 127.0.0.1:0", "  listen: 127.0.0.1:0\n  tls: on",
+       "32:3: unknown key 'tls' in admin"},
+      {"readiness interval", "  max_message_bytes: 1048576", "  max_message_bytes: 1048576\n  readiness_interval: -1s",
+       "5:23: upstream.readiness_interval must be a duration"},
       {"broken YAML", "  target: 127.0.0.1:9011", "  target: [127.0.0.1:9011", "invalid YAML"},
   };
   for (const BadConfig& c : cases) {

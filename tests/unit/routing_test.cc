@@ -49,7 +49,7 @@ TEST(RoutingSnapshotTest, FindsRoutesByNameOnly) {
 
 TEST(CompiledRouteTest, OverridesAreTheEncodedVariantNames) {
   SidecarConfig config = BaseConfig();
-  CompiledRoute route(config.routes[0], absl::Hours(2));
+  CompiledRoute route(config.routes[0], absl::Hours(2), nullptr);
   ASSERT_EQ(route.overrides.size(), 4u);
   inference::ModelInferRequest parsed;
   const grpc::Slice& s = route.overrides[3];

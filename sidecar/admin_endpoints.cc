@@ -1,0 +1,312 @@
+#include "sidecar/admin_endpoints.h"
+
+#include <cmath>
+
+#include <nlohmann/json.hpp>
+
+#include "absl/strings/str_cat.h"
+#include "selector/linear_interpolation_policy.h"
+#include "telemetry/exposition.h"
+#include "telemetry/latency_histogram.h"
+
+#ifndef CARBON_VERSION
+#define CARBON_VERSION "unknown"
+#endif
+#ifndef CARBON_REVISION
+#define CARBON_REVISION "unknown"
+#endif
+
+namespace carbon::sidecar {
+namespace {
+
+using telemetry::Label;
+using telemetry::MetricType;
+
+// Status code names as gRPC spells them, for the `code` label.
+constexpr const char* kCodeNames[telemetry::kGrpcCodes] = {
+    "OK",        "CANCELLED",         "UNKNOWN",        "INVALID_ARGUMENT",    "DEADLINE_EXCEEDED",
+    "NOT_FOUND", "ALREADY_EXISTS",    "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION",
+    "ABORTED",   "OUT_OF_RANGE",      "UNIMPLEMENTED",  "INTERNAL",            "UNAVAILABLE",
+    "DATA_LOSS", "UNAUTHENTICATED"};
+
+double UnixSeconds(absl::Time t) { return absl::ToDoubleSeconds(t - absl::UnixEpoch()); }
+
+}  // namespace
+
+std::string RenderMetrics(const MetricsSources& sources, bool open_metrics) {
+  const RoutingSnapshot& snapshot = sources.snapshot;
+  const SourceStatus& source = snapshot.source();
+  // One report per route, computed once for the families that share it.
+  std::vector<telemetry::RouteReport> reports;
+  for (const RouteView& route : snapshot.routes()) reports.push_back(telemetry::Report(*route.route->ledger));
+
+  telemetry::ExpositionWriter w(open_metrics);
+  const auto per_variant = [&](std::string_view name, MetricType type, std::string_view help,
+                               const auto& value_of) {
+    w.Family(name, type, help);
+    for (size_t r = 0; r < reports.size(); ++r) {
+      const RouteView& route = snapshot.routes()[r];
+      for (size_t v = 0; v < route.pool().size(); ++v) {
+        w.Sample({{"route", route.route->config.name}, {"model", route.pool()[v].name}},
+                 value_of(reports[r], route, v));
+      }
+    }
+  };
+
+  w.Family("carbon_sidecar_requests_total", MetricType::kCounter,
+           "Requests routed to a model, by final gRPC status code. Only OK requests are charged in "
+           "the ledger.");
+  for (size_t r = 0; r < reports.size(); ++r) {
+    const RouteView& route = snapshot.routes()[r];
+    for (size_t v = 0; v < route.pool().size(); ++v) {
+      const telemetry::VariantTotals& t = reports[r].variants[v];
+      for (size_t code = 0; code < telemetry::kGrpcCodes; ++code) {
+        const uint64_t n = code == 0 ? t.requests : t.failed[code];
+        // OK always, so the series exists from the start; other codes once they happen.
+        if (code != 0 && n == 0) continue;
+        w.Sample({{"route", route.route->config.name}, {"model", route.pool()[v].name}, {"code", kCodeNames[code]}},
+                 static_cast<double>(n));
+      }
+    }
+  }
+  per_variant("carbon_sidecar_inferences_total", MetricType::kCounter,
+              "Inferences served (requests times batch size when the route has a batch dimension).",
+              [](const telemetry::RouteReport& rep, const RouteView&, size_t v) {
+                return static_cast<double>(rep.variants[v].items);
+              });
+  per_variant("carbon_sidecar_energy_joules_total", MetricType::kCounter,
+              "Energy of the inferences served, from the pool's energy per inference.",
+              [](const telemetry::RouteReport& rep, const RouteView& route, size_t v) {
+                return telemetry::JoulesFor(route.pool()[v], rep.variants[v].items);
+              });
+  per_variant("carbon_sidecar_emissions_grams_total", MetricType::kCounter,
+              "CO2 emitted by the inferences served, at the grid intensity in force when each was "
+              "served.",
+              [](const telemetry::RouteReport& rep, const RouteView& route, size_t v) {
+                return telemetry::GramsFor(route.pool()[v], rep.variants[v].item_intensity);
+              });
+  per_variant("carbon_sidecar_counterfactual_emissions_grams_total", MetricType::kCounter,
+              "CO2 the route would have emitted had every inference gone to this model, at the same "
+              "intensities.",
+              [](const telemetry::RouteReport& rep, const RouteView&, size_t v) {
+                return rep.counterfactual_grams[v];
+              });
+
+  w.Family("carbon_sidecar_error_percent_sum_total", MetricType::kCounter,
+           "Sum over inferences served of the serving model's top-1 error in percent; divided by "
+           "carbon_sidecar_inferences_total it is the mean expected error.");
+  for (size_t r = 0; r < reports.size(); ++r) {
+    w.Sample({{"route", snapshot.routes()[r].route->config.name}}, reports[r].error_percent_sum);
+  }
+
+  const auto per_route_vs_baseline = [&](std::string_view name, std::string_view help, const auto& value_of) {
+    w.Family(name, MetricType::kGauge, help);
+    for (size_t r = 0; r < reports.size(); ++r) {
+      const RouteView& route = snapshot.routes()[r];
+      w.Sample({{"route", route.route->config.name}, {"baseline", route.pool()[route.route->config.baseline].name}},
+               value_of(reports[r]));
+    }
+  };
+  per_route_vs_baseline("carbon_sidecar_carbon_emission_efficiency",
+                        "Relative quality improvement (percent) over the baseline model per extra gram "
+                        "of CO2, since start (Jung's carbon-emission efficiency). NaN until it differs "
+                        "from the baseline.",
+                        [](const telemetry::RouteReport& rep) { return rep.efficiency; });
+  per_route_vs_baseline("carbon_sidecar_relative_quality_improvement_percent",
+                        "Reduction of the mean top-1 error relative to the baseline model, in percent, "
+                        "since start.",
+                        [](const telemetry::RouteReport& rep) { return rep.relative_quality_improvement_percent; });
+  per_route_vs_baseline("carbon_sidecar_extra_emissions_grams",
+                        "CO2 emitted beyond what the baseline model would have emitted, since start "
+                        "(negative: saved).",
+                        [](const telemetry::RouteReport& rep) { return rep.extra_grams; });
+
+  per_variant("carbon_sidecar_model_energy_joules", MetricType::kGauge,
+              "Energy per inference of each model of the pool, as configured.",
+              [](const telemetry::RouteReport&, const RouteView& route, size_t v) {
+                return route.pool()[v].energy_mj * 1e-3;
+              });
+  per_variant("carbon_sidecar_model_error_percent", MetricType::kGauge,
+              "Top-1 error of each model of the pool, as configured, in percent.",
+              [](const telemetry::RouteReport&, const RouteView& route, size_t v) {
+                return route.pool()[v].error_percent;
+              });
+  per_variant("carbon_sidecar_selected_model_info", MetricType::kGauge,
+              "1 for the model each route sends requests to now, 0 for the others.",
+              [](const telemetry::RouteReport&, const RouteView& route, size_t v) {
+                return route.selection.variant == v ? 1.0 : 0.0;
+              });
+  per_variant("carbon_sidecar_model_ready", MetricType::kGauge,
+              "1 when the upstream last reported the model ready (or was not asked), else 0.",
+              [](const telemetry::RouteReport&, const RouteView& route, size_t v) {
+                return (route.ready >> v & 1) != 0 ? 1.0 : 0.0;
+              });
+
+  w.Family("carbon_sidecar_request_duration_seconds", MetricType::kHistogram,
+           "Duration of routed unary calls through the sidecar, upstream included.");
+  for (size_t r = 0; r < reports.size(); ++r) {
+    const RouteView& route = snapshot.routes()[r];
+    for (size_t v = 0; v < route.pool().size(); ++v) {
+      const telemetry::LatencyHistogram::Counts c = route.route->ledger->variant(v).latency().Read();
+      const Label labels[] = {{"route", route.route->config.name}, {"model", route.pool()[v].name}};
+      w.Histogram(labels, telemetry::LatencyHistogram::kBounds, c.cumulative, c.count, c.sum);
+    }
+  }
+
+  w.Family("carbon_sidecar_grid_intensity_gco2_per_kwh", MetricType::kGauge,
+           "The latest grid carbon intensity, in grams of CO2 per kilowatt-hour.");
+  if (source.latest) {
+    w.Sample({{"source", source.provider}, {"region", source.region}}, source.latest->gco2_per_kwh);
+  }
+  w.Family("carbon_sidecar_grid_intensity_timestamp_seconds", MetricType::kGauge,
+           "When the latest intensity reading applies from, in Unix seconds on the provider's clock "
+           "(simulated time for a replayed trace).");
+  if (source.latest) w.Sample({{"source", source.provider}, {"region", source.region}}, UnixSeconds(source.latest->at));
+  w.Family("carbon_sidecar_intensity_window_gco2_per_kwh", MetricType::kGauge,
+           "The lowest and highest intensity of the window the heuristic interpolates between.");
+  if (source.window) {
+    w.Sample({{"bound", "low"}}, source.window->low);
+    w.Sample({{"bound", "high"}}, source.window->high);
+  }
+  w.Family("carbon_sidecar_intensity_fetches_total", MetricType::kCounter,
+           "Polls of the intensity provider, by result.");
+  w.Sample({{"provider", source.provider}, {"result", "success"}}, static_cast<double>(source.fetch_successes));
+  w.Sample({{"provider", source.provider}, {"result", "failure"}}, static_cast<double>(source.fetch_failures));
+  w.Family("carbon_sidecar_intensity_last_success_timestamp_seconds", MetricType::kGauge,
+           "Wall-clock Unix time of the last successful poll of the intensity provider.");
+  if (source.last_success) w.Sample({{"provider", source.provider}}, UnixSeconds(*source.last_success));
+
+  w.Family("carbon_sidecar_passthrough_requests_total", MetricType::kCounter,
+           "Calls that named no route and were forwarded unchanged, by final gRPC status code.");
+  for (size_t code = 0; code < telemetry::kGrpcCodes; ++code) {
+    const uint64_t n = sources.proxy.passthrough[code].load(std::memory_order_relaxed);
+    if (code != 0 && n == 0) continue;
+    w.Sample({{"code", kCodeNames[code]}}, static_cast<double>(n));
+  }
+  w.Family("carbon_sidecar_invalid_requests_total", MetricType::kCounter,
+           "Requests refused with INVALID_ARGUMENT before reaching the upstream, by reason.");
+  w.Sample({{"reason", "malformed"}}, static_cast<double>(sources.proxy.malformed.load(std::memory_order_relaxed)));
+  w.Sample({{"reason", "bad_control"}}, static_cast<double>(sources.proxy.bad_controls.load(std::memory_order_relaxed)));
+
+  w.Family("carbon_sidecar_config_reloads_total", MetricType::kCounter, "Config reloads (SIGHUP), by result.");
+  w.Sample({{"result", "success"}}, static_cast<double>(sources.reloads.success.load()));
+  w.Sample({{"result", "failure"}}, static_cast<double>(sources.reloads.failure.load()));
+  w.Family("carbon_sidecar_config_last_reload_success_timestamp_seconds", MetricType::kGauge,
+           "Unix time of the last successful config load (start-up or reload).");
+  w.Sample({}, sources.reloads.last_success_timestamp.load());
+  w.Family("carbon_sidecar_build_info", MetricType::kGauge, "Always 1; the build's version and revision.");
+  w.Sample({{"version", CARBON_VERSION}, {"revision", CARBON_REVISION}}, 1);
+  return w.Finish();
+}
+
+std::string RenderSelectionJson(const RoutingSnapshot& snapshot, absl::Time wall_now) {
+  using nlohmann::json;
+  const SourceStatus& source = snapshot.source();
+  const auto optional_number = [](std::optional<double> v) { return v ? json(*v) : json(nullptr); };
+  json intensity = {
+      {"provider", source.provider},
+      {"region", source.region},
+      {"provider_failing", source.provider_failing},
+      {"now", absl::FormatTime(absl::RFC3339_sec, source.now, absl::UTCTimeZone())},
+      {"last_success", source.last_success
+                           ? json(absl::FormatTime(absl::RFC3339_sec, *source.last_success, absl::UTCTimeZone()))
+                           : json(nullptr)},
+  };
+  if (source.latest) {
+    intensity["gco2_per_kwh"] = source.latest->gco2_per_kwh;
+    intensity["at"] = absl::FormatTime(absl::RFC3339_sec, source.latest->at, absl::UTCTimeZone());
+    intensity["age_seconds"] = absl::ToDoubleSeconds(source.now - source.latest->at);
+  } else {
+    intensity["gco2_per_kwh"] = nullptr;
+  }
+  intensity["window"] = source.window ? json{{"low", source.window->low}, {"high", source.window->high}} : json(nullptr);
+  json routes = json::array();
+  for (const RouteView& route : snapshot.routes()) {
+    const selector::Selection& sel = route.selection;
+    json candidates = json::array();
+    for (size_t v = 0; v < route.pool().size(); ++v) {
+      const selector::Variant& variant = route.pool()[v];
+      candidates.push_back({{"model", variant.name},
+                            {"energy_mj", variant.energy_mj},
+                            {"error_percent", variant.error_percent},
+                            {"ready", (route.ready >> v & 1) != 0}});
+    }
+    routes.push_back({
+        {"route", route.route->config.name},
+        {"model", route.pool()[sel.variant].name},
+        {"reason", selector::SelectionReasonName(sel.reason)},
+        {"intensity_gco2_per_kwh", sel.intensity ? json(sel.intensity->gco2_per_kwh) : json(nullptr)},
+        {"window", sel.bounds ? json{{"low", sel.bounds->low}, {"high", sel.bounds->high}} : json(nullptr)},
+        {"t", optional_number(sel.t)},
+        {"target_energy_mj", optional_number(sel.target_energy_mj)},
+        {"selected_since", sel.since == absl::InfinitePast()
+                               ? json(nullptr)
+                               : json(absl::FormatTime(absl::RFC3339_sec, sel.since, absl::UTCTimeZone()))},
+        {"default", route.pool()[route.route->config.default_variant].name},
+        {"baseline", route.pool()[route.route->config.baseline].name},
+        {"candidates", candidates},
+    });
+  }
+  json doc = {{"generated_at", absl::FormatTime(absl::RFC3339_sec, wall_now, absl::UTCTimeZone())},
+              {"intensity", intensity},
+              {"upstream_reachable", source.upstream_reachable ? json(*source.upstream_reachable) : json(nullptr)},
+              {"routes", routes}};
+  return doc.dump(2, ' ', false, json::error_handler_t::replace) + "\n";
+}
+
+std::string RenderConfigJson(const SidecarConfig& config) {
+  using nlohmann::json;
+  const auto duration = [](absl::Duration d) { return absl::FormatDuration(d); };
+  const IntensityConfig& i = config.intensity;
+  json intensity = {{"provider", i.provider},
+                    {"region", i.region},
+                    {"refresh", duration(i.refresh)},
+                    {"stale_after", duration(i.stale_after)},
+                    {"window", duration(i.window)}};
+  if (i.fixed_bounds) intensity["window_bounds"] = {{"low", i.fixed_bounds->low}, {"high", i.fixed_bounds->high}};
+  if (i.provider == "static") intensity["gco2_per_kwh"] = i.gco2_per_kwh;
+  if (i.provider == "trace") {
+    intensity["file"] = i.trace_path;
+    intensity["time_column"] = i.trace_time_column;
+    intensity["value_column"] = i.trace_value_column;
+    intensity["speedup"] = i.trace_speedup;
+    intensity["loop"] = i.trace_loop;
+    if (i.trace_start) intensity["start"] = absl::FormatTime(absl::RFC3339_sec, *i.trace_start, absl::UTCTimeZone());
+  }
+  json routes = json::array();
+  for (const RouteConfig& r : config.routes) {
+    json variants = json::array();
+    for (const auto& v : r.pool->variants()) {
+      variants.push_back({{"name", v.name}, {"energy_mj", v.energy_mj}, {"error_percent", v.error_percent}});
+    }
+    routes.push_back({{"name", r.name},
+                      {"pool", r.pool_source},
+                      {"variants", variants},
+                      {"baseline", (*r.pool)[r.baseline].name},
+                      {"default", (*r.pool)[r.default_variant].name},
+                      {"min_dwell", duration(r.min_dwell)},
+                      {"batch_dimension", r.batch_dimension}});
+  }
+  json doc = {{"path", config.path},
+              {"listen", config.listen},
+              {"admin", {{"listen", config.admin_listen}}},
+              {"upstream",
+               {{"target", config.upstream.target},
+                {"max_message_bytes", config.upstream.max_message_bytes},
+                {"readiness_interval", duration(config.upstream.readiness_interval)}}},
+              {"drain_timeout", duration(config.drain_timeout)},
+              {"intensity", intensity},
+              {"routes", routes}};
+  return doc.dump(2, ' ', false, json::error_handler_t::replace) + "\n";
+}
+
+bool IsReady(const RoutingSnapshot& snapshot, std::string* why) {
+  if (snapshot.source().upstream_reachable == false) {
+    *why = "the upstream did not answer the last readiness questions";
+    return false;
+  }
+  *why = snapshot.source().latest ? "ok" : "ok (no intensity yet: routes use their default model)";
+  return true;
+}
+
+}  // namespace carbon::sidecar
