@@ -9,7 +9,8 @@
 #include "bench/fake_upstream.h"
 
 ABSL_FLAG(std::string, listen, "127.0.0.1:8011", "Address to serve on (port 0: any free port).");
-ABSL_FLAG(std::string, models, "resnet34,resnet50,resnet101,resnet152", "Model names to serve.");
+ABSL_FLAG(std::string, models, "resnet34,resnet50,resnet101,resnet152,alexnet,vgg16,vgg19",
+          "Model names to serve.");
 ABSL_FLAG(std::vector<std::string>, service_time, {},
           "Per-model service time, e.g. resnet152=5ms,resnet34=1ms.");
 

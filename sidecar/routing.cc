@@ -105,16 +105,28 @@ void SelectionPublisher::RefreshNow() {
   PollAndPublish(/*poll_intensity=*/true, /*ask_readiness=*/true);
 }
 
+bool SelectionPublisher::ShouldWake() const {
+  return stopping_ || reloads_ != reloads_seen_;
+}
+
 void SelectionPublisher::Run() {
   absl::MutexLock lock(&mu_);
   absl::Time next_poll = absl::Now() + state_->intensity.refresh;
   absl::Time next_ask = absl::Now() + state_->readiness_interval;
   while (!stopping_) {
     const bool asks = readiness_ && state_->readiness_interval > absl::ZeroDuration();
-    // Waits for the next poll or question, waking early only to stop.
-    mu_.AwaitWithDeadline(absl::Condition(&stopping_), asks ? std::min(next_poll, next_ask) : next_poll);
+    // Waits for the next poll or question, waking early to stop or after a reload (whose new
+    // intervals then apply; the reload itself has just polled).
+    mu_.AwaitWithDeadline(absl::Condition(this, &SelectionPublisher::ShouldWake),
+                          asks ? std::min(next_poll, next_ask) : next_poll);
     if (stopping_) break;
     const absl::Time now = absl::Now();
+    if (reloads_ != reloads_seen_) {
+      reloads_seen_ = reloads_;
+      next_poll = now + state_->intensity.refresh;
+      next_ask = now + state_->readiness_interval;
+      continue;
+    }
     const bool poll = now >= next_poll;
     const bool ask = asks && now >= next_ask;
     if (poll) next_poll = now + state_->intensity.refresh;
@@ -138,6 +150,7 @@ absl::Status SelectionPublisher::Reload(const SidecarConfig& config) {
     }
   }
   state_ = *std::move(state);
+  ++reloads_;
   PollAndPublish(/*poll_intensity=*/true, /*ask_readiness=*/true);
   return absl::OkStatus();
 }

@@ -116,6 +116,7 @@ class SelectionPublisher {
   void Run();
   void PollAndPublish(bool poll_intensity, bool ask_readiness) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void AskReadiness() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  bool ShouldWake() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const ReadinessProbe readiness_;
   std::unique_ptr<telemetry::CarbonLedger> own_ledger_;
@@ -127,6 +128,8 @@ class SelectionPublisher {
   std::optional<bool> upstream_reachable_ ABSL_GUARDED_BY(mu_);
   std::unique_ptr<State> state_ ABSL_GUARDED_BY(mu_);
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  uint64_t reloads_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t reloads_seen_ ABSL_GUARDED_BY(mu_) = 0;  // by the polling thread
   selector::SnapshotCell<RoutingSnapshot> snapshots_;
   std::thread thread_;
 };

@@ -1,0 +1,319 @@
+// The admin HTTP port of a running sidecar, read with a real HTTP client, against the carbon the
+// test computes itself for the requests it sends.
+#include <httplib.h>
+
+#include <atomic>
+#include <map>
+#include <regex>
+#include <thread>
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "bench/fake_upstream.h"
+#include "inference/grpc_service.grpc.pb.h"
+#include "sidecar/server.h"
+
+namespace carbon::sidecar {
+namespace {
+
+using ::testing::HasSubstr;
+
+constexpr double kE34 = 359.9321833, kE50 = 420.6213298, kE101 = 803.0948846, kE152 = 1238.147188;
+
+SidecarConfig Config(int upstream_port, double intensity) {
+  SidecarConfig c;
+  c.path = "admin-test";
+  c.listen = "127.0.0.1:0";
+  c.admin_listen = "127.0.0.1:0";
+  c.upstream.target = absl::StrCat("127.0.0.1:", upstream_port);
+  c.upstream.readiness_interval = absl::ZeroDuration();
+  c.intensity.provider = "static";
+  c.intensity.region = "test-region";
+  c.intensity.gco2_per_kwh = intensity;
+  c.intensity.refresh = absl::Hours(1);
+  c.intensity.fixed_bounds = selector::WindowBounds{100, 300};
+  RouteConfig route;
+  route.name = "resnet";
+  route.pool_source = "inline";
+  auto pool = selector::Pool::Create({{"resnet34", kE34, 8.58},
+                                      {"resnet50", kE50, 7.138},
+                                      {"resnet101", kE101, 6.454},
+                                      {"resnet152", kE152, 5.954}});
+  route.pool = std::make_shared<const selector::Pool>(*pool);
+  route.baseline = 1;
+  route.default_variant = 1;
+  route.batch_dimension = true;
+  c.routes.push_back(route);
+  return c;
+}
+
+inference::ModelInferRequest Request(int64_t batch) {
+  inference::ModelInferRequest req;
+  req.set_model_name("resnet");
+  auto* in = req.add_inputs();
+  in->set_name("input");
+  in->set_datatype("FP32");
+  for (int64_t d : {batch, int64_t{3}, int64_t{4}, int64_t{4}}) in->add_shape(d);
+  req.add_raw_input_contents(std::string(static_cast<size_t>(batch) * 48 * 4, '\1'));
+  return req;
+}
+
+// Sample lines of a text exposition, keyed by name{labels} as written.
+std::map<std::string, double> ParseSamples(const std::string& text) {
+  std::map<std::string, double> samples;
+  for (absl::string_view line : absl::StrSplit(text, '\n')) {
+    if (line.empty() || line[0] == '#') continue;
+    const size_t space = line.rfind(' ');
+    double v;
+    const std::string value(line.substr(space + 1));
+    if (value == "NaN") {
+      v = std::nan("");
+    } else {
+      EXPECT_TRUE(absl::SimpleAtod(value, &v)) << line;
+    }
+    samples[std::string(line.substr(0, space))] = v;
+  }
+  return samples;
+}
+
+class AdminTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    bench::FakeUpstreamOptions options;
+    options.models = {"resnet34", "resnet50", "resnet101", "resnet152"};
+    auto upstream = bench::FakeUpstreamServer::Start("127.0.0.1:0", options);
+    ASSERT_TRUE(upstream.ok());
+    upstream_ = *std::move(upstream);
+    auto sidecar = SidecarServer::Start(Config(upstream_->port(), 200));
+    ASSERT_TRUE(sidecar.ok()) << sidecar.status();
+    sidecar_ = *std::move(sidecar);
+    stub_ = inference::GRPCInferenceService::NewStub(grpc::CreateChannel(
+        absl::StrCat("127.0.0.1:", sidecar_->port()), grpc::InsecureChannelCredentials()));
+    http_ = std::make_unique<httplib::Client>("127.0.0.1", sidecar_->admin_port());
+    http_->set_read_timeout(5, 0);
+  }
+
+  grpc::Status Infer(int64_t batch) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(10)));
+    inference::ModelInferResponse resp;
+    return stub_->ModelInfer(&ctx, Request(batch), &resp);
+  }
+
+  std::map<std::string, double> Scrape() {
+    auto res = http_->Get("/metrics");
+    EXPECT_TRUE(res);
+    if (!res) return {};
+    EXPECT_EQ(res->status, 200);
+    EXPECT_EQ(res->get_header_value("Content-Type"), "text/plain; version=0.0.4; charset=utf-8");
+    return ParseSamples(res->body);
+  }
+
+  std::unique_ptr<bench::FakeUpstreamServer> upstream_;
+  std::unique_ptr<SidecarServer> sidecar_;
+  std::unique_ptr<inference::GRPCInferenceService::Stub> stub_;
+  std::unique_ptr<httplib::Client> http_;
+};
+
+TEST_F(AdminTest, MetricsAddUpToWhatWasServed) {
+  // 3 requests of batch 2 at 200 g/kWh go to resnet101; then, at 300, 2 requests of batch 1 to
+  // resnet34.
+  for (int i = 0; i < 3; ++i) ASSERT_TRUE(Infer(2).ok());
+  ASSERT_TRUE(sidecar_->Reload(Config(upstream_->port(), 300)).ok());
+  for (int i = 0; i < 2; ++i) ASSERT_TRUE(Infer(1).ok());
+
+  auto m = Scrape();
+  const std::string r101 = "{route=\"resnet\",model=\"resnet101\"}";
+  const std::string r34 = "{route=\"resnet\",model=\"resnet34\"}";
+  EXPECT_EQ(m["carbon_sidecar_requests_total{route=\"resnet\",model=\"resnet101\",code=\"OK\"}"], 3);
+  EXPECT_EQ(m["carbon_sidecar_requests_total{route=\"resnet\",model=\"resnet34\",code=\"OK\"}"], 2);
+  EXPECT_EQ(m["carbon_sidecar_inferences_total" + r101], 6);
+  EXPECT_EQ(m["carbon_sidecar_inferences_total" + r34], 2);
+  const double g101 = 6 * kE101 * 1e-3 / 3.6e6 * 200;
+  const double g34 = 2 * kE34 * 1e-3 / 3.6e6 * 300;
+  EXPECT_NEAR(m["carbon_sidecar_emissions_grams_total" + r101], g101, 1e-15);
+  EXPECT_NEAR(m["carbon_sidecar_emissions_grams_total" + r34], g34, 1e-15);
+  EXPECT_NEAR(m["carbon_sidecar_energy_joules_total" + r101], 6 * kE101 * 1e-3, 1e-12);
+  // Σ items × C = 6 × 200 + 2 × 300 = 1800.
+  const double baseline = kE50 * 1e-3 / 3.6e6 * 1800;
+  EXPECT_NEAR(m["carbon_sidecar_counterfactual_emissions_grams_total{route=\"resnet\",model=\"resnet50\"}"],
+              baseline, 1e-15);
+  const double mean_error = (6 * 6.454 + 2 * 8.58) / 8;
+  EXPECT_NEAR(m["carbon_sidecar_error_percent_sum_total{route=\"resnet\"}"], 6 * 6.454 + 2 * 8.58, 1e-9);
+  const double rqi = (7.138 - mean_error) / 7.138 * 100;
+  EXPECT_NEAR(m["carbon_sidecar_carbon_emission_efficiency{route=\"resnet\",baseline=\"resnet50\"}"],
+              rqi / (g101 + g34 - baseline), 1e-6 * std::abs(rqi / (g101 + g34 - baseline)));
+  EXPECT_EQ(m["carbon_sidecar_selected_model_info" + r34], 1);
+  EXPECT_EQ(m["carbon_sidecar_selected_model_info" + r101], 0);
+  EXPECT_EQ(m["carbon_sidecar_grid_intensity_gco2_per_kwh{source=\"static\",region=\"test-region\"}"], 300);
+  EXPECT_EQ(m["carbon_sidecar_intensity_window_gco2_per_kwh{bound=\"low\"}"], 100);
+  EXPECT_EQ(m["carbon_sidecar_request_duration_seconds_count" + r101], 3);
+  EXPECT_EQ(m["carbon_sidecar_request_duration_seconds_bucket{route=\"resnet\",model=\"resnet101\",le=\"+Inf\"}"], 3);
+  EXPECT_EQ(m["carbon_sidecar_config_reloads_total{result=\"success\"}"], 0);  // Reload() is not a file reload
+}
+
+TEST_F(AdminTest, FailuresAreCountedByCodeAndNotCharged) {
+  upstream_.reset();  // nothing listens any more
+  EXPECT_EQ(Infer(1).error_code(), grpc::StatusCode::UNAVAILABLE);
+  grpc::ClientContext ctx;
+  ctx.AddMetadata("x-carbon-pin-model", "vgg16");
+  inference::ModelInferResponse resp;
+  EXPECT_EQ(stub_->ModelInfer(&ctx, Request(1), &resp).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  auto m = Scrape();
+  EXPECT_EQ(m["carbon_sidecar_requests_total{route=\"resnet\",model=\"resnet101\",code=\"UNAVAILABLE\"}"], 1);
+  EXPECT_EQ(m["carbon_sidecar_requests_total{route=\"resnet\",model=\"resnet101\",code=\"OK\"}"], 0);
+  EXPECT_EQ(m["carbon_sidecar_emissions_grams_total{route=\"resnet\",model=\"resnet101\"}"], 0);
+  EXPECT_EQ(m["carbon_sidecar_invalid_requests_total{reason=\"bad_control\"}"], 1);
+}
+
+TEST_F(AdminTest, StreamMessagesAndPassthroughCallsAreCounted) {
+  grpc::ClientContext ctx;
+  auto stream = stub_->ModelStreamInfer(&ctx);
+  for (int i = 0; i < 4; ++i) ASSERT_TRUE(stream->Write(Request(1)));
+  inference::ModelInferRequest direct = Request(1);
+  direct.set_model_name("resnet50");
+  ASSERT_TRUE(stream->Write(direct));
+  stream->WritesDone();
+  inference::ModelStreamInferResponse resp;
+  while (stream->Read(&resp)) {
+  }
+  ASSERT_TRUE(stream->Finish().ok());
+  grpc::ClientContext live_ctx;
+  inference::ServerLiveResponse live;
+  ASSERT_TRUE(stub_->ServerLive(&live_ctx, inference::ServerLiveRequest(), &live).ok());
+
+  auto m = Scrape();
+  EXPECT_EQ(m["carbon_sidecar_requests_total{route=\"resnet\",model=\"resnet101\",code=\"OK\"}"], 4);
+  EXPECT_EQ(m["carbon_sidecar_passthrough_requests_total{code=\"OK\"}"], 1);  // ServerLive
+}
+
+TEST_F(AdminTest, OpenMetricsOnRequest) {
+  auto res = http_->Get("/metrics", {{"Accept", "application/openmetrics-text; version=1.0.0"}});
+  ASSERT_TRUE(res);
+  EXPECT_EQ(res->get_header_value("Content-Type"), "application/openmetrics-text; version=1.0.0; charset=utf-8");
+  EXPECT_THAT(res->body, HasSubstr("# TYPE carbon_sidecar_requests counter\n"));
+  EXPECT_THAT(res->body, HasSubstr("carbon_sidecar_requests_total{"));
+  EXPECT_TRUE(res->body.ends_with("# EOF\n"));
+}
+
+TEST_F(AdminTest, EveryFamilyHasHelpAndTypeOnceBeforeItsSamples) {
+  auto res = http_->Get("/metrics");
+  ASSERT_TRUE(res);
+  std::map<std::string, int> types;
+  std::string current;
+  for (absl::string_view line : absl::StrSplit(res->body, '\n')) {
+    if (absl::StartsWith(line, "# TYPE ")) {
+      std::vector<std::string> parts = absl::StrSplit(line, ' ');
+      current = parts[2];
+      ++types[current];
+    } else if (!line.empty() && line[0] != '#') {
+      const std::string name(line.substr(0, line.find_first_of("{ ")));
+      EXPECT_TRUE(absl::StartsWith(name, current)) << name << " outside its family " << current;
+    }
+  }
+  for (const auto& [name, count] : types) EXPECT_EQ(count, 1) << name;
+  EXPECT_GE(types.size(), 20u);
+  EXPECT_TRUE(std::regex_search(res->body, std::regex("carbon_sidecar_build_info\\{version=\"0\\.1\\.0\",revision=\"[0-9a-f]+|unknown\"\\} 1")));
+}
+
+TEST_F(AdminTest, SelectionExplainsTheChoice) {
+  auto res = http_->Get("/v1/selection");
+  ASSERT_TRUE(res);
+  EXPECT_EQ(res->status, 200);
+  const auto doc = nlohmann::json::parse(res->body);
+  ASSERT_EQ(doc["routes"].size(), 1u);
+  const auto& route = doc["routes"][0];
+  EXPECT_EQ(route["route"], "resnet");
+  EXPECT_EQ(route["model"], "resnet101");
+  EXPECT_EQ(route["reason"], "heuristic");
+  EXPECT_DOUBLE_EQ(route["t"].get<double>(), 0.5);
+  EXPECT_NEAR(route["target_energy_mj"].get<double>(), 799.04, 0.01);
+  EXPECT_EQ(route["window"]["low"], 100);
+  EXPECT_EQ(route["window"]["high"], 300);
+  EXPECT_EQ(route["candidates"].size(), 4u);
+  EXPECT_EQ(route["candidates"][3]["model"], "resnet152");
+  EXPECT_EQ(doc["intensity"]["provider"], "static");
+  EXPECT_EQ(doc["intensity"]["gco2_per_kwh"], 200);
+  EXPECT_GE(doc["intensity"]["age_seconds"].get<double>(), 0);
+}
+
+TEST_F(AdminTest, ConfigHealthAndReadiness) {
+  auto config = http_->Get("/v1/config");
+  ASSERT_TRUE(config);
+  const auto doc = nlohmann::json::parse(config->body);
+  EXPECT_EQ(doc["routes"][0]["baseline"], "resnet50");
+  EXPECT_EQ(doc["intensity"]["gco2_per_kwh"], 200);
+  EXPECT_EQ(doc["admin"]["listen"], "127.0.0.1:0");
+
+  auto health = http_->Get("/healthz");
+  ASSERT_TRUE(health);
+  EXPECT_EQ(health->status, 200);
+  auto ready = http_->Get("/readyz");
+  ASSERT_TRUE(ready);
+  EXPECT_EQ(ready->status, 200);
+}
+
+TEST_F(AdminTest, ReadinessFollowsTheUpstream) {
+  SidecarConfig config = Config(upstream_->port(), 200);
+  config.upstream.readiness_interval = absl::Milliseconds(20);
+  ASSERT_TRUE(sidecar_->Reload(config).ok());
+  upstream_.reset();
+  bool unready = false;
+  for (int i = 0; i < 500 && !unready; ++i) {
+    auto res = http_->Get("/readyz");
+    unready = res && res->status == 503;
+    if (!unready) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  EXPECT_TRUE(unready);
+}
+
+TEST_F(AdminTest, UnknownPathsAndMethods) {
+  auto missing = http_->Get("/admin");
+  ASSERT_TRUE(missing);
+  EXPECT_EQ(missing->status, 404);
+  for (const char* path : {"/metrics", "/v1/config", "/elsewhere"}) {
+    auto post = http_->Post(path, "x", "text/plain");
+    ASSERT_TRUE(post);
+    EXPECT_EQ(post->status, 405) << path;
+    EXPECT_EQ(post->get_header_value("Allow"), "GET, HEAD");
+    auto del = http_->Delete(path);
+    ASSERT_TRUE(del);
+    EXPECT_EQ(del->status, 405) << path;
+  }
+}
+
+TEST_F(AdminTest, AScrapeDuringReloadsSeesOneConfigOrTheOther) {
+  // Config A: 100 g/kWh selects resnet152; config B: 300 selects resnet34. A scrape must never
+  // pair one config's intensity with the other's choice.
+  std::atomic<bool> stop{false};
+  std::thread reloader([&] {
+    for (int i = 0; !stop; ++i) {
+      ASSERT_TRUE(sidecar_->Reload(Config(upstream_->port(), i % 2 ? 100 : 300)).ok());
+    }
+  });
+  int scrapes = 0;
+  for (; scrapes < 100; ++scrapes) {
+    auto m = Scrape();
+    const double c = m["carbon_sidecar_grid_intensity_gco2_per_kwh{source=\"static\",region=\"test-region\"}"];
+    const bool clean = m["carbon_sidecar_selected_model_info{route=\"resnet\",model=\"resnet152\"}"] == 1;
+    const bool dirty = m["carbon_sidecar_selected_model_info{route=\"resnet\",model=\"resnet34\"}"] == 1;
+    if (c == 100) {
+      EXPECT_TRUE(clean && !dirty);
+    } else if (c == 300) {
+      EXPECT_TRUE(dirty && !clean);
+    } else {
+      EXPECT_EQ(c, 200);  // the initial config, before the first reload
+    }
+  }
+  stop = true;
+  reloader.join();
+}
+
+}  // namespace
+}  // namespace carbon::sidecar
