@@ -136,6 +136,12 @@ std::string RenderMetrics(const MetricsSources& sources, bool open_metrics) {
               [](const telemetry::RouteReport&, const RouteView& route, size_t v) {
                 return route.selection.variant == v ? 1.0 : 0.0;
               });
+  per_variant("carbon_sidecar_baseline_model_info", MetricType::kGauge,
+              "1 for each route's baseline model (the one efficiency is measured against), 0 for the "
+              "others; join on it to pick the baseline's series.",
+              [](const telemetry::RouteReport&, const RouteView& route, size_t v) {
+                return route.route->config.baseline == v ? 1.0 : 0.0;
+              });
   per_variant("carbon_sidecar_model_ready", MetricType::kGauge,
               "1 when the upstream last reported the model ready (or was not asked), else 0.",
               [](const telemetry::RouteReport&, const RouteView& route, size_t v) {
@@ -177,7 +183,8 @@ std::string RenderMetrics(const MetricsSources& sources, bool open_metrics) {
   if (source.last_success) w.Sample({{"provider", source.provider}}, UnixSeconds(*source.last_success));
 
   w.Family("carbon_sidecar_passthrough_requests_total", MetricType::kCounter,
-           "Calls that named no route and were forwarded unchanged, by final gRPC status code.");
+           "Calls other than routed inferences (other methods, model names that are no route, "
+           "model metadata and readiness queries), by final gRPC status code.");
   for (size_t code = 0; code < telemetry::kGrpcCodes; ++code) {
     const uint64_t n = sources.proxy.passthrough[code].load(std::memory_order_relaxed);
     if (code != 0 && n == 0) continue;

@@ -216,7 +216,12 @@ class RequestRouter {
     return absl::OkStatus();
   }
 
-  bool routed() const { return first_.has_value() || !more_charges_.empty(); }
+  // Whether the call carried routed inferences, which the ledger charges (model metadata and
+  // readiness queries are routed too, but are not inferences).
+  bool routed() const {
+    return (kind_ == MethodKind::kInfer || kind_ == MethodKind::kStreamInfer) &&
+           (first_.has_value() || !more_charges_.empty());
+  }
 
   // Charges the ledger for the routed messages of a call that ended with `code`: served when OK,
   // failed with that code otherwise. `seconds` is the call's duration (unary calls only).

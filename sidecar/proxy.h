@@ -26,7 +26,7 @@ inline constexpr char kMaxErrorHeader[] = "x-carbon-max-error-percent";
 
 // What the proxy counts outside the carbon ledger. Thread-safe.
 struct ProxyCounters {
-  // Calls that named no route, by final gRPC code.
+  // Calls other than routed inferences, by final gRPC code.
   std::array<std::atomic<uint64_t>, telemetry::kGrpcCodes> passthrough{};
   std::atomic<uint64_t> malformed{0};     // request bytes that are not a valid message
   std::atomic<uint64_t> bad_controls{0};  // bad x-carbon-pin-model / x-carbon-max-error-percent
