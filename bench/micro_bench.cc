@@ -1,0 +1,109 @@
+// Micro-benchmarks of the request path's own work and of a scrape (Google Benchmark).
+//   build/bench/micro_bench --benchmark_repetitions=5 --benchmark_report_aggregates_only=true
+#include <benchmark/benchmark.h>
+
+#include <grpcpp/support/byte_buffer.h>
+
+#include "absl/strings/str_cat.h"
+#include "inference/grpc_service.pb.h"
+#include "spdlog/spdlog.h"
+#include "sidecar/admin_endpoints.h"
+#include "sidecar/request_bytes.h"
+#include "sidecar/routing.h"
+#include "telemetry/carbon_ledger.h"
+
+namespace carbon {
+namespace {
+
+sidecar::SidecarConfig ConfigWith(size_t routes, size_t variants) {
+  sidecar::SidecarConfig c;
+  c.upstream.target = "127.0.0.1:1";
+  c.intensity.provider = "static";
+  c.intensity.gco2_per_kwh = 200;
+  c.intensity.fixed_bounds = selector::WindowBounds{100, 300};
+  for (size_t r = 0; r < routes; ++r) {
+    std::vector<selector::Variant> vs;
+    for (size_t v = 0; v < variants; ++v) {
+      vs.push_back({absl::StrCat("model", v), 100.0 + 50.0 * static_cast<double>(v), 20.0 - static_cast<double>(v)});
+    }
+    sidecar::RouteConfig route;
+    route.name = r == 0 ? "resnet" : absl::StrCat("route", r);
+    route.pool = std::make_shared<const selector::Pool>(*selector::Pool::Create(vs));
+    c.routes.push_back(route);
+  }
+  return c;
+}
+
+// What a routed request costs the sidecar beyond forwarding: one snapshot load, the route lookup
+// by name, and one ledger update.
+void BM_SelectionReadAndLedgerUpdate(benchmark::State& state) {
+  static std::unique_ptr<sidecar::SelectionPublisher> publisher;
+  if (state.thread_index() == 0) publisher = *sidecar::SelectionPublisher::Create(ConfigWith(1, 4));
+  const std::string_view name = "resnet";
+  for (auto _ : state) {
+    const auto& snapshot = publisher->snapshots().Load();
+    const sidecar::RouteView* route = snapshot->Find(name);
+    route->route->ledger->variant(route->selection.variant).RecordServed(1, 1, route->selection.intensity->gco2_per_kwh);
+    benchmark::DoNotOptimize(route);
+  }
+  state.SetItemsProcessed(state.iterations());
+}
+BENCHMARK(BM_SelectionReadAndLedgerUpdate)->Threads(1)->Threads(2)->UseRealTime();
+
+// A request message held as gRPC holds it, scanned for the model name and rewritten by appending
+// the override slice. Must not depend on the payload size.
+void BM_ScanAndRewrite(benchmark::State& state) {
+  inference::ModelInferRequest header;
+  header.set_model_name("resnet");
+  header.set_id("request-1");
+  auto* in = header.add_inputs();
+  in->set_name("input");
+  in->set_datatype("FP32");
+  for (int64_t d : {1, 3, 224, 224}) in->add_shape(d);
+  header.add_raw_input_contents(std::string(static_cast<size_t>(state.range(0)), '\1'));
+  const std::string bytes = header.SerializeAsString();
+  const grpc::Slice message_slice(bytes);
+  const std::string suffix = sidecar::EncodeModelOverride("resnet152");
+  const grpc::Slice override_slice(suffix);
+  sidecar::RequestBytes request_bytes;
+  for (auto _ : state) {
+    grpc::Slice s = message_slice;
+    grpc::ByteBuffer buffer(&s, 1);
+    auto scanned = request_bytes.Scan(&buffer, true);
+    benchmark::DoNotOptimize(scanned);
+    request_bytes.AppendTo(&buffer, override_slice);
+    benchmark::DoNotOptimize(buffer);
+  }
+  state.SetLabel(absl::StrCat(bytes.size(), " bytes"));
+}
+BENCHMARK(BM_ScanAndRewrite)->Arg(1024)->Arg(602112);
+
+// A Prometheus scrape of 5 routes × 10 variants.
+void BM_RenderMetrics(benchmark::State& state) {
+  auto publisher = *sidecar::SelectionPublisher::Create(ConfigWith(5, 10));
+  const auto snapshot = publisher->snapshots().Load();
+  for (const auto& route : snapshot->routes()) {
+    for (size_t v = 0; v < route.pool().size(); ++v) route.route->ledger->variant(v).RecordServed(3, 5, 200);
+  }
+  sidecar::ProxyCounters proxy;
+  sidecar::ReloadCounters reloads;
+  size_t bytes = 0;
+  for (auto _ : state) {
+    std::string text = sidecar::RenderMetrics({*snapshot, proxy, reloads}, false);
+    bytes = text.size();
+    benchmark::DoNotOptimize(text);
+  }
+  state.SetLabel(absl::StrCat(bytes, " bytes per scrape"));
+}
+BENCHMARK(BM_RenderMetrics)->Unit(benchmark::kMicrosecond);
+
+}  // namespace
+}  // namespace carbon
+
+int main(int argc, char** argv) {
+  spdlog::set_level(spdlog::level::warn);  // selection logs would drown the figures
+  benchmark::Initialize(&argc, argv);
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
+}
