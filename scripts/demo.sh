@@ -60,3 +60,6 @@ count=$((seconds * 2))
 echo
 echo "Selections the sidecar made (from its log):"
 grep -o 'event=selection route=resnet .*' "$logs/sidecar.log" | tail -n 15 || true
+echo
+echo "The sidecar's carbon ledger (from http://127.0.0.1:9464/metrics):"
+curl -s http://127.0.0.1:9464/metrics | /usr/bin/python3 scripts/ledger_summary.py --route resnet
