@@ -159,15 +159,25 @@ std::string RenderMetrics(const MetricsSources& sources, bool open_metrics) {
     }
   }
 
+  const SourceCounters& counters = source.counters;
   w.Family("carbon_sidecar_grid_intensity_gco2_per_kwh", MetricType::kGauge,
-           "The latest grid carbon intensity, in grams of CO2 per kilowatt-hour.");
+           "The latest grid carbon intensity, in grams of CO2 per kilowatt-hour (WattTime's lbs CO2/MWh "
+           "converted with 0.45359237), labelled with the provider that gave it.");
   if (source.latest) {
-    w.Sample({{"source", source.provider}, {"region", source.region}}, source.latest->gco2_per_kwh);
+    w.Sample({{"source", source.source}, {"region", source.region}}, source.latest->gco2_per_kwh);
   }
   w.Family("carbon_sidecar_grid_intensity_timestamp_seconds", MetricType::kGauge,
            "When the latest intensity reading applies from, in Unix seconds on the provider's clock "
            "(simulated time for a replayed trace).");
-  if (source.latest) w.Sample({{"source", source.provider}, {"region", source.region}}, UnixSeconds(source.latest->at));
+  if (source.latest) w.Sample({{"source", source.source}, {"region", source.region}}, UnixSeconds(source.latest->at));
+  w.Family("carbon_sidecar_grid_intensity_age_seconds", MetricType::kGauge,
+           "Age of the latest intensity reading on the provider's clock; the last good value is kept "
+           "while the provider fails, and routes fall back to their default once it is older than "
+           "intensity.stale_after.");
+  if (source.latest) {
+    w.Sample({{"source", source.source}, {"region", source.region}},
+             absl::ToDoubleSeconds(source.now - source.latest->at));
+  }
   w.Family("carbon_sidecar_intensity_window_gco2_per_kwh", MetricType::kGauge,
            "The lowest and highest intensity of the window the heuristic interpolates between.");
   if (source.window) {
@@ -176,11 +186,23 @@ std::string RenderMetrics(const MetricsSources& sources, bool open_metrics) {
   }
   w.Family("carbon_sidecar_intensity_fetches_total", MetricType::kCounter,
            "Polls of the intensity provider, by result.");
-  w.Sample({{"provider", source.provider}, {"result", "success"}}, static_cast<double>(source.fetch_successes));
-  w.Sample({{"provider", source.provider}, {"result", "failure"}}, static_cast<double>(source.fetch_failures));
+  w.Sample({{"provider", source.provider}, {"result", "success"}}, static_cast<double>(counters.fetch_successes));
+  w.Sample({{"provider", source.provider}, {"result", "failure"}}, static_cast<double>(counters.fetch_failures));
   w.Family("carbon_sidecar_intensity_last_success_timestamp_seconds", MetricType::kGauge,
            "Wall-clock Unix time of the last successful poll of the intensity provider.");
-  if (source.last_success) w.Sample({{"provider", source.provider}}, UnixSeconds(*source.last_success));
+  if (counters.last_success) w.Sample({{"provider", source.provider}}, UnixSeconds(*counters.last_success));
+  w.Family("carbon_sidecar_intensity_state", MetricType::kGauge,
+           "1 for the intensity source's current state: ok, failing (polls fail, the last reading is "
+           "still fresh) or stale (no fresh reading: routes use their default model).");
+  for (SourceState st : {SourceState::kOk, SourceState::kFailing, SourceState::kStale}) {
+    w.Sample({{"provider", source.provider}, {"state", SourceStateName(st)}}, counters.state == st ? 1.0 : 0.0);
+  }
+  w.Family("carbon_sidecar_intensity_state_changes_total", MetricType::kCounter,
+           "Changes of the intensity source's state, by the state entered.");
+  for (SourceState st : {SourceState::kOk, SourceState::kFailing, SourceState::kStale}) {
+    w.Sample({{"provider", source.provider}, {"state", SourceStateName(st)}},
+             static_cast<double>(counters.entered[static_cast<size_t>(st)]));
+  }
 
   w.Family("carbon_sidecar_passthrough_requests_total", MetricType::kCounter,
            "Calls other than routed inferences (other methods, model names that are no route, "
@@ -212,11 +234,14 @@ std::string RenderSelectionJson(const RoutingSnapshot& snapshot, absl::Time wall
   const auto optional_number = [](std::optional<double> v) { return v ? json(*v) : json(nullptr); };
   json intensity = {
       {"provider", source.provider},
+      {"source", source.source},
       {"region", source.region},
-      {"provider_failing", source.provider_failing},
+      {"state", SourceStateName(source.counters.state)},
+      {"last_error", source.last_error.empty() ? json(nullptr) : json(source.last_error)},
       {"now", absl::FormatTime(absl::RFC3339_sec, source.now, absl::UTCTimeZone())},
-      {"last_success", source.last_success
-                           ? json(absl::FormatTime(absl::RFC3339_sec, *source.last_success, absl::UTCTimeZone()))
+      {"last_success", source.counters.last_success
+                           ? json(absl::FormatTime(absl::RFC3339_sec, *source.counters.last_success,
+                                                   absl::UTCTimeZone()))
                            : json(nullptr)},
   };
   if (source.latest) {

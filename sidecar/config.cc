@@ -220,10 +220,94 @@ absl::StatusOr<selector::Pool> ReadPoolDocument(const YAML::Node& root, const st
   return ReadPool(variants, file, "variants");
 }
 
-absl::Status ReadIntensity(MapReader& m, const std::string& base_dir, IntensityConfig* out) {
+constexpr char kKnownProviders[] = "static, trace, uk-carbon-intensity, electricity-maps, watttime, carbon-aware-sdk";
+
+// Checks that a named secret can be read now, so that a missing token stops start-up (or a
+// reload) with its location rather than failing every poll.
+void CheckSecret(MapReader& m, const std::string& what, const std::string& env_key, const std::string& file_key,
+                 const std::string& env, const std::string& file) {
+  if (!m.status().ok()) return;
+  if (env.empty() == file.empty()) {
+    m.Fail(m.node(), absl::StrCat(m.Path(what), " needs exactly one of '", env_key, "' (an environment variable) or '",
+                                  file_key, "' (a file)"));
+    return;
+  }
+  auto secret = ReadSecret(env, file);
+  if (!secret.ok()) m.Fail(m.node()[env.empty() ? file_key : env_key], secret.status().message());
+}
+
+// The options of one provider, from the mapping that names it.
+void ReadProvider(MapReader& m, const std::string& base_dir, bool top_level, ProviderConfig* out) {
   m.String("provider", &out->provider, true);
   m.String("region", &out->region);
+  if (!m.status().ok()) return;
+  const YAML::Node provider_node = m.node()["provider"];
+  const std::string& p = out->provider;
+  const bool web = p == "uk-carbon-intensity" || p == "electricity-maps" || p == "watttime" || p == "carbon-aware-sdk";
+  if (p == "static") {
+    if (m.Number("gco2_per_kwh", &out->gco2_per_kwh, true) && out->gco2_per_kwh < 0) {
+      m.Fail(m.node()["gco2_per_kwh"], absl::StrCat(m.Path("gco2_per_kwh"), " must not be negative"));
+    }
+  } else if (p == "trace") {
+    if (m.String("file", &out->trace_path, true)) out->trace_path = Resolve(base_dir, out->trace_path);
+    m.String("time_column", &out->trace_time_column);
+    m.String("value_column", &out->trace_value_column);
+    if (m.Number("speedup", &out->trace_speedup) && !(out->trace_speedup > 0)) {
+      m.Fail(m.node()["speedup"], absl::StrCat(m.Path("speedup"), " must be positive"));
+    }
+    m.Bool("loop", &out->trace_loop);
+    m.Time("start", &out->trace_start);
+  } else if (web) {
+    m.String("base_url", &out->base_url, /*required=*/p == "carbon-aware-sdk");
+    m.Duration("connect_timeout", &out->connect_timeout, false);
+    m.Duration("timeout", &out->timeout, false);
+    if (m.Integer("max_response_bytes", &out->max_response_bytes) && out->max_response_bytes <= 0) {
+      m.Fail(m.node()["max_response_bytes"], absl::StrCat(m.Path("max_response_bytes"), " must be positive"));
+    }
+    if (m.String("ca_file", &out->ca_file)) {
+      out->ca_file = Resolve(base_dir, out->ca_file);
+      if (!std::ifstream(out->ca_file)) {
+        m.Fail(m.node()["ca_file"], absl::StrCat(m.Path("ca_file"), " '", out->ca_file, "' cannot be read"));
+      }
+    }
+    if (p == "uk-carbon-intensity") {
+      int64_t id = 0;
+      if (m.Integer("region_id", &id) && (id < 1 || id > 17)) {
+        m.Fail(m.node()["region_id"], absl::StrCat(m.Path("region_id"),
+                                                   " must be a region of the API, 1 to 17 (11: South West England)"));
+      }
+      out->region_id = static_cast<int>(id);
+      m.String("postcode", &out->postcode);
+      if (out->region_id != 0 && !out->postcode.empty()) {
+        m.Fail(m.node()["postcode"], absl::StrCat(m.Path("postcode"), " and region_id exclude each other"));
+      }
+    } else if (p == "electricity-maps") {
+      m.String("zone", &out->zone, true);
+      m.String("token_env", &out->token_env);
+      m.String("token_file", &out->token_file);
+      if (m.status().ok() && !out->token_file.empty()) out->token_file = Resolve(base_dir, out->token_file);
+      CheckSecret(m, "token", "token_env", "token_file", out->token_env, out->token_file);
+    } else if (p == "watttime") {
+      if (m.status().ok() && out->region.empty()) {
+        m.Fail(m.node(), absl::StrCat(m.Path("region"), " (the WattTime region, e.g. CAISO_NORTH) is required"));
+      }
+      m.String("username", &out->username, true);
+      m.String("password_env", &out->password_env);
+      m.String("password_file", &out->password_file);
+      if (m.status().ok() && !out->password_file.empty()) out->password_file = Resolve(base_dir, out->password_file);
+      CheckSecret(m, "password", "password_env", "password_file", out->password_env, out->password_file);
+    } else {
+      m.String("location", &out->location, true);
+    }
+  } else if (!(top_level && p == "fallback")) {
+    m.Fail(provider_node, absl::StrCat(m.Path("provider"), " '", p, "' is not known (known providers: ",
+                                       kKnownProviders, top_level ? ", fallback" : "", ")"));
+  }
+}
+
+absl::Status ReadIntensity(MapReader& m, const std::string& base_dir, IntensityConfig* out) {
   m.Duration("refresh", &out->refresh, /*allow_zero=*/false);
+  m.Duration("max_backoff", &out->max_backoff, false);
   m.Duration("stale_after", &out->stale_after, false);
   m.Duration("window", &out->window, false);
   YAML::Node bounds = m.Get("window_bounds", false);
@@ -237,26 +321,20 @@ absl::Status ReadIntensity(MapReader& m, const std::string& base_dir, IntensityC
     if (!(wb.high > wb.low)) return ErrorAt(m.file(), bounds.Mark(), "intensity.window_bounds: high must exceed low");
     out->fixed_bounds = wb;
   }
-  const YAML::Node provider_node = m.node()["provider"];
-  if (out->provider == "static") {
-    if (!m.Number("gco2_per_kwh", &out->gco2_per_kwh, true)) return m.Finish();
-    if (out->gco2_per_kwh < 0) {
-      return ErrorAt(m.file(), m.node()["gco2_per_kwh"].Mark(),
-                     "intensity.gco2_per_kwh must not be negative");
+  ReadProvider(m, base_dir, /*top_level=*/true, out);
+  if (m.status().ok() && out->provider == "fallback") {
+    YAML::Node list = m.Get("providers", true);
+    if (!m.status().ok()) return m.Finish();
+    if (!list.IsSequence() || list.size() == 0) {
+      return ErrorAt(m.file(), list.Mark(), "intensity.providers must be a non-empty list of providers");
     }
-  } else if (out->provider == "trace") {
-    if (m.String("file", &out->trace_path, true)) out->trace_path = Resolve(base_dir, out->trace_path);
-    m.String("time_column", &out->trace_time_column);
-    m.String("value_column", &out->trace_value_column);
-    if (m.Number("speedup", &out->trace_speedup) && !(out->trace_speedup > 0)) {
-      return ErrorAt(m.file(), m.node()["speedup"].Mark(), "intensity.speedup must be positive");
+    for (size_t i = 0; i < list.size(); ++i) {
+      MapReader member(list[i], m.file(), absl::StrCat("intensity.providers[", i, "]"));
+      ProviderConfig p;
+      ReadProvider(member, base_dir, /*top_level=*/false, &p);
+      if (auto s = member.Finish(); !s.ok()) return s;
+      out->fallback.push_back(std::move(p));
     }
-    m.Bool("loop", &out->trace_loop);
-    m.Time("start", &out->trace_start);
-  } else if (m.status().ok()) {
-    return ErrorAt(m.file(), provider_node.Mark(),
-                   absl::StrCat("intensity.provider '", out->provider,
-                                "' is not known (known providers: static, trace)"));
   }
   return m.Finish();
 }
@@ -312,6 +390,26 @@ absl::Status ReadRoute(const YAML::Node& node, size_t index, const std::string& 
 }
 
 }  // namespace
+
+absl::StatusOr<std::string> ReadSecret(const std::string& env, const std::string& file) {
+  std::string secret;
+  if (!env.empty()) {
+    const char* value = std::getenv(env.c_str());
+    if (value == nullptr || *value == '\0') {
+      return absl::NotFoundError(absl::StrCat("environment variable ", env, " is not set"));
+    }
+    secret = value;
+  } else {
+    std::ifstream in(file);
+    if (!in) return absl::NotFoundError(absl::StrCat("secret file '", file, "' cannot be read"));
+    std::stringstream text;
+    text << in.rdbuf();
+    secret = text.str();
+    while (!secret.empty() && (secret.back() == '\n' || secret.back() == '\r')) secret.pop_back();
+    if (secret.empty()) return absl::InvalidArgumentError(absl::StrCat("secret file '", file, "' is empty"));
+  }
+  return secret;
+}
 
 absl::StatusOr<selector::Pool> LoadPoolFile(const std::string& path) {
   auto root = ParseYamlFile(path);

@@ -20,13 +20,13 @@ struct UpstreamConfig {
   absl::Duration readiness_interval = absl::Seconds(10);
 };
 
-struct IntensityConfig {
-  std::string provider;  // "static" or "trace"
-  std::string region;    // a label for logs and metrics; providers may also use it
-  absl::Duration refresh = absl::Minutes(5);
-  absl::Duration stale_after = absl::Hours(2);
-  absl::Duration window = absl::Hours(24);
-  std::optional<selector::WindowBounds> fixed_bounds;
+// One intensity source and its options (docs/providers.md).
+struct ProviderConfig {
+  // static | trace | uk-carbon-intensity | electricity-maps | watttime | carbon-aware-sdk, or, at
+  // the top level only, fallback.
+  std::string provider;
+  // A label for logs and metrics; also the WattTime region.
+  std::string region;
   // static
   double gco2_per_kwh = 0;
   // trace
@@ -36,7 +36,35 @@ struct IntensityConfig {
   double trace_speedup = 1;
   bool trace_loop = true;
   std::optional<absl::Time> trace_start;
+  // web providers
+  std::string base_url;  // empty: the service's public address
+  int region_id = 0;     // uk-carbon-intensity: 1-17, or 0 for national (or with postcode)
+  std::string postcode;  // uk-carbon-intensity: outward postcode, e.g. BS1
+  std::string zone;      // electricity-maps
+  std::string location;  // carbon-aware-sdk
+  // Secrets are named, never written in the config: an environment variable or a file.
+  std::string token_env, token_file;        // electricity-maps
+  std::string username;                     // watttime
+  std::string password_env, password_file;  // watttime
+  absl::Duration connect_timeout = absl::Seconds(5);
+  absl::Duration timeout = absl::Seconds(10);
+  int64_t max_response_bytes = 4 * 1024 * 1024;
+  std::string ca_file;  // empty: the system CA bundle
 };
+
+struct IntensityConfig : ProviderConfig {
+  absl::Duration refresh = absl::Minutes(5);
+  // A failing provider is retried sooner than `refresh`, backing off exponentially up to this.
+  absl::Duration max_backoff = absl::Minutes(5);
+  absl::Duration stale_after = absl::Hours(2);
+  absl::Duration window = absl::Hours(24);
+  std::optional<selector::WindowBounds> fixed_bounds;
+  // provider: fallback — tried in order.
+  std::vector<ProviderConfig> fallback;
+};
+
+// Reads a secret named by an environment variable or a file (trailing newline trimmed).
+absl::StatusOr<std::string> ReadSecret(const std::string& env, const std::string& file);
 
 struct RouteConfig {
   std::string name;         // the model name clients send

@@ -4,6 +4,8 @@
 #include "common/string_view_compat.h"
 #include "sidecar/request_wire.h"
 #include "spdlog/spdlog.h"
+#include "absl/random/random.h"
+#include "telemetry/http_providers.h"
 #include "telemetry/static_provider.h"
 #include "telemetry/trace_provider.h"
 
@@ -31,10 +33,12 @@ const RouteView* RoutingSnapshot::Find(std::string_view model_name) const {
   return it == by_name_.end() ? nullptr : &routes_[it->second];
 }
 
-absl::StatusOr<std::unique_ptr<telemetry::IntensityProvider>> MakeProvider(
-    const IntensityConfig& config) {
+namespace {
+
+absl::StatusOr<std::unique_ptr<telemetry::IntensityProvider>> MakeOneProvider(const ProviderConfig& config,
+                                                                             absl::Duration max_age) {
   if (config.provider == "static") {
-    return std::make_unique<telemetry::StaticProvider>(config.gco2_per_kwh);
+    return std::unique_ptr<telemetry::IntensityProvider>(std::make_unique<telemetry::StaticProvider>(config.gco2_per_kwh));
   }
   if (config.provider == "trace") {
     auto readings = telemetry::LoadIntensityTrace(
@@ -45,18 +49,71 @@ absl::StatusOr<std::unique_ptr<telemetry::IntensityProvider>> MakeProvider(
     if (!trace.ok()) return trace.status();
     return std::unique_ptr<telemetry::IntensityProvider>(*std::move(trace));
   }
+  telemetry::WebProviderOptions web;
+  web.base_url = config.base_url;
+  web.http.connect_timeout = config.connect_timeout;
+  web.http.timeout = config.timeout;
+  web.http.max_response_bytes = config.max_response_bytes;
+  web.http.ca_file = config.ca_file;
+  web.max_age = max_age;
+  if (config.provider == "uk-carbon-intensity") {
+    return telemetry::MakeUkCarbonIntensityProvider(std::move(web), {config.region_id, config.postcode});
+  }
+  if (config.provider == "electricity-maps") {
+    auto token = ReadSecret(config.token_env, config.token_file);
+    if (!token.ok()) return token.status();
+    return telemetry::MakeElectricityMapsProvider(std::move(web), config.zone, *std::move(token));
+  }
+  if (config.provider == "watttime") {
+    auto password = ReadSecret(config.password_env, config.password_file);
+    if (!password.ok()) return password.status();
+    return telemetry::MakeWattTimeProvider(std::move(web), config.region, config.username, *std::move(password));
+  }
+  if (config.provider == "carbon-aware-sdk") {
+    return telemetry::MakeCarbonAwareSdkProvider(std::move(web), config.location);
+  }
   return absl::InvalidArgumentError(absl::StrCat("unknown intensity provider '", config.provider, "'"));
+}
+
+// Whole days and hours of the jitter: ±10 % of the refresh, so sidecars started together spread
+// their polls.
+absl::Duration Jittered(absl::Duration d) {
+  thread_local absl::BitGen gen;
+  return d * absl::Uniform(gen, 0.9, 1.1);
+}
+
+}  // namespace
+
+std::string_view SourceStateName(SourceState state) {
+  switch (state) {
+    case SourceState::kOk: return "ok";
+    case SourceState::kFailing: return "failing";
+    case SourceState::kStale: return "stale";
+  }
+  return "unknown";
+}
+
+absl::StatusOr<std::unique_ptr<telemetry::IntensityProvider>> MakeProvider(const IntensityConfig& config) {
+  if (config.provider != "fallback") return MakeOneProvider(config, config.stale_after);
+  std::vector<std::unique_ptr<telemetry::IntensityProvider>> chain;
+  for (const ProviderConfig& member : config.fallback) {
+    auto p = MakeOneProvider(member, config.stale_after);
+    if (!p.ok()) return p.status();
+    chain.push_back(*std::move(p));
+  }
+  return std::unique_ptr<telemetry::IntensityProvider>(std::make_unique<telemetry::FallbackProvider>(std::move(chain)));
 }
 
 struct SelectionPublisher::State {
   IntensityConfig intensity;
   absl::Duration readiness_interval;
   std::unique_ptr<telemetry::IntensityProvider> provider;
-  selector::IntensityWindow window;
+  selector::IntensityWindow window{absl::Hours(24)};
   std::vector<std::shared_ptr<const CompiledRoute>> routes;
   std::vector<std::optional<selector::Selection>> previous;  // per route
   std::vector<uint64_t> ready;                                // per route
-  bool provider_failing = false;
+  absl::Status last_poll;                                     // of the provider
+  std::optional<absl::StatusOr<selector::IntensityReading>> first_reading;  // from MakeState
 };
 
 absl::StatusOr<std::unique_ptr<SelectionPublisher>> SelectionPublisher::Create(
@@ -70,11 +127,11 @@ absl::StatusOr<std::unique_ptr<SelectionPublisher>> SelectionPublisher::Create(
   if (!state.ok()) return state.status();
   std::unique_ptr<SelectionPublisher> publisher(new SelectionPublisher(
       *std::move(state), std::move(readiness), ledger, std::move(own_ledger)));
-  publisher->RefreshNow();
+  publisher->PollOnce(/*poll_intensity=*/false, /*ask_readiness=*/true);
   return publisher;
 }
 
-SelectionPublisher::SelectionPublisher(std::unique_ptr<State> state, ReadinessProbe readiness,
+SelectionPublisher::SelectionPublisher(std::shared_ptr<State> state, ReadinessProbe readiness,
                                        telemetry::CarbonLedger* ledger,
                                        std::unique_ptr<telemetry::CarbonLedger> own_ledger)
     : readiness_(std::move(readiness)),
@@ -100,110 +157,163 @@ void SelectionPublisher::Stop() {
   if (thread_.joinable()) thread_.join();
 }
 
-void SelectionPublisher::RefreshNow() {
-  absl::MutexLock lock(&mu_);
-  PollAndPublish(/*poll_intensity=*/true, /*ask_readiness=*/true);
-}
+void SelectionPublisher::RefreshNow() { PollOnce(/*poll_intensity=*/true, /*ask_readiness=*/true); }
 
 bool SelectionPublisher::ShouldWake() const {
   return stopping_ || reloads_ != reloads_seen_;
 }
 
 void SelectionPublisher::Run() {
-  absl::MutexLock lock(&mu_);
-  absl::Time next_poll = absl::Now() + state_->intensity.refresh;
-  absl::Time next_ask = absl::Now() + state_->readiness_interval;
-  while (!stopping_) {
-    const bool asks = readiness_ && state_->readiness_interval > absl::ZeroDuration();
-    // Waits for the next poll or question, waking early to stop or after a reload (whose new
-    // intervals then apply; the reload itself has just polled).
-    mu_.AwaitWithDeadline(absl::Condition(this, &SelectionPublisher::ShouldWake),
-                          asks ? std::min(next_poll, next_ask) : next_poll);
-    if (stopping_) break;
-    const absl::Time now = absl::Now();
-    if (reloads_ != reloads_seen_) {
-      reloads_seen_ = reloads_;
-      next_poll = now + state_->intensity.refresh;
-      next_ask = now + state_->readiness_interval;
-      continue;
+  absl::Time next_poll, next_ask;
+  {
+    absl::MutexLock lock(&mu_);
+    next_poll = absl::Now() + NextPollDelay(*state_, state_->last_poll);
+    next_ask = absl::Now() + state_->readiness_interval;
+  }
+  while (true) {
+    bool poll, ask;
+    {
+      absl::MutexLock lock(&mu_);
+      const bool asks = readiness_ && state_->readiness_interval > absl::ZeroDuration();
+      // Waits for the next poll or question, waking early to stop or after a reload (whose new
+      // intervals then apply; the reload itself has just read the provider).
+      mu_.AwaitWithDeadline(absl::Condition(this, &SelectionPublisher::ShouldWake),
+                            asks ? std::min(next_poll, next_ask) : next_poll);
+      if (stopping_) return;
+      const absl::Time now = absl::Now();
+      if (reloads_ != reloads_seen_) {
+        reloads_seen_ = reloads_;
+        next_poll = now + NextPollDelay(*state_, state_->last_poll);
+        next_ask = now + state_->readiness_interval;
+        continue;
+      }
+      poll = now >= next_poll;
+      ask = asks && now >= next_ask;
+      if (ask) next_ask = now + state_->readiness_interval;
+      if (!poll && !ask) continue;
     }
-    const bool poll = now >= next_poll;
-    const bool ask = asks && now >= next_ask;
-    if (poll) next_poll = now + state_->intensity.refresh;
-    if (ask) next_ask = now + state_->readiness_interval;
-    PollAndPublish(poll, ask);
+    const absl::Duration delay = PollOnce(poll, ask);
+    if (poll) next_poll = absl::Now() + delay;
   }
 }
 
 absl::Status SelectionPublisher::Reload(const SidecarConfig& config) {
-  auto state = MakeState(config, *ledger_);
+  auto state = MakeState(config, *ledger_);  // provider I/O, no lock held
   if (!state.ok()) return state.status();
-  absl::MutexLock lock(&mu_);
-  // Routes that survive a reload keep their previous selection, so dwell carries over.
-  for (size_t i = 0; i < (*state)->routes.size(); ++i) {
-    for (size_t j = 0; j < state_->routes.size(); ++j) {
-      if (state_->routes[j]->config.name == (*state)->routes[i]->config.name &&
-          state_->routes[j]->config.pool->variants().size() ==
-              (*state)->routes[i]->config.pool->variants().size()) {
-        (*state)->previous[i] = state_->previous[j];
+  {
+    absl::MutexLock lock(&mu_);
+    // Routes that survive a reload keep their previous selection (so dwell carries over) and what
+    // the upstream said of their variants.
+    for (size_t i = 0; i < (*state)->routes.size(); ++i) {
+      for (size_t j = 0; j < state_->routes.size(); ++j) {
+        if (state_->routes[j]->config.name == (*state)->routes[i]->config.name &&
+            state_->routes[j]->config.pool->variants().size() ==
+                (*state)->routes[i]->config.pool->variants().size()) {
+          (*state)->previous[i] = state_->previous[j];
+          (*state)->ready[i] = state_->ready[j];
+        }
       }
     }
+    state_ = *state;
+    ++reloads_;
+    Apply(**state, (*state)->first_reading, {});
   }
-  state_ = *std::move(state);
-  ++reloads_;
-  PollAndPublish(/*poll_intensity=*/true, /*ask_readiness=*/true);
+  // New routes or pools: ask the upstream about their variants now rather than at the next tick.
+  PollOnce(/*poll_intensity=*/false, /*ask_readiness=*/true);
   return absl::OkStatus();
 }
 
-void SelectionPublisher::AskReadiness() {
-  State& s = *state_;
-  for (size_t i = 0; i < s.routes.size(); ++i) {
+absl::Duration SelectionPublisher::PollOnce(bool poll_intensity, bool ask_readiness) {
+  absl::MutexLock poll_lock(&poll_mu_);
+  std::shared_ptr<State> s;
+  {
+    absl::MutexLock lock(&mu_);
+    s = state_;
+  }
+  std::optional<absl::StatusOr<selector::IntensityReading>> reading;
+  if (poll_intensity) reading = s->provider->Latest();
+  std::vector<std::vector<std::optional<bool>>> answers;
+  if (ask_readiness && readiness_ && s->readiness_interval > absl::ZeroDuration()) {
+    for (const auto& route : s->routes) {
+      std::vector<std::string> names;
+      for (const auto& v : route->config.pool->variants()) names.push_back(v.name);
+      answers.push_back(readiness_(names));
+    }
+  }
+  absl::MutexLock lock(&mu_);
+  // A reload replaced the state meanwhile; it has published for itself, and these answers
+  // belong to routes that are gone.
+  if (state_ != s) return NextPollDelay(*state_, state_->last_poll);
+  Apply(*s, reading, answers);
+  return NextPollDelay(*s, s->last_poll);
+}
+
+void SelectionPublisher::Apply(State& s, const std::optional<absl::StatusOr<selector::IntensityReading>>& reading,
+                               const std::vector<std::vector<std::optional<bool>>>& answers) {
+  for (size_t i = 0; i < answers.size() && i < s.routes.size(); ++i) {
     const CompiledRoute& route = *s.routes[i];
     const selector::Pool& pool = *route.config.pool;
-    std::vector<std::string> names;
-    for (const auto& v : pool.variants()) names.push_back(v.name);
-    const std::vector<std::optional<bool>> answers = readiness_(names);
     upstream_reachable_ = false;
-    for (const auto& a : answers) {
-      if (a) upstream_reachable_ = true;
-    }
     uint64_t ready = s.ready[i];
-    for (size_t v = 0; v < answers.size() && v < names.size(); ++v) {
-      if (!answers[v]) continue;  // no answer: what was known stands
+    for (size_t v = 0; v < answers[i].size() && v < pool.size(); ++v) {
+      if (!answers[i][v]) continue;  // no answer: what was known stands
+      upstream_reachable_ = true;
       const uint64_t bit = uint64_t{1} << v;
-      ready = *answers[v] ? (ready | bit) : (ready & ~bit);
-    }
-    for (size_t v = 0; v < names.size(); ++v) {
-      const uint64_t bit = uint64_t{1} << v;
+      ready = *answers[i][v] ? (ready | bit) : (ready & ~bit);
       if ((ready & bit) != (s.ready[i] & bit)) {
-        spdlog::info("event=variant_readiness route={} model={} ready={}", route.config.name, names[v],
+        spdlog::info("event=variant_readiness route={} model={} ready={}", route.config.name, pool[v].name,
                      (ready & bit) != 0);
       }
     }
     s.ready[i] = ready;
   }
-}
-
-void SelectionPublisher::PollAndPublish(bool poll_intensity, bool ask_readiness) {
-  State& s = *state_;
-  if (ask_readiness && readiness_ && s.readiness_interval > absl::ZeroDuration()) AskReadiness();
-  if (poll_intensity) {
-    auto reading = s.provider->Latest();
-    if (reading.ok()) {
-      ++fetch_successes_;
-      last_success_ = absl::Now();
-      s.window.Add(*reading);
-      if (s.provider_failing) spdlog::info("event=intensity_recovered provider={}", s.provider->kind());
-      s.provider_failing = false;
+  if (reading) {
+    if (reading->ok()) {
+      ++counters_.fetch_successes;
+      counters_.last_success = absl::Now();
+      consecutive_failures_ = 0;
+      s.window.Add(**reading);
+      s.last_poll = absl::OkStatus();
     } else {
-      ++fetch_failures_;
-      if (!s.provider_failing) {
-        spdlog::warn("event=intensity_failing provider={} error=\"{}\"", s.provider->kind(),
-                     ToStd(reading.status().message()));
-        s.provider_failing = true;
-      }
+      ++counters_.fetch_failures;
+      ++consecutive_failures_;
+      s.last_poll = reading->status();
     }
   }
+  UpdateSourceState(s);
+  Publish(s);
+}
+
+void SelectionPublisher::UpdateSourceState(State& s) {
+  const absl::Time now = s.provider->Now();
+  const std::optional<selector::IntensityReading> latest = s.window.latest();
+  SourceState next = SourceState::kOk;
+  if (!latest || now - latest->at > s.intensity.stale_after) {
+    next = SourceState::kStale;
+  } else if (!s.last_poll.ok()) {
+    next = SourceState::kFailing;
+  }
+  if (next == counters_.state) return;
+  // Logged once per change, not once per poll.
+  const auto log = next == SourceState::kOk ? spdlog::level::info : spdlog::level::warn;
+  spdlog::log(log, "event=intensity_state provider={} from={} to={} error=\"{}\"", s.provider->source(),
+              SourceStateName(counters_.state), SourceStateName(next), ToStd(s.last_poll.message()));
+  counters_.state = next;
+  ++counters_.entered[static_cast<size_t>(next)];
+}
+
+absl::Duration SelectionPublisher::NextPollDelay(const State& s, const absl::Status& last) {
+  if (last.ok()) return Jittered(s.intensity.refresh);
+  // Retry sooner than the refresh while failing, doubling from a few seconds up to max_backoff,
+  // and never before the service's Retry-After.
+  const absl::Duration first = std::min(s.intensity.refresh, absl::Seconds(5));
+  const int doublings = std::clamp(consecutive_failures_ - 1, 0, 20);
+  absl::Duration delay = std::min(s.intensity.max_backoff, first * (int64_t{1} << doublings));
+  if (auto retry_after = telemetry::RetryAfter(last)) delay = std::max(delay, *retry_after);
+  return Jittered(delay);
+}
+
+void SelectionPublisher::Publish(State& s) {
   const absl::Time now = s.provider->Now();
   const std::optional<selector::WindowBounds> bounds = s.window.Bounds(now);
   std::vector<RouteView> views;
@@ -228,27 +338,41 @@ void SelectionPublisher::PollAndPublish(bool poll_intensity, bool ask_readiness)
     s.previous[i] = sel;
     views.push_back(RouteView{s.routes[i], sel, ready});
   }
-  SourceStatus source{std::string(s.provider->kind()), s.intensity.region, s.window.latest(), bounds, now,
-                      s.provider_failing, fetch_successes_, fetch_failures_, last_success_,
+  SourceStatus source{std::string(s.intensity.provider),
+                      std::string(s.provider->source()),
+                      s.intensity.region,
+                      s.window.latest(),
+                      bounds,
+                      now,
+                      s.last_poll.ok() ? "" : std::string(s.last_poll.message()),
+                      counters_,
                       upstream_reachable_};
   snapshots_.Publish(std::make_shared<const RoutingSnapshot>(std::move(views), std::move(source)));
 }
 
-absl::StatusOr<std::unique_ptr<SelectionPublisher::State>> SelectionPublisher::MakeState(
+absl::StatusOr<std::shared_ptr<SelectionPublisher::State>> SelectionPublisher::MakeState(
     const SidecarConfig& config, telemetry::CarbonLedger& ledger) {
   auto provider = MakeProvider(config.intensity);
   if (!provider.ok()) return provider.status();
-  auto state = std::unique_ptr<State>(new State{
-      config.intensity, config.upstream.readiness_interval, *std::move(provider),
-      selector::IntensityWindow(config.intensity.window), {}, {}, {}, false});
+  auto state = std::make_shared<State>();
+  state->intensity = config.intensity;
+  state->readiness_interval = config.upstream.readiness_interval;
+  state->provider = *std::move(provider);
+  state->window = selector::IntensityWindow(config.intensity.window);
   state->window.SetFixedBounds(config.intensity.fixed_bounds);
   const absl::Time now = state->provider->Now();
   auto history = state->provider->History(now - config.intensity.window, now);
   if (history.ok()) {
     for (const auto& r : *history) state->window.Add(r);
   } else {
-    spdlog::warn("event=intensity_history_failed provider={} error=\"{}\"", state->provider->kind(),
+    spdlog::warn("event=intensity_history_failed provider={} error=\"{}\"", state->provider->source(),
                  ToStd(history.status().message()));
+  }
+  state->first_reading = state->provider->Latest();
+  if (state->first_reading->ok()) {
+    state->window.Add(**state->first_reading);
+  } else {
+    state->last_poll = state->first_reading->status();
   }
   for (const RouteConfig& route : config.routes) {
     state->routes.push_back(std::make_shared<const CompiledRoute>(

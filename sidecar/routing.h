@@ -1,5 +1,6 @@
 #pragma once
 
+#include <array>
 #include <functional>
 #include <memory>
 #include <optional>
@@ -44,17 +45,30 @@ struct RouteView {
   const selector::Pool& pool() const { return *route->config.pool; }
 };
 
+// How the intensity source is doing: ok (fresh readings), failing (polls fail but the last reading is
+// still fresh), stale (no reading younger than stale_after: routes use their default).
+enum class SourceState { kOk, kFailing, kStale };
+std::string_view SourceStateName(SourceState state);
+
+// Counts that last across reloads.
+struct SourceCounters {
+  uint64_t fetch_successes = 0;
+  uint64_t fetch_failures = 0;
+  std::array<uint64_t, 3> entered{};  // times each SourceState was entered
+  std::optional<absl::Time> last_success;  // wall clock
+  SourceState state = SourceState::kStale;
+};
+
 // What the intensity source and the upstream looked like when a snapshot was made.
 struct SourceStatus {
   std::string provider;  // intensity.provider
+  std::string source;    // the provider that answered (the member of a fallback chain)
   std::string region;
   std::optional<selector::IntensityReading> latest;
   std::optional<selector::WindowBounds> window;
   absl::Time now;  // the provider's clock (simulated for a replayed trace)
-  bool provider_failing = false;
-  uint64_t fetch_successes = 0;  // since start, across reloads
-  uint64_t fetch_failures = 0;
-  std::optional<absl::Time> last_success;  // wall clock
+  std::string last_error;  // of the last failed poll, if the last poll failed
+  SourceCounters counters;
   // Whether the upstream answered the last readiness questions; nullopt when never asked.
   std::optional<bool> upstream_reachable;
 };
@@ -75,7 +89,8 @@ class RoutingSnapshot {
   absl::flat_hash_map<std::string_view, size_t> by_name_;  // keys point into routes_
 };
 
-// Builds the provider that `intensity.provider` names.
+// Builds the provider that `intensity.provider` names; web providers refuse readings older than
+// `stale_after`. Secrets are read here, so a reload picks up a rotated token.
 absl::StatusOr<std::unique_ptr<telemetry::IntensityProvider>> MakeProvider(const IntensityConfig& config);
 
 // Answers, per variant name, whether the upstream can serve it now (nullopt: cannot tell).
@@ -109,24 +124,34 @@ class SelectionPublisher {
 
  private:
   struct State;
-  static absl::StatusOr<std::unique_ptr<State>> MakeState(const SidecarConfig& config,
+  struct PollResult;
+  // Builds a state for `config` and fills it from the provider (history backfill and a first
+  // reading): network I/O, done before any lock is taken.
+  static absl::StatusOr<std::shared_ptr<State>> MakeState(const SidecarConfig& config,
                                                           telemetry::CarbonLedger& ledger);
-  SelectionPublisher(std::unique_ptr<State> state, ReadinessProbe readiness,
+  SelectionPublisher(std::shared_ptr<State> state, ReadinessProbe readiness,
                      telemetry::CarbonLedger* ledger, std::unique_ptr<telemetry::CarbonLedger> own_ledger);
   void Run();
-  void PollAndPublish(bool poll_intensity, bool ask_readiness) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void AskReadiness() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Polls without holding mu_ (a slow provider must not hold up reloads or readers), then applies
+  // the result and publishes. Returns when the next intensity poll is due.
+  absl::Duration PollOnce(bool poll_intensity, bool ask_readiness) ABSL_LOCKS_EXCLUDED(mu_);
+  void Apply(State& s, const std::optional<absl::StatusOr<selector::IntensityReading>>& reading,
+             const std::vector<std::vector<std::optional<bool>>>& answers) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void UpdateSourceState(State& s) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void Publish(State& s) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Duration NextPollDelay(const State& s, const absl::Status& last) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   bool ShouldWake() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const ReadinessProbe readiness_;
   std::unique_ptr<telemetry::CarbonLedger> own_ledger_;
   telemetry::CarbonLedger* const ledger_;
+  // Serialises polls: a provider is used by one poll at a time.
+  absl::Mutex poll_mu_ ABSL_ACQUIRED_BEFORE(mu_);
   absl::Mutex mu_;
-  uint64_t fetch_successes_ ABSL_GUARDED_BY(mu_) = 0;
-  uint64_t fetch_failures_ ABSL_GUARDED_BY(mu_) = 0;
-  std::optional<absl::Time> last_success_ ABSL_GUARDED_BY(mu_);
+  std::shared_ptr<State> state_ ABSL_GUARDED_BY(mu_);
+  SourceCounters counters_ ABSL_GUARDED_BY(mu_);
+  int consecutive_failures_ ABSL_GUARDED_BY(mu_) = 0;
   std::optional<bool> upstream_reachable_ ABSL_GUARDED_BY(mu_);
-  std::unique_ptr<State> state_ ABSL_GUARDED_BY(mu_);
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   uint64_t reloads_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t reloads_seen_ ABSL_GUARDED_BY(mu_) = 0;  // by the polling thread

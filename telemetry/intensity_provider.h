@@ -22,6 +22,9 @@ class IntensityProvider {
 
   // "static", "trace", …: the `intensity.provider` value that selects it.
   virtual std::string_view kind() const = 0;
+  // The source that gave the latest reading: kind(), or for a fallback chain the member that
+  // answered.
+  virtual std::string_view source() const { return kind(); }
 
   // The provider's clock. Wall time for live sources; simulated time for a replayed trace, so
   // that windows, staleness and dwell all run on the timeline the readings come from.

@@ -1,0 +1,167 @@
+#include "telemetry/http_client.h"
+
+#include <curl/curl.h>
+
+#include <cstring>
+#include <mutex>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/cord.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/strip.h"
+#include "common/string_view_compat.h"
+
+namespace carbon::telemetry {
+namespace {
+
+constexpr char kRetryAfterPayload[] = "type.carbon-sidecar/retry-after-ms";
+
+void GlobalInitOnce() {
+  static std::once_flag once;
+  std::call_once(once, [] { curl_global_init(CURL_GLOBAL_DEFAULT); });
+}
+
+struct Transfer {
+  HttpResponse* response;
+  int64_t max_bytes;
+  bool too_large = false;
+};
+
+size_t OnBody(char* data, size_t size, size_t count, void* user) {
+  auto* t = static_cast<Transfer*>(user);
+  const size_t n = size * count;
+  if (static_cast<int64_t>(t->response->body.size() + n) > t->max_bytes) {
+    t->too_large = true;
+    return 0;  // aborts the transfer: the body is never held whole
+  }
+  t->response->body.append(data, n);
+  return n;
+}
+
+size_t OnHeader(char* data, size_t size, size_t count, void* user) {
+  auto* t = static_cast<Transfer*>(user);
+  const size_t n = size * count;
+  absl::string_view line(data, n);
+  if (absl::StartsWithIgnoreCase(line, "retry-after:")) {
+    absl::string_view value = absl::StripAsciiWhitespace(line.substr(12));
+    int64_t seconds;
+    absl::Time when;
+    std::string err;
+    if (absl::SimpleAtoi(value, &seconds) && seconds >= 0) {
+      t->response->retry_after = absl::Seconds(seconds);
+    } else if (absl::ParseTime("%a, %d %b %Y %H:%M:%S GMT", std::string(value), &when, &err)) {
+      t->response->retry_after = std::max(absl::ZeroDuration(), when - absl::Now());
+    }
+  }
+  return n;
+}
+
+}  // namespace
+
+std::string RedactUrl(const std::string& url) {
+  std::string out = url.substr(0, url.find_first_of("?#"));
+  const size_t scheme = out.find("://");
+  const size_t at = out.find('@', scheme == std::string::npos ? 0 : scheme + 3);
+  const size_t slash = out.find('/', scheme == std::string::npos ? 0 : scheme + 3);
+  if (scheme != std::string::npos && at != std::string::npos && (slash == std::string::npos || at < slash)) {
+    out.erase(scheme + 3, at - scheme - 2);
+  }
+  return out;
+}
+
+HttpClient::HttpClient(HttpOptions options) : options_(std::move(options)) {
+  GlobalInitOnce();
+  curl_ = curl_easy_init();
+}
+
+HttpClient::~HttpClient() {
+  if (curl_ != nullptr) curl_easy_cleanup(static_cast<CURL*>(curl_));
+}
+
+absl::StatusOr<HttpResponse> HttpClient::Get(const HttpRequest& request) {
+  CURL* curl = static_cast<CURL*>(curl_);
+  if (curl == nullptr) return absl::InternalError("libcurl could not be initialised");
+  curl_easy_reset(curl);
+  HttpResponse response;
+  Transfer transfer{&response, options_.max_response_bytes};
+  curl_slist* headers = nullptr;
+  for (const auto& [name, value] : request.headers) {
+    headers = curl_slist_append(headers, absl::StrCat(name, ": ", value).c_str());
+  }
+  curl_easy_setopt(curl, CURLOPT_URL, request.url.c_str());
+  curl_easy_setopt(curl, CURLOPT_HTTPHEADER, headers);
+  curl_easy_setopt(curl, CURLOPT_FOLLOWLOCATION, 1L);
+  curl_easy_setopt(curl, CURLOPT_MAXREDIRS, 3L);
+  curl_easy_setopt(curl, CURLOPT_PROTOCOLS_STR, "http,https");
+  curl_easy_setopt(curl, CURLOPT_REDIR_PROTOCOLS_STR, "https");
+  curl_easy_setopt(curl, CURLOPT_NOSIGNAL, 1L);
+  curl_easy_setopt(curl, CURLOPT_CONNECTTIMEOUT_MS, static_cast<long>(absl::ToInt64Milliseconds(options_.connect_timeout)));
+  curl_easy_setopt(curl, CURLOPT_TIMEOUT_MS, static_cast<long>(absl::ToInt64Milliseconds(options_.timeout)));
+  curl_easy_setopt(curl, CURLOPT_MAXFILESIZE_LARGE, static_cast<curl_off_t>(options_.max_response_bytes));
+  curl_easy_setopt(curl, CURLOPT_SSL_VERIFYPEER, 1L);
+  curl_easy_setopt(curl, CURLOPT_SSL_VERIFYHOST, 2L);
+  if (!options_.ca_file.empty()) curl_easy_setopt(curl, CURLOPT_CAINFO, options_.ca_file.c_str());
+  curl_easy_setopt(curl, CURLOPT_ACCEPT_ENCODING, "");  // gzip and friends, decoded by libcurl
+  curl_easy_setopt(curl, CURLOPT_USERAGENT, "carbon-sidecar");
+  if (!request.basic_auth.empty()) {
+    curl_easy_setopt(curl, CURLOPT_HTTPAUTH, CURLAUTH_BASIC);
+    curl_easy_setopt(curl, CURLOPT_USERPWD, request.basic_auth.c_str());
+  }
+  curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION, OnBody);
+  curl_easy_setopt(curl, CURLOPT_WRITEDATA, &transfer);
+  curl_easy_setopt(curl, CURLOPT_HEADERFUNCTION, OnHeader);
+  curl_easy_setopt(curl, CURLOPT_HEADERDATA, &transfer);
+  const CURLcode rc = curl_easy_perform(curl);
+  curl_slist_free_all(headers);
+  // Credentials must not linger in the handle between polls.
+  curl_easy_setopt(curl, CURLOPT_USERPWD, nullptr);
+  const std::string where = RedactUrl(request.url);
+  if (transfer.too_large || rc == CURLE_FILESIZE_EXCEEDED) {
+    return absl::ResourceExhaustedError(absl::StrCat(where, ": response larger than ",
+                                                     options_.max_response_bytes, " bytes"));
+  }
+  if (rc == CURLE_OPERATION_TIMEDOUT) {
+    return absl::DeadlineExceededError(absl::StrCat(where, ": ", curl_easy_strerror(rc)));
+  }
+  if (rc != CURLE_OK) return absl::UnavailableError(absl::StrCat(where, ": ", curl_easy_strerror(rc)));
+  curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &response.status);
+  return response;
+}
+
+absl::Status HttpError(const std::string& what, const HttpResponse& response) {
+  std::string body = response.body.substr(0, 200);
+  for (char& c : body) {
+    if (c == '\n' || c == '\r') c = ' ';
+  }
+  const std::string message = absl::StrCat(what, ": HTTP ", response.status, body.empty() ? "" : ": ", body);
+  absl::Status status;
+  if (response.status == 401) {
+    status = absl::UnauthenticatedError(message);
+  } else if (response.status == 403) {
+    status = absl::PermissionDeniedError(message);
+  } else if (response.status == 404) {
+    status = absl::NotFoundError(message);
+  } else if (response.status == 429) {
+    status = absl::ResourceExhaustedError(message);
+  } else if (response.status >= 500) {
+    status = absl::UnavailableError(message);
+  } else {
+    status = absl::InvalidArgumentError(message);
+  }
+  if (response.retry_after) SetRetryAfter(&status, *response.retry_after);
+  return status;
+}
+
+void SetRetryAfter(absl::Status* status, absl::Duration delay) {
+  status->SetPayload(kRetryAfterPayload, absl::Cord(absl::StrCat(absl::ToInt64Milliseconds(delay))));
+}
+
+std::optional<absl::Duration> RetryAfter(const absl::Status& status) {
+  auto payload = status.GetPayload(kRetryAfterPayload);
+  int64_t ms;
+  if (!payload || !absl::SimpleAtoi(std::string(*payload), &ms)) return std::nullopt;
+  return absl::Milliseconds(ms);
+}
+
+}  // namespace carbon::telemetry
