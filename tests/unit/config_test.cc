@@ -249,6 +249,64 @@ TEST_F(ConfigTest, MissingTraceFileIsReportedAtLoad) {
   EXPECT_EQ(config->intensity.trace_path, Path("trace.csv"));
 }
 
+TEST_F(ConfigTest, WebProvidersAndTheirSecrets) {
+  setenv("CARBON_CONFIG_TEST_TOKEN", "abc", 1);
+  Write("token.txt", "from-a-file\n");
+  const std::string head = "upstream: { target: a }\nroutes:\n  - { name: r, pool: pools/resnet.yaml, "
+                           "baseline: resnet50, default: resnet50 }\nintensity:\n";
+  auto uk = LoadConfig(Write("uk.yaml", head + "  provider: uk-carbon-intensity\n  region_id: 11\n"
+                                               "  timeout: 3s\n  max_response_bytes: 100000\n"));
+  ASSERT_TRUE(uk.ok()) << uk.status();
+  EXPECT_EQ(uk->intensity.region_id, 11);
+  EXPECT_EQ(uk->intensity.timeout, absl::Seconds(3));
+  EXPECT_EQ(uk->intensity.max_response_bytes, 100000);
+  auto em = LoadConfig(Write("em.yaml", head + "  provider: electricity-maps\n  zone: GB\n  token_file: token.txt\n"));
+  ASSERT_TRUE(em.ok()) << em.status();
+  EXPECT_EQ(em->intensity.token_file, Path("token.txt"));
+  auto secret = ReadSecret("", em->intensity.token_file);
+  ASSERT_TRUE(secret.ok());
+  EXPECT_EQ(*secret, "from-a-file");
+  auto chain = LoadConfig(Write("chain.yaml", head + "  provider: fallback\n  providers:\n"
+                                                     "    - { provider: uk-carbon-intensity, postcode: BS1 }\n"
+                                                     "    - { provider: electricity-maps, zone: GB, token_env: CARBON_CONFIG_TEST_TOKEN }\n"
+                                                     "    - { provider: static, gco2_per_kwh: 250 }\n"));
+  ASSERT_TRUE(chain.ok()) << chain.status();
+  ASSERT_EQ(chain->intensity.fallback.size(), 3u);
+  EXPECT_EQ(chain->intensity.fallback[0].postcode, "BS1");
+  EXPECT_EQ(chain->intensity.fallback[2].gco2_per_kwh, 250);
+
+  const struct {
+    std::string intensity;
+    std::string expected;
+  } bad[] = {
+      {"  provider: electricity-maps\n  token_env: CARBON_CONFIG_TEST_TOKEN\n",
+       "sidecar.yaml:5:3: intensity is missing required key 'zone'"},
+      {"  provider: electricity-maps\n  zone: GB\n",
+       "sidecar.yaml:5:3: intensity.token needs exactly one of 'token_env' (an environment variable) or 'token_file'"},
+      {"  provider: electricity-maps\n  zone: GB\n  token_file: missing.txt\n",
+       "sidecar.yaml:7:15: secret file '" + Path("missing.txt") + "' cannot be read"},
+      {"  provider: electricity-maps\n  zone: GB\n  token_env: CARBON_CONFIG_TEST_UNSET\n",
+       "sidecar.yaml:7:14: environment variable CARBON_CONFIG_TEST_UNSET is not set"},
+      {"  provider: watttime\n  username: u\n  password_env: CARBON_CONFIG_TEST_TOKEN\n",
+       "intensity.region (the WattTime region, e.g. CAISO_NORTH) is required"},
+      {"  provider: uk-carbon-intensity\n  region_id: 42\n",
+       "sidecar.yaml:6:14: intensity.region_id must be a region of the API, 1 to 17"},
+      {"  provider: carbon-aware-sdk\n  location: eastus\n", "intensity is missing required key 'base_url'"},
+      {"  provider: co2signal\n",
+       "sidecar.yaml:5:13: intensity.provider 'co2signal' is not known (known providers: static, trace, "
+       "uk-carbon-intensity, electricity-maps, watttime, carbon-aware-sdk, fallback)"},
+      {"  provider: fallback\n  providers: []\n", "sidecar.yaml:6:14: intensity.providers must be a non-empty list"},
+      {"  provider: fallback\n  providers:\n    - { provider: fallback }\n",
+       "sidecar.yaml:7:19: intensity.providers[0].provider 'fallback' is not known"},
+      {"  provider: uk-carbon-intensity\n  zone: GB\n", "sidecar.yaml:6:3: unknown key 'zone' in intensity"},
+  };
+  for (const auto& c : bad) {
+    const std::string error = ErrorOf(head + c.intensity);
+    EXPECT_THAT(error, HasSubstr(c.expected)) << c.intensity;
+    EXPECT_THAT(error, ::testing::Not(HasSubstr("abc")));  // the secret itself never shows
+  }
+}
+
 TEST_F(ConfigTest, UnreadableOrEmptyFiles) {
   auto missing = LoadConfig(Path("nope.yaml"));
   EXPECT_EQ(missing.status().code(), absl::StatusCode::kNotFound);
