@@ -290,20 +290,47 @@ std::string RenderConfigJson(const SidecarConfig& config) {
   using nlohmann::json;
   const auto duration = [](absl::Duration d) { return absl::FormatDuration(d); };
   const IntensityConfig& i = config.intensity;
-  json intensity = {{"provider", i.provider},
-                    {"region", i.region},
-                    {"refresh", duration(i.refresh)},
-                    {"stale_after", duration(i.stale_after)},
-                    {"window", duration(i.window)}};
+  // One provider's options; secrets appear only as where they are read from.
+  const auto provider = [&duration](const ProviderConfig& p) {
+    json j = {{"provider", p.provider}};
+    if (!p.region.empty()) j["region"] = p.region;
+    if (p.provider == "static") j["gco2_per_kwh"] = p.gco2_per_kwh;
+    if (p.provider == "trace") {
+      j["file"] = p.trace_path;
+      j["time_column"] = p.trace_time_column;
+      j["value_column"] = p.trace_value_column;
+      j["speedup"] = p.trace_speedup;
+      j["loop"] = p.trace_loop;
+      if (p.trace_start) j["start"] = absl::FormatTime(absl::RFC3339_sec, *p.trace_start, absl::UTCTimeZone());
+    }
+    if (p.provider == "uk-carbon-intensity" || p.provider == "electricity-maps" || p.provider == "watttime" ||
+        p.provider == "carbon-aware-sdk") {
+      j["base_url"] = p.base_url.empty() ? json("(the service's public address)") : json(p.base_url);
+      j["connect_timeout"] = duration(p.connect_timeout);
+      j["timeout"] = duration(p.timeout);
+      j["max_response_bytes"] = p.max_response_bytes;
+      if (!p.ca_file.empty()) j["ca_file"] = p.ca_file;
+      if (p.region_id != 0) j["region_id"] = p.region_id;
+      if (!p.postcode.empty()) j["postcode"] = p.postcode;
+      if (!p.zone.empty()) j["zone"] = p.zone;
+      if (!p.location.empty()) j["location"] = p.location;
+      if (!p.token_env.empty()) j["token_env"] = p.token_env;
+      if (!p.token_file.empty()) j["token_file"] = p.token_file;
+      if (!p.username.empty()) j["username"] = p.username;
+      if (!p.password_env.empty()) j["password_env"] = p.password_env;
+      if (!p.password_file.empty()) j["password_file"] = p.password_file;
+    }
+    return j;
+  };
+  json intensity = provider(i);
+  intensity["refresh"] = duration(i.refresh);
+  intensity["max_backoff"] = duration(i.max_backoff);
+  intensity["stale_after"] = duration(i.stale_after);
+  intensity["window"] = duration(i.window);
   if (i.fixed_bounds) intensity["window_bounds"] = {{"low", i.fixed_bounds->low}, {"high", i.fixed_bounds->high}};
-  if (i.provider == "static") intensity["gco2_per_kwh"] = i.gco2_per_kwh;
-  if (i.provider == "trace") {
-    intensity["file"] = i.trace_path;
-    intensity["time_column"] = i.trace_time_column;
-    intensity["value_column"] = i.trace_value_column;
-    intensity["speedup"] = i.trace_speedup;
-    intensity["loop"] = i.trace_loop;
-    if (i.trace_start) intensity["start"] = absl::FormatTime(absl::RFC3339_sec, *i.trace_start, absl::UTCTimeZone());
+  if (i.provider == "fallback") {
+    intensity["providers"] = json::array();
+    for (const ProviderConfig& p : i.fallback) intensity["providers"].push_back(provider(p));
   }
   json routes = json::array();
   for (const RouteConfig& r : config.routes) {

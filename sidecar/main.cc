@@ -10,6 +10,7 @@
 #include "absl/synchronization/notification.h"
 #include "common/string_view_compat.h"
 #include "sidecar/config.h"
+#include "sidecar/probe.h"
 #include "sidecar/server.h"
 #include "spdlog/sinks/stdout_sinks.h"
 #include "spdlog/spdlog.h"
@@ -17,6 +18,9 @@
 ABSL_FLAG(std::string, config, "config/sidecar.yaml", "Path of the sidecar's YAML config.");
 ABSL_FLAG(std::string, log_level, "info", "trace, debug, info, warn, error or off.");
 ABSL_FLAG(bool, check_config, false, "Validate the config, print the routes, and exit.");
+ABSL_FLAG(bool, probe_intensity, false,
+          "Ask the configured intensity provider now, print its answer, the window and each route's "
+          "choice, and exit (non-zero on failure).");
 
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage("carbon-aware gRPC sidecar for KServe v2 / Triton inference servers");
@@ -50,6 +54,7 @@ int main(int argc, char** argv) {
     std::printf("%s: ok\n", path.c_str());
     return 0;
   }
+  if (absl::GetFlag(FLAGS_probe_intensity)) return carbon::sidecar::RunIntensityProbe(*config, stdout);
   auto server = carbon::sidecar::SidecarServer::Start(*config);
   if (!server.ok()) {
     spdlog::error("event=start_failed error=\"{}\"", carbon::ToStd(server.status().message()));

@@ -106,6 +106,48 @@ class SidecarEndToEnd(SidecarTestCase):
         self.assertEqual(run.returncode, 0, run.stderr)
         self.assertIn("route resnet: 4 variants", run.stdout)
 
+    def test_probe_intensity_reports_the_provider_and_fails_clearly(self):
+        import datetime
+        import http.server
+
+        status = {"code": 200}
+
+        class Uk(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                start = datetime.datetime.now(datetime.timezone.utc).replace(second=0, microsecond=0)
+                body = ('{"data":[{"from":"%s","to":"%s","intensity":{"forecast":210,"actual":null,"index":"moderate"}}]}'
+                        % (start.strftime("%Y-%m-%dT%H:%MZ"), start.strftime("%Y-%m-%dT%H:%MZ"))).encode()
+                if self.path.startswith("/intensity/"):  # the history range: an empty list
+                    body = b'{"data":[]}'
+                self.send_response(status["code"])
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Uk)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        self.addCleanup(server.shutdown)
+        config = self.write_config(1, f"""  provider: uk-carbon-intensity
+  base_url: http://127.0.0.1:{server.server_port}
+  window_bounds: {{ low: 100, high: 300 }}""")
+        run = subprocess.run([SIDECAR, "--config", config, "--probe_intensity"], capture_output=True, text=True,
+                             timeout=30)
+        self.assertEqual(run.returncode, 0, run.stdout + run.stderr)
+        self.assertIn("provider: uk-carbon-intensity", run.stdout)
+        self.assertIn("latest:   210.0 gCO2/kWh", run.stdout)
+        self.assertIn("route resnet: resnet101 (heuristic, t = 0.450", run.stdout)
+
+        status["code"] = 500
+        run = subprocess.run([SIDECAR, "--config", config, "--probe_intensity"], capture_output=True, text=True,
+                             timeout=30)
+        self.assertEqual(run.returncode, 1, run.stdout + run.stderr)
+        self.assertIn("error:    uk-carbon-intensity", run.stdout)
+        self.assertIn("HTTP 500", run.stdout)
+
     def test_replayed_trace_moves_the_choice_across_the_pool(self):
         port = self.start_upstream()
         trace = os.path.join(SOURCE_DIR, "data/carbon/sw_england_2023_06")

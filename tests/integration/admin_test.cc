@@ -259,6 +259,17 @@ TEST_F(AdminTest, ConfigHealthAndReadiness) {
   EXPECT_EQ(ready->status, 200);
 }
 
+TEST(ConfigJsonTest, SecretsShowOnlyWhereTheyComeFrom) {
+  setenv("CARBON_ADMIN_TEST_TOKEN", "very-secret-value", 1);
+  SidecarConfig config = Config(1, 200);
+  config.intensity.provider = "electricity-maps";
+  config.intensity.zone = "GB";
+  config.intensity.token_env = "CARBON_ADMIN_TEST_TOKEN";
+  const std::string json = RenderConfigJson(config);
+  EXPECT_THAT(json, HasSubstr("\"token_env\": \"CARBON_ADMIN_TEST_TOKEN\""));
+  EXPECT_THAT(json, ::testing::Not(HasSubstr("very-secret-value")));
+}
+
 TEST_F(AdminTest, ReadinessFollowsTheUpstream) {
   SidecarConfig config = Config(upstream_->port(), 200);
   config.upstream.readiness_interval = absl::Milliseconds(20);
