@@ -327,6 +327,8 @@ std::string RenderConfigJson(const SidecarConfig& config) {
   intensity["max_backoff"] = duration(i.max_backoff);
   intensity["stale_after"] = duration(i.stale_after);
   intensity["window"] = duration(i.window);
+  intensity["include_forecast"] = i.include_forecast;
+  if (i.include_forecast) intensity["forecast_horizon"] = duration(i.forecast_horizon);
   if (i.fixed_bounds) intensity["window_bounds"] = {{"low", i.fixed_bounds->low}, {"high", i.fixed_bounds->high}};
   if (i.provider == "fallback") {
     intensity["providers"] = json::array();

@@ -310,6 +310,8 @@ absl::Status ReadIntensity(MapReader& m, const std::string& base_dir, IntensityC
   m.Duration("max_backoff", &out->max_backoff, false);
   m.Duration("stale_after", &out->stale_after, false);
   m.Duration("window", &out->window, false);
+  m.Bool("include_forecast", &out->include_forecast);
+  m.Duration("forecast_horizon", &out->forecast_horizon, false);
   YAML::Node bounds = m.Get("window_bounds", false);
   if (!m.status().ok()) return m.status();
   if (bounds.IsDefined()) {

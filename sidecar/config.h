@@ -59,6 +59,9 @@ struct IntensityConfig : ProviderConfig {
   absl::Duration stale_after = absl::Hours(2);
   absl::Duration window = absl::Hours(24);
   std::optional<selector::WindowBounds> fixed_bounds;
+  // Widen the window with the provider's forecast for the next `forecast_horizon`.
+  bool include_forecast = false;
+  absl::Duration forecast_horizon = absl::Hours(24);
   // provider: fallback — tried in order.
   std::vector<ProviderConfig> fallback;
 };

@@ -82,6 +82,26 @@ absl::Duration Jittered(absl::Duration d) {
   return d * absl::Uniform(gen, 0.9, 1.1);
 }
 
+// The lowest and highest forecast intensity over the horizon, or nullopt without a forecast.
+std::optional<selector::WindowBounds> ForecastBounds(telemetry::IntensityProvider& provider,
+                                                     const IntensityConfig& config) {
+  if (!config.include_forecast) return std::nullopt;
+  const absl::Time now = provider.Now();
+  auto forecast = provider.Forecast(now, now + config.forecast_horizon);
+  if (!forecast.ok()) {
+    spdlog::debug("event=intensity_forecast_failed provider={} error=\"{}\"", provider.source(),
+                  ToStd(forecast.status().message()));
+    return std::nullopt;
+  }
+  if (forecast->empty()) return std::nullopt;
+  selector::WindowBounds b{forecast->front().gco2_per_kwh, forecast->front().gco2_per_kwh};
+  for (const auto& r : *forecast) {
+    b.low = std::min(b.low, r.gco2_per_kwh);
+    b.high = std::max(b.high, r.gco2_per_kwh);
+  }
+  return b;
+}
+
 }  // namespace
 
 std::string_view SourceStateName(SourceState state) {
@@ -113,6 +133,7 @@ struct SelectionPublisher::State {
   std::vector<std::optional<selector::Selection>> previous;  // per route
   std::vector<uint64_t> ready;                                // per route
   absl::Status last_poll;                                     // of the provider
+  std::optional<selector::WindowBounds> forecast_bounds;      // include_forecast: what is coming
   std::optional<absl::StatusOr<selector::IntensityReading>> first_reading;  // from MakeState
 };
 
@@ -231,7 +252,11 @@ absl::Duration SelectionPublisher::PollOnce(bool poll_intensity, bool ask_readin
     s = state_;
   }
   std::optional<absl::StatusOr<selector::IntensityReading>> reading;
-  if (poll_intensity) reading = s->provider->Latest();
+  std::optional<selector::WindowBounds> forecast;
+  if (poll_intensity) {
+    reading = s->provider->Latest();
+    forecast = ForecastBounds(*s->provider, s->intensity);
+  }
   std::vector<std::vector<std::optional<bool>>> answers;
   if (ask_readiness && readiness_ && s->readiness_interval > absl::ZeroDuration()) {
     for (const auto& route : s->routes) {
@@ -244,6 +269,7 @@ absl::Duration SelectionPublisher::PollOnce(bool poll_intensity, bool ask_readin
   // A reload replaced the state meanwhile; it has published for itself, and these answers
   // belong to routes that are gone.
   if (state_ != s) return NextPollDelay(*state_, state_->last_poll);
+  if (forecast) s->forecast_bounds = forecast;  // a failed forecast keeps the last one
   Apply(*s, reading, answers);
   return NextPollDelay(*s, s->last_poll);
 }
@@ -315,7 +341,13 @@ absl::Duration SelectionPublisher::NextPollDelay(const State& s, const absl::Sta
 
 void SelectionPublisher::Publish(State& s) {
   const absl::Time now = s.provider->Now();
-  const std::optional<selector::WindowBounds> bounds = s.window.Bounds(now);
+  std::optional<selector::WindowBounds> bounds = s.window.Bounds(now);
+  if (s.forecast_bounds && !s.intensity.fixed_bounds) {
+    // DESIGN.md §1: the trailing window, widened by what the forecast says is coming.
+    bounds = bounds ? selector::WindowBounds{std::min(bounds->low, s.forecast_bounds->low),
+                                             std::max(bounds->high, s.forecast_bounds->high)}
+                    : s.forecast_bounds;
+  }
   std::vector<RouteView> views;
   for (size_t i = 0; i < s.routes.size(); ++i) {
     const CompiledRoute& route = *s.routes[i];
@@ -369,6 +401,7 @@ absl::StatusOr<std::shared_ptr<SelectionPublisher::State>> SelectionPublisher::M
                  ToStd(history.status().message()));
   }
   state->first_reading = state->provider->Latest();
+  state->forecast_bounds = ForecastBounds(*state->provider, config.intensity);
   if (state->first_reading->ok()) {
     state->window.Add(**state->first_reading);
   } else {

@@ -1,6 +1,7 @@
 #include "telemetry/http_providers.h"
 
 #include <algorithm>
+#include <cmath>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -74,6 +75,20 @@ class WebProvider : public IntensityProvider {
     return out;
   }
 
+  // Forecast points inside [from, to] with plausible values, oldest first.
+  static std::vector<IntensityReading> PlausibleForecast(std::vector<IntensityReading> in, absl::Time from,
+                                                         absl::Time to) {
+    std::vector<IntensityReading> out;
+    for (const auto& r : in) {
+      if (r.at >= from && r.at <= to && std::isfinite(r.gco2_per_kwh) && r.gco2_per_kwh >= 0 &&
+          r.gco2_per_kwh <= kMaxPlausibleGco2PerKwh) {
+        out.push_back(r);
+      }
+    }
+    std::sort(out.begin(), out.end(), [](const auto& a, const auto& b) { return a.at < b.at; });
+    return out;
+  }
+
   WebProviderOptions web_;
   std::string base_;
   HttpClient http_;
@@ -108,6 +123,18 @@ class UkCarbonIntensityProvider final : public WebProvider {
     return Plausible(*std::move(points), to - from + absl::Hours(1));
   }
 
+  absl::StatusOr<std::vector<IntensityReading>> Forecast(absl::Time from, absl::Time to) override {
+    // fw48h covers any horizon up to two days; points past `to` are dropped.
+    const std::string start = absl::StrCat("/", Iso(from, "%Y-%m-%dT%H:%MZ"), "/fw48h");
+    const std::string path =
+        regional() ? absl::StrCat("/regional/intensity", start, RegionalPath("")) : absl::StrCat("/intensity", start);
+    auto doc = GetJson(path, {});
+    if (!doc.ok()) return doc.status();
+    auto points = Points(*doc, kind_name(path), /*forecast=*/true);
+    if (!points.ok()) return points.status();
+    return PlausibleForecast(*std::move(points), from - absl::Minutes(30), to);
+  }
+
  private:
   bool regional() const { return uk_.region_id != 0 || !uk_.postcode.empty(); }
   std::string RegionalPath(const std::string& prefix) const {
@@ -118,7 +145,8 @@ class UkCarbonIntensityProvider final : public WebProvider {
 
   // Half-hours of a national reply ({"data":[{from,to,intensity}]}) or a regional one
   // ({"data":[{regionid,…,"data":[…]}]}, where the outer data is sometimes an object).
-  absl::StatusOr<std::vector<IntensityReading>> Points(const json& doc, const std::string& what) const {
+  absl::StatusOr<std::vector<IntensityReading>> Points(const json& doc, const std::string& what,
+                                                       bool forecast = false) const {
     if (!doc.is_object() || !doc.contains("data")) {
       return absl::InvalidArgumentError(absl::StrCat(what, ": reply has no \"data\""));
     }
@@ -141,7 +169,8 @@ class UkCarbonIntensityProvider final : public WebProvider {
       if (!at) return absl::InvalidArgumentError(absl::StrCat(what, ": cannot read time ", period["from"].dump()));
       const json& intensity = period["intensity"];
       // National periods carry `actual` once measured; until then (and always, regionally) the forecast.
-      std::optional<double> value = intensity.contains("actual") ? NumberAt(intensity["actual"]) : std::nullopt;
+      std::optional<double> value =
+          !forecast && intensity.contains("actual") ? NumberAt(intensity["actual"]) : std::nullopt;
       if (!value && intensity.contains("forecast")) value = NumberAt(intensity["forecast"]);
       if (!value) {
         return absl::InvalidArgumentError(absl::StrCat(what, ": half-hour ", period["from"].dump(),
@@ -185,6 +214,20 @@ class ElectricityMapsProvider final : public WebProvider {
       if (r.ok() && r->at >= from && r->at <= to) out.push_back(*r);  // null intensities are skipped
     }
     return Plausible(std::move(out), to - from + absl::Hours(1));
+  }
+
+  absl::StatusOr<std::vector<IntensityReading>> Forecast(absl::Time from, absl::Time to) override {
+    const std::string what = absl::StrCat(ToAbsl(kind()), " forecast");
+    auto doc = GetJson(absl::StrCat("/v3/carbon-intensity/forecast?zone=", UrlEncode(zone_)), Auth());
+    if (!doc.ok()) return doc.status();
+    if (!doc->is_object() || !doc->contains("forecast") || !(*doc)["forecast"].is_array()) {
+      return absl::InvalidArgumentError(absl::StrCat(what, ": reply has no \"forecast\" list"));
+    }
+    std::vector<IntensityReading> out;
+    for (const json& point : (*doc)["forecast"]) {
+      if (auto r = Point(point, what); r.ok()) out.push_back(*r);
+    }
+    return PlausibleForecast(std::move(out), from, to);
   }
 
  private:
@@ -236,6 +279,16 @@ class WattTimeProvider final : public WebProvider {
     auto points = Points(*doc, what);
     if (!points.ok()) return points.status();
     return Plausible(*std::move(points), to - from + absl::Hours(1));
+  }
+
+  absl::StatusOr<std::vector<IntensityReading>> Forecast(absl::Time from, absl::Time to) override {
+    const int hours = static_cast<int>(std::clamp<int64_t>(absl::ToInt64Hours(to - from) + 1, 1, 72));
+    auto doc = Authorized(absl::StrCat("/v3/forecast?region=", UrlEncode(region_),
+                                       "&signal_type=co2_moer&horizon_hours=", hours));
+    if (!doc.ok()) return doc.status();
+    auto points = Points(*doc, absl::StrCat(ToAbsl(kind()), " forecast"));
+    if (!points.ok()) return points.status();
+    return PlausibleForecast(*std::move(points), from - absl::Minutes(5), to);
   }
 
  private:
@@ -314,6 +367,27 @@ class CarbonAwareSdkProvider final : public WebProvider {
     return Plausible(*std::move(points), to - from + absl::Hours(1));
   }
 
+  absl::StatusOr<std::vector<IntensityReading>> Forecast(absl::Time from, absl::Time to) override {
+    const std::string what = absl::StrCat(ToAbsl(kind()), " forecasts/current");
+    auto doc = GetJson(absl::StrCat("/emissions/forecasts/current?location=", UrlEncode(location_),
+                                    "&dataStartAt=", UrlEncode(Iso(from)), "&dataEndAt=", UrlEncode(Iso(to))),
+                       {});
+    if (!doc.ok()) return doc.status();
+    if (!doc->is_array() || doc->empty() || !(*doc)[0].is_object() || !(*doc)[0].contains("forecastData") ||
+        !(*doc)[0]["forecastData"].is_array()) {
+      return absl::InvalidArgumentError(absl::StrCat(what, ": reply has no forecastData"));
+    }
+    std::vector<IntensityReading> out;
+    for (const json& p : (*doc)[0]["forecastData"]) {
+      const auto value = p.is_object() && p.contains("value") ? NumberAt(p["value"]) : std::nullopt;
+      const auto at = p.is_object() && p.contains("timestamp") && p["timestamp"].is_string()
+                          ? ParseApiTime(p["timestamp"].get<std::string>())
+                          : std::nullopt;
+      if (value && at) out.push_back({*value, *at});
+    }
+    return PlausibleForecast(std::move(out), from, to);
+  }
+
  private:
   absl::StatusOr<std::vector<IntensityReading>> ByLocation(absl::Time from, absl::Time to) {
     const std::string what = absl::StrCat(ToAbsl(kind()), " bylocation");
@@ -384,6 +458,10 @@ absl::StatusOr<IntensityReading> FallbackProvider::Latest() {
     errors.push_back(absl::StrCat(ToAbsl(chain_[i]->kind()), ": ", r.status().message()));
   }
   return absl::UnavailableError(absl::StrCat("every provider failed: ", absl::StrJoin(errors, "; ")));
+}
+
+absl::StatusOr<std::vector<IntensityReading>> FallbackProvider::Forecast(absl::Time from, absl::Time to) {
+  return chain_[active_]->Forecast(from, to);
 }
 
 absl::StatusOr<std::vector<IntensityReading>> FallbackProvider::History(absl::Time from, absl::Time to) {

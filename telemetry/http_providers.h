@@ -53,6 +53,7 @@ class FallbackProvider final : public IntensityProvider {
   absl::Time Now() const override;
   absl::StatusOr<IntensityReading> Latest() override;
   absl::StatusOr<std::vector<IntensityReading>> History(absl::Time from, absl::Time to) override;
+  absl::StatusOr<std::vector<IntensityReading>> Forecast(absl::Time from, absl::Time to) override;
 
  private:
   std::vector<std::unique_ptr<IntensityProvider>> chain_;

@@ -6,4 +6,8 @@ absl::StatusOr<std::vector<IntensityReading>> IntensityProvider::History(absl::T
   return std::vector<IntensityReading>{};
 }
 
+absl::StatusOr<std::vector<IntensityReading>> IntensityProvider::Forecast(absl::Time, absl::Time) {
+  return std::vector<IntensityReading>{};
+}
+
 }  // namespace carbon::telemetry

@@ -36,6 +36,9 @@ class IntensityProvider {
   // Readings in [from, to], oldest first, to fill the window at start. Sources without history
   // return an empty list.
   virtual absl::StatusOr<std::vector<IntensityReading>> History(absl::Time from, absl::Time to);
+  // Forecast readings in [from, to], oldest first, for a window widened by what is coming.
+  // Sources without a forecast return an empty list.
+  virtual absl::StatusOr<std::vector<IntensityReading>> Forecast(absl::Time from, absl::Time to);
 };
 
 }  // namespace carbon::telemetry

@@ -273,6 +273,38 @@ TEST_F(ProviderTest, CarbonAwareSdkTakesTheNewestEntry) {
   EXPECT_EQ(provider->Latest().status().code(), absl::StatusCode::kUnavailable);
 }
 
+TEST_F(ProviderTest, ForecastsFromEveryWebProvider) {
+  server_.On("/intensity/", Reply{200, Fixture("uk-carbon-intensity/forecast-fw48h.json")});
+  auto uk = Uk()->Forecast(At("2018-01-20T12:10:00Z"), At("2018-01-21T12:10:00Z"));
+  ASSERT_TRUE(uk.ok()) << uk.status();
+  std::vector<double> values;
+  for (const auto& r : *uk) values.push_back(r.gco2_per_kwh);
+  // The current half-hour's forecast (not its actual), the next two, not the point past the horizon.
+  EXPECT_THAT(values, ::testing::ElementsAre(266, 146, 148));
+  EXPECT_EQ(server_.requests().back().path, "/intensity/2018-01-20T12:10Z/fw48h");
+
+  server_.On("/v3/carbon-intensity/forecast", Reply{200, Fixture("electricity-maps/forecast.json")});
+  auto em = telemetry::MakeElectricityMapsProvider(Web("2019-05-21T00:20:00Z"), "DE", "t")
+                ->Forecast(At("2019-05-21T00:20:00Z"), At("2019-05-22T00:20:00Z"));
+  ASSERT_TRUE(em.ok()) << em.status();
+  EXPECT_EQ(em->size(), 2u);
+
+  server_.On("/login", Reply{200, Fixture("watttime/login.json")});
+  server_.On("/v3/forecast", Reply{200, Fixture("watttime/forecast.json")});
+  auto wt = telemetry::MakeWattTimeProvider(Web("2022-07-15T00:00:00Z"), "CAISO_NORTH", "u", "p")
+                ->Forecast(At("2022-07-15T00:00:00Z"), At("2022-07-16T00:00:00Z"));
+  ASSERT_TRUE(wt.ok()) << wt.status();
+  ASSERT_EQ(wt->size(), 2u);
+  EXPECT_DOUBLE_EQ((*wt)[1].gco2_per_kwh, 860 * 0.45359237);
+
+  server_.On("/emissions/forecasts/current", Reply{200, Fixture("carbon-aware-sdk/forecasts-current.json")});
+  auto sdk = telemetry::MakeCarbonAwareSdkProvider(Web("2022-07-19T13:40:00Z"), "northeurope")
+                 ->Forecast(At("2022-07-19T13:40:00Z"), At("2022-07-20T13:40:00Z"));
+  ASSERT_TRUE(sdk.ok()) << sdk.status();
+  ASSERT_EQ(sdk->size(), 2u);
+  EXPECT_DOUBLE_EQ((*sdk)[0].gco2_per_kwh, 532.02293146);
+}
+
 struct BadReply {
   const char* what;
   Reply reply;

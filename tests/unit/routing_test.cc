@@ -121,6 +121,34 @@ TEST(SelectionPublisherTest, AnEndedTraceGoesStaleAndTheDefaultTakesOver) {
   std::filesystem::remove_all(dir);
 }
 
+TEST(SelectionPublisherTest, AForecastWidensTheWindow) {
+  const auto dir = std::filesystem::path(::testing::TempDir()) / ("routing_fc_" + std::to_string(getpid()));
+  std::filesystem::create_directories(dir);
+  // At the start only 200 has been seen: a flat window, so the default. Ahead lie 300 and 100.
+  std::ofstream(dir / "trace.csv") << "t,v\n2023-06-01 00:00:00,200\n2023-06-01 00:30:00,300\n"
+                                      "2023-06-01 01:00:00,100\n";
+  SidecarConfig config = BaseConfig();
+  config.intensity.provider = "trace";
+  config.intensity.trace_path = (dir / "trace.csv").string();
+  config.intensity.trace_loop = false;
+  config.intensity.fixed_bounds.reset();
+  auto flat = SelectionPublisher::Create(config);
+  ASSERT_TRUE(flat.ok());
+  EXPECT_EQ((*flat)->snapshots().Load()->Find("resnet")->selection.reason,
+            selector::SelectionReason::kDegenerateWindow);
+
+  config.intensity.include_forecast = true;
+  config.intensity.forecast_horizon = absl::Hours(2);
+  auto widened = SelectionPublisher::Create(config);
+  ASSERT_TRUE(widened.ok());
+  const RouteView* route = (*widened)->snapshots().Load()->Find("resnet");
+  ASSERT_TRUE(route->selection.bounds.has_value());
+  EXPECT_EQ(route->selection.bounds->low, 100);
+  EXPECT_EQ(route->selection.bounds->high, 300);
+  EXPECT_EQ(VariantOf(**widened, "resnet"), "resnet101");  // t = 0.5
+  std::filesystem::remove_all(dir);
+}
+
 TEST(SelectionPublisherTest, AFailedReloadChangesNothing) {
   auto publisher = SelectionPublisher::Create(BaseConfig());
   ASSERT_TRUE(publisher.ok());
