@@ -10,7 +10,7 @@ packages=(
   libcpp-httplib-dev libssl-dev
   libgtest-dev libgmock-dev googletest libbenchmark-dev
   python3 python3-grpcio python3-protobuf
-  curl procps prometheus
+  curl procps prometheus gnuplot-nox
 )
 
 missing=()

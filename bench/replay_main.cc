@@ -1,0 +1,170 @@
+// Offline replay of the heuristic on recorded traces (docs/EVALUATION.md):
+//   build/bench/replay --out_dir bench/results/replay
+// runs every fixed variant and the heuristic with each window mode over the bundled June 2023 South
+// West England intensity and the June 1998 World Cup request trace, and writes table.md, table.csv,
+// choices.dat and, when gnuplot is installed, intensity.svg and efficiency.svg.
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "bench/replay.h"
+#include "sidecar/config.h"
+#include "telemetry/trace_provider.h"
+
+ABSL_FLAG(std::string, intensity, "data/carbon/sw_england_2023_06", "Intensity CSV file or directory of CSVs.");
+ABSL_FLAG(std::string, time_column, "from", "Time column of the intensity CSV.");
+ABSL_FLAG(std::string, value_column, "regions.intensity.forecast", "gCO2/kWh column of the intensity CSV.");
+ABSL_FLAG(std::string, from, "2023-06-01T00:00:00Z", "First period replayed (RFC 3339; empty: the trace's start).");
+ABSL_FLAG(std::string, to, "2023-07-01T00:00:00Z", "End of the replay, exclusive (RFC 3339; empty: the trace's end).");
+ABSL_FLAG(std::string, requests, "data/requests/worldcup98_june_requests_per_minute.csv",
+          "Request counts per interval: CSV of time and count.");
+ABSL_FLAG(std::string, requests_time_column, "period", "Time column of the request CSV.");
+ABSL_FLAG(std::string, requests_value_column, "count", "Count column of the request CSV.");
+ABSL_FLAG(std::string, requests_start, "2023-06-01T00:00:00Z",
+          "The time the request trace's first row is laid onto (RFC 3339).");
+ABSL_FLAG(double, scale_item_intensity, 0,
+          "If positive, scale request counts so that the sum of requests x intensity equals this "
+          "(gCO2/kWh x requests), e.g. to match the paper's traffic volume.");
+ABSL_FLAG(std::string, pool, "config/pools/resnet-v100.yaml", "Pool YAML.");
+ABSL_FLAG(std::string, baseline, "resnet50", "Baseline variant.");
+ABSL_FLAG(std::string, default_variant, "resnet50", "Variant used while the window is flat.");
+ABSL_FLAG(std::vector<std::string>, window, std::vector<std::string>({"whole-trace", "trailing:24h",
+                                                                        "trailing:24h+forecast"}),
+          "Window modes for the heuristic: whole-trace, trailing:<duration>[+forecast].");
+ABSL_FLAG(std::string, out_dir, "bench/results/replay", "Where the tables and plots go.");
+
+namespace {
+
+int Fail(const std::string& message) {
+  std::fprintf(stderr, "replay: %s\n", message.c_str());
+  return 1;
+}
+
+std::optional<absl::Time> FlagTime(const std::string& text) {
+  if (text.empty()) return std::nullopt;
+  absl::Time t;
+  std::string err;
+  if (!absl::ParseTime(absl::RFC3339_full, text, &t, &err)) return std::nullopt;
+  return t;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage("replays carbon-sidecar's heuristic over recorded traces");
+  absl::ParseCommandLine(argc, argv);
+  using carbon::bench::PolicyResult;
+
+  auto intensity = carbon::telemetry::LoadIntensityTrace(
+      absl::GetFlag(FLAGS_intensity), {absl::GetFlag(FLAGS_time_column), absl::GetFlag(FLAGS_value_column)});
+  if (!intensity.ok()) return Fail(std::string(intensity.status().message()));
+  const auto from = FlagTime(absl::GetFlag(FLAGS_from));
+  const auto to = FlagTime(absl::GetFlag(FLAGS_to));
+  std::erase_if(*intensity, [&](const auto& r) { return (from && r.at < *from) || (to && r.at >= *to); });
+  if (intensity->empty()) return Fail("no intensity readings in the chosen range");
+
+  // The request trace is a (time, count) series: the same CSV reader serves.
+  auto requests = carbon::telemetry::LoadIntensityTrace(
+      absl::GetFlag(FLAGS_requests),
+      {absl::GetFlag(FLAGS_requests_time_column), absl::GetFlag(FLAGS_requests_value_column)});
+  if (!requests.ok()) return Fail(std::string(requests.status().message()));
+  const auto requests_start = FlagTime(absl::GetFlag(FLAGS_requests_start));
+  if (!requests_start) return Fail("--requests_start is not an RFC 3339 time");
+  const absl::Duration offset = *requests_start - requests->front().at;
+
+  auto periods = carbon::bench::JoinTraces(*intensity, *requests, offset);
+  if (absl::GetFlag(FLAGS_scale_item_intensity) > 0) {
+    carbon::bench::ScaleRequests(&periods, absl::GetFlag(FLAGS_scale_item_intensity));
+  }
+  auto pool = carbon::sidecar::LoadPoolFile(absl::GetFlag(FLAGS_pool));
+  if (!pool.ok()) return Fail(std::string(pool.status().message()));
+  const auto baseline = pool->IndexOf(absl::GetFlag(FLAGS_baseline));
+  const auto default_variant = pool->IndexOf(absl::GetFlag(FLAGS_default_variant));
+  if (!baseline || !default_variant) return Fail("--baseline and --default_variant must name variants of the pool");
+
+  std::vector<PolicyResult> results;
+  for (size_t v = 0; v < pool->size(); ++v) results.push_back(carbon::bench::ReplayFixed(periods, *pool, *baseline, v));
+  for (const std::string& text : absl::GetFlag(FLAGS_window)) {
+    auto mode = carbon::bench::ParseWindowMode(text);
+    if (!mode.ok()) return Fail(std::string(mode.status().message()));
+    results.push_back(carbon::bench::ReplayHeuristic(periods, *pool, *baseline, *default_variant, *mode));
+  }
+
+  const std::filesystem::path out = absl::GetFlag(FLAGS_out_dir);
+  std::filesystem::create_directories(out);
+  uint64_t total_requests = 0;
+  double item_intensity = 0;
+  for (const auto& p : periods) {
+    total_requests += p.requests;
+    item_intensity += static_cast<double>(p.requests) * p.gco2_per_kwh;
+  }
+  const std::string markdown = carbon::bench::ResultsMarkdown(results, *pool, *baseline);
+  std::ofstream(out / "table.md") << markdown;
+  std::ofstream(out / "table.csv") << carbon::bench::ResultsCsv(results, *pool, *baseline);
+  {
+    // Per period: time, intensity, requests, then the variant each heuristic chose (by index).
+    std::ofstream dat(out / "choices.dat");
+    dat << "# time intensity_gco2_per_kwh requests";
+    for (size_t r = pool->size(); r < results.size(); ++r) dat << " \"" << results[r].policy << "\"";
+    dat << "\n";
+    for (size_t i = 0; i < periods.size(); ++i) {
+      // A blank line where the data has a hole, so the plot does not draw across it.
+      if (i > 0 && periods[i].at - periods[i - 1].at > absl::Hours(1)) dat << "\n";
+      dat << absl::FormatTime("%Y-%m-%dT%H:%M", periods[i].at, absl::UTCTimeZone()) << " "
+          << periods[i].gco2_per_kwh << " " << periods[i].requests;
+      for (size_t r = pool->size(); r < results.size(); ++r) dat << " " << results[r].choices[i];
+      dat << "\n";
+    }
+    // Only policies that buy accuracy with extra carbon: for one that saves carbon by losing
+    // accuracy, the ratio of two negatives says nothing the paper's comparison means.
+    std::ofstream eff(out / "efficiency.dat");
+    for (const auto& r : results) {
+      if (r.report.extra_grams > 0) eff << "\"" << r.policy << "\" " << r.report.efficiency << "\n";
+    }
+  }
+  std::printf("%zu periods of %s, %llu requests, sum of requests x intensity %.4g\n\n%s", periods.size(),
+              absl::GetFlag(FLAGS_intensity).c_str(), static_cast<unsigned long long>(total_requests),
+              item_intensity, markdown.c_str());
+
+  // Plots, when gnuplot is there (scripts/setup.sh installs gnuplot-nox).
+  const std::string script = absl::StrFormat(
+      R"gp(set terminal svg size 1100,500 dynamic background rgb "white"
+set datafile separator whitespace
+set output "%1$s/intensity.svg"
+set title "Grid intensity and the variant the heuristic (whole-trace window) chose"
+set xdata time; set timefmt "%%Y-%%m-%%dT%%H:%%M"; set format x "%%d %%b"; set autoscale xfixmin; set autoscale xfixmax
+set key outside bottom center horizontal
+set ylabel "gCO2/kWh"; set y2label "variant"; set y2range [-0.5:%2$d]
+set y2tics (%3$s)
+plot "%1$s/choices.dat" using 1:2 with lines lw 1 title "intensity", \
+     "%1$s/choices.dat" using 1:4 axes x1y2 with steps lw 1 title "variant (heuristic, whole-trace)"
+unset xdata; unset y2tics; unset y2label; unset y2range; set format x "%%g"; unset key
+set output "%1$s/efficiency.svg"
+set title "Carbon-emission efficiency vs %4$s (relative quality improvement %% per extra gram)"
+set style fill solid 0.6; set boxwidth 0.6; set ylabel "%%/g"; set xtics rotate by -20
+plot "%1$s/efficiency.dat" using 0:2:xtic(1) with boxes notitle
+)gp",
+      out.string(), static_cast<int>(pool->size()),
+      [&] {
+        std::string tics;
+        for (size_t v = 0; v < pool->size(); ++v) absl::StrAppend(&tics, v ? ", " : "", "\"", (*pool)[v].name, "\" ", v);
+        return tics;
+      }(),
+      (*pool)[*baseline].name);
+  std::ofstream(out / "plots.gp") << script;
+  if (std::system("command -v gnuplot >/dev/null 2>&1") == 0) {
+    const std::string command = absl::StrCat("gnuplot ", (out / "plots.gp").string());
+    if (std::system(command.c_str()) == 0) {
+      std::printf("\nplots: %s/intensity.svg, %s/efficiency.svg\n", out.c_str(), out.c_str());
+    } else {
+      std::fprintf(stderr, "replay: gnuplot failed on %s/plots.gp\n", out.c_str());
+    }
+  }
+  return 0;
+}

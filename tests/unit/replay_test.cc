@@ -1,0 +1,147 @@
+#include "bench/replay.h"
+
+#include <cmath>
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include "sidecar/routing.h"
+#include "telemetry/trace_provider.h"
+
+namespace carbon::bench {
+namespace {
+
+constexpr double kE[] = {359.9321833, 420.6213298, 803.0948846, 1238.147188};
+constexpr double kErr[] = {8.58, 7.138, 6.454, 5.954};
+
+selector::Pool ResnetPool() {
+  return *selector::Pool::Create({{"resnet34", kE[0], kErr[0]},
+                                  {"resnet50", kE[1], kErr[1]},
+                                  {"resnet101", kE[2], kErr[2]},
+                                  {"resnet152", kE[3], kErr[3]}});
+}
+
+absl::Time T(int half_hours) { return absl::FromUnixSeconds(1685577600) + absl::Minutes(30) * half_hours; }
+
+double Grams(int variant, double requests, double c) { return kE[variant] * 1e-3 / 3.6e6 * c * requests; }
+
+TEST(ReplayTest, WholeTraceTableByHand) {
+  // Intensities 100, 300, 200, 150 with 10, 20, 30, 40 requests; the whole trace spans 100..300,
+  // so (DESIGN.md §1) 100 → resnet152, 300 → resnet34, 200 → resnet101, 150 → resnet101.
+  const std::vector<ReplayPeriod> periods = {{T(0), 100, 10}, {T(1), 300, 20}, {T(2), 200, 30}, {T(3), 150, 40}};
+  const selector::Pool pool = ResnetPool();
+  const PolicyResult h = ReplayHeuristic(periods, pool, 1, 1, WindowMode{});
+  EXPECT_THAT(h.choices, ::testing::ElementsAre(3, 0, 2, 2));
+  const double grams = Grams(3, 10, 100) + Grams(0, 20, 300) + Grams(2, 30, 200) + Grams(2, 40, 150);
+  const double baseline = Grams(1, 10, 100) + Grams(1, 20, 300) + Grams(1, 30, 200) + Grams(1, 40, 150);
+  const double mean_error = (10 * kErr[3] + 20 * kErr[0] + 70 * kErr[2]) / 100;
+  const double rqi = (kErr[1] - mean_error) / kErr[1] * 100;
+  EXPECT_NEAR(h.report.grams, grams, 1e-15);
+  EXPECT_NEAR(h.report.extra_grams, grams - baseline, 1e-15);
+  EXPECT_NEAR(h.report.mean_error_percent, mean_error, 1e-12);
+  EXPECT_NEAR(h.report.relative_quality_improvement_percent, rqi, 1e-10);
+  EXPECT_NEAR(h.report.efficiency, rqi / (grams - baseline), 1e-6 * std::abs(rqi / (grams - baseline)));
+  EXPECT_EQ(h.policy, "heuristic (whole-trace)");
+
+  const PolicyResult fixed = ReplayFixed(periods, pool, 1, 3);
+  EXPECT_EQ(fixed.policy, "resnet152");
+  EXPECT_NEAR(fixed.report.grams, Grams(3, 10, 100) + Grams(3, 20, 300) + Grams(3, 30, 200) + Grams(3, 40, 150),
+              1e-15);
+  EXPECT_NEAR(fixed.report.mean_error_percent, kErr[3], 1e-12);
+  // resnet152 at RQI 16.58…%: the paper's number is a property of the pool alone.
+  EXPECT_NEAR(fixed.report.relative_quality_improvement_percent, (7.138 - 5.954) / 7.138 * 100, 1e-10);
+
+  const std::string table = ResultsMarkdown({fixed, h}, pool, 1);
+  EXPECT_THAT(table, ::testing::HasSubstr("| resnet152 | 5.954 |"));
+  EXPECT_THAT(table, ::testing::HasSubstr("| heuristic (whole-trace) |"));
+}
+
+TEST(ReplayTest, TrailingWindowSeesOnlyThePastAndForecastSeesAhead) {
+  // A 1 h trailing window over 30-minute periods holds this reading and the one before.
+  const std::vector<ReplayPeriod> periods = {{T(0), 200, 1}, {T(1), 100, 1}, {T(2), 300, 1}, {T(3), 300, 1}};
+  const selector::Pool pool = ResnetPool();
+  WindowMode trailing{WindowMode::Kind::kTrailing, absl::Hours(1), false};
+  const PolicyResult h = ReplayHeuristic(periods, pool, 1, 1, trailing);
+  // T0: flat window → default resnet50; T1: [100,200], C=100 → resnet152; T2: [100,300], C=300 →
+  // resnet34; T3: [300,300] flat → resnet50.
+  EXPECT_THAT(h.choices, ::testing::ElementsAre(1, 3, 0, 1));
+  trailing.forecast = true;
+  const PolicyResult f = ReplayHeuristic(periods, pool, 1, 1, trailing);
+  // T0 also sees 100 and 300 ahead: [100,300], C=200 → resnet101.
+  EXPECT_EQ(f.choices[0], 2u);
+  EXPECT_EQ(f.policy, "heuristic (trailing-1h+forecast)");
+}
+
+TEST(ReplayTest, WindowModesParse) {
+  EXPECT_EQ(ParseWindowMode("whole-trace")->kind, WindowMode::Kind::kWholeTrace);
+  auto t = ParseWindowMode("trailing:6h+forecast");
+  ASSERT_TRUE(t.ok());
+  EXPECT_EQ(t->span, absl::Hours(6));
+  EXPECT_TRUE(t->forecast);
+  EXPECT_FALSE(ParseWindowMode("trailing:").ok());
+  EXPECT_FALSE(ParseWindowMode("sliding").ok());
+}
+
+TEST(ReplayTest, JoinSumsRequestsPerPeriodAndSkipsHoles) {
+  const std::vector<selector::IntensityReading> intensity = {{100, T(0)}, {200, T(1)}, {300, T(6)}};
+  std::vector<selector::IntensityReading> per_minute;
+  const absl::Time shifted = T(0) - absl::Hours(24 * 365);  // the request trace is from another year
+  for (int m = 0; m < 6 * 30; ++m) per_minute.push_back({1.0, shifted + absl::Minutes(m)});
+  auto periods = JoinTraces(intensity, per_minute, absl::Hours(24 * 365));
+  ASSERT_EQ(periods.size(), 3u);
+  EXPECT_EQ(periods[0].requests, 30u);
+  EXPECT_EQ(periods[1].requests, 30u);  // a 2.5 h hole follows: only one step's worth
+  EXPECT_EQ(periods[2].requests, 0u);   // past the end of the requests
+  ScaleRequests(&periods, 3 * (30 * 100 + 30 * 200));
+  EXPECT_EQ(periods[0].requests, 90u);
+  EXPECT_EQ(periods[1].requests, 90u);
+}
+
+TEST(ReplayTest, ChoosesExactlyWhatTheSidecarChooses) {
+  // The sidecar's publisher, started at each period of the real trace with a 24 h window, against
+  // the replay's trailing-24h heuristic over the same readings.
+  const std::string dir = std::string(CARBON_SOURCE_DIR) + "/data/carbon/sw_england_2023_06";
+  auto readings = telemetry::LoadIntensityTrace(dir, {"from", "regions.intensity.forecast"});
+  ASSERT_TRUE(readings.ok());
+  readings->resize(4 * 48);  // four days
+  std::vector<ReplayPeriod> periods;
+  for (const auto& r : *readings) periods.push_back({r.at, r.gco2_per_kwh, 1});
+  const selector::Pool pool = ResnetPool();
+  const PolicyResult replay =
+      ReplayHeuristic(periods, pool, 1, 1, WindowMode{WindowMode::Kind::kTrailing, absl::Hours(24), false});
+
+  sidecar::SidecarConfig config;
+  config.upstream.target = "127.0.0.1:1";
+  config.intensity.provider = "trace";
+  config.intensity.trace_path = dir;
+  config.intensity.trace_time_column = "from";
+  config.intensity.trace_value_column = "regions.intensity.forecast";
+  config.intensity.trace_loop = false;
+  config.intensity.trace_speedup = 1e-9;  // the clock stands at `start`
+  config.intensity.stale_after = absl::Hours(1000);
+  config.intensity.window = absl::Hours(24);
+  sidecar::RouteConfig route;
+  route.name = "resnet";
+  route.pool = std::make_shared<const selector::Pool>(pool);
+  route.baseline = 1;
+  route.default_variant = 1;
+  config.routes.push_back(route);
+  size_t differences = 0, heuristic_choices = 0;
+  for (size_t i = 0; i < periods.size(); i += 3) {
+    config.intensity.trace_start = periods[i].at;
+    auto publisher = sidecar::SelectionPublisher::Create(config);
+    ASSERT_TRUE(publisher.ok()) << publisher.status();
+    const auto& sel = (*publisher)->snapshots().Load()->Find("resnet")->selection;
+    heuristic_choices += sel.reason == selector::SelectionReason::kHeuristic;
+    if (sel.variant != replay.choices[i]) {
+      ++differences;
+      ADD_FAILURE() << "period " << i << " (" << absl::FormatTime(periods[i].at) << "): sidecar "
+                    << pool[sel.variant].name << ", replay " << pool[replay.choices[i]].name;
+    }
+  }
+  EXPECT_EQ(differences, 0u);
+  EXPECT_GT(heuristic_choices, 50u);  // the comparison is about the heuristic, not the default
+}
+
+}  // namespace
+}  // namespace carbon::bench
