@@ -139,9 +139,10 @@ struct Row {
 std::vector<Row> Rows(const std::vector<PolicyResult>& results) {
   std::vector<Row> rows;
   for (const auto& r : results) {
-    // (+ 0.0 turns a -0 into 0 for printing.)
-    rows.push_back({r.policy, r.report.mean_error_percent, r.report.grams, r.report.extra_grams + 0.0,
-                    r.report.relative_quality_improvement_percent + 0.0, r.report.efficiency});
+    // Rounding residue (the baseline against itself) prints as 0, not -0.00.
+    const auto clean = [](double v) { return std::abs(v) < 1e-9 ? 0.0 : v; };
+    rows.push_back({r.policy, r.report.mean_error_percent, r.report.grams, clean(r.report.extra_grams),
+                    clean(r.report.relative_quality_improvement_percent), r.report.efficiency});
   }
   return rows;
 }
