@@ -1,0 +1,187 @@
+// A gRPC load generator for KServe v2 / Triton ModelInfer (callback API).
+//   loadgen --target 127.0.0.1:8001 --model resnet --concurrency 16 --duration 10s
+//   loadgen --target 127.0.0.1:8001 --rate 2000 --duration 10s      (open loop)
+// Closed loop: `concurrency` calls always in flight. Open loop: calls start at a fixed rate whatever
+// the server does, and latency is measured from each call's intended start, so a stalled server
+// shows up in the tail instead of hiding behind fewer sends (coordinated omission).
+// Prints one JSON object: throughput, latency percentiles (µs), error counts by code, and how many
+// responses each model served.
+#include <grpcpp/grpcpp.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstdio>
+#include <map>
+#include <thread>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
+#include "absl/time/clock.h"
+#include "inference/grpc_service.grpc.pb.h"
+
+ABSL_FLAG(std::string, target, "127.0.0.1:8001", "host:port of the sidecar or inference server.");
+ABSL_FLAG(std::string, model, "resnet", "model_name of every request.");
+ABSL_FLAG(int, concurrency, 1, "Closed loop: calls in flight (ignored with --rate).");
+ABSL_FLAG(double, rate, 0, "Open loop: calls started per second (0: closed loop).");
+ABSL_FLAG(absl::Duration, duration, absl::Seconds(10), "How long to measure.");
+ABSL_FLAG(absl::Duration, warmup, absl::Seconds(1), "Load before measuring, not counted.");
+ABSL_FLAG(int64_t, payload_bytes, 1024, "raw_input_contents size (602112: one 224x224x3 FP32 image).");
+ABSL_FLAG(int64_t, batch, 1, "shape[0] of the input tensor.");
+ABSL_FLAG(absl::Duration, timeout, absl::Seconds(10), "Deadline of each call.");
+ABSL_FLAG(int, channels, 1, "gRPC channels (connections) the calls are spread over.");
+
+namespace {
+
+class LoadGenerator {
+ public:
+  LoadGenerator() {
+    request_.set_model_name(absl::GetFlag(FLAGS_model));
+    auto* input = request_.add_inputs();
+    input->set_name("input");
+    input->set_datatype("FP32");
+    for (int64_t d : {absl::GetFlag(FLAGS_batch), int64_t{3}, int64_t{224}, int64_t{224}}) input->add_shape(d);
+    request_.add_raw_input_contents(std::string(static_cast<size_t>(absl::GetFlag(FLAGS_payload_bytes)), '\x01'));
+    grpc::ChannelArguments args;
+    args.SetMaxReceiveMessageSize(-1);
+    args.SetMaxSendMessageSize(-1);
+    for (int c = 0; c < std::max(1, absl::GetFlag(FLAGS_channels)); ++c) {
+      args.SetInt("carbon.loadgen.channel", c);  // distinct arguments: distinct connections
+      stubs_.push_back(inference::GRPCInferenceService::NewStub(
+          grpc::CreateCustomChannel(absl::GetFlag(FLAGS_target), grpc::InsecureChannelCredentials(), args)));
+    }
+  }
+
+  // Starts one call; `intended` is when it should have started (open loop) or did (closed loop).
+  void Issue(absl::Time intended, std::function<void()> then) {
+    auto* call = new Call;
+    call->intended = intended;
+    call->ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::GetFlag(FLAGS_timeout)));
+    auto& stub = *stubs_[next_stub_.fetch_add(1, std::memory_order_relaxed) % stubs_.size()];
+    in_flight_.fetch_add(1);
+    stub.async()->ModelInfer(&call->ctx, &request_, &call->response, [this, call, then](grpc::Status s) {
+      Record(call->intended, s, call->response.model_name());
+      delete call;
+      in_flight_.fetch_sub(1);
+      if (then) then();
+    });
+  }
+
+  void StartMeasuring(absl::Time at) {
+    absl::MutexLock lock(&mu_);
+    measure_from_ = at;
+  }
+  void StopMeasuring(absl::Time at) {
+    absl::MutexLock lock(&mu_);
+    measure_to_ = at;
+  }
+  int64_t in_flight() const { return in_flight_.load(); }
+
+  std::string Report(absl::Duration measured, const std::string& mode) {
+    absl::MutexLock lock(&mu_);
+    std::sort(latencies_us_.begin(), latencies_us_.end());
+    const auto pct = [&](double q) {
+      if (latencies_us_.empty()) return 0.0;
+      const size_t i = std::min(latencies_us_.size() - 1, static_cast<size_t>(q * static_cast<double>(latencies_us_.size())));
+      return latencies_us_[i];
+    };
+    double sum = 0;
+    for (double l : latencies_us_) sum += l;
+    std::string errors, models;
+    for (const auto& [code, n] : errors_) absl::StrAppend(&errors, errors.empty() ? "" : ", ", "\"", code, "\": ", n);
+    for (const auto& [model, n] : models_) absl::StrAppend(&models, models.empty() ? "" : ", ", "\"", model, "\": ", n);
+    const double seconds = absl::ToDoubleSeconds(measured);
+    return absl::StrFormat(
+        "{\"mode\": \"%s\", \"target\": \"%s\", \"concurrency\": %d, \"rate\": %g, \"payload_bytes\": %d, "
+        "\"duration_s\": %.3f, \"requests\": %d, \"ok\": %d, \"throughput_rps\": %.1f, "
+        "\"latency_us\": {\"p50\": %.1f, \"p90\": %.1f, \"p99\": %.1f, \"p999\": %.1f, \"max\": %.1f, \"mean\": %.1f}, "
+        "\"errors\": {%s}, \"models\": {%s}}\n",
+        mode, absl::GetFlag(FLAGS_target), absl::GetFlag(FLAGS_concurrency), absl::GetFlag(FLAGS_rate),
+        absl::GetFlag(FLAGS_payload_bytes), seconds, latencies_us_.size(), ok_,
+        static_cast<double>(ok_) / seconds, pct(0.5), pct(0.9), pct(0.99), pct(0.999),
+        latencies_us_.empty() ? 0.0 : latencies_us_.back(), latencies_us_.empty() ? 0.0 : sum / latencies_us_.size(),
+        errors, models);
+  }
+
+ private:
+  struct Call {
+    grpc::ClientContext ctx;
+    inference::ModelInferResponse response;
+    absl::Time intended;
+  };
+
+  void Record(absl::Time intended, const grpc::Status& status, const std::string& model) {
+    const absl::Time done = absl::Now();
+    absl::MutexLock lock(&mu_);
+    // Counted when the call started inside the measured span.
+    if (intended < measure_from_ || intended >= measure_to_) return;
+    latencies_us_.push_back(absl::ToDoubleMicroseconds(done - intended));
+    if (status.ok()) {
+      ++ok_;
+      ++models_[model];
+    } else {
+      ++errors_[static_cast<int>(status.error_code())];
+    }
+  }
+
+  inference::ModelInferRequest request_;
+  std::vector<std::unique_ptr<inference::GRPCInferenceService::Stub>> stubs_;
+  std::atomic<uint64_t> next_stub_{0};
+  std::atomic<int64_t> in_flight_{0};
+  absl::Mutex mu_;
+  absl::Time measure_from_ ABSL_GUARDED_BY(mu_) = absl::InfiniteFuture();
+  absl::Time measure_to_ ABSL_GUARDED_BY(mu_) = absl::InfiniteFuture();
+  std::vector<double> latencies_us_ ABSL_GUARDED_BY(mu_);
+  int64_t ok_ ABSL_GUARDED_BY(mu_) = 0;
+  std::map<int, int64_t> errors_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, int64_t> models_ ABSL_GUARDED_BY(mu_);
+};
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage("gRPC ModelInfer load generator (closed or open loop), JSON out");
+  absl::ParseCommandLine(argc, argv);
+  LoadGenerator gen;
+  const absl::Duration warmup = absl::GetFlag(FLAGS_warmup);
+  const absl::Duration duration = absl::GetFlag(FLAGS_duration);
+  const absl::Time start = absl::Now();
+  const absl::Time measure_from = start + warmup;
+  const absl::Time end = measure_from + duration;
+  gen.StartMeasuring(measure_from);
+  gen.StopMeasuring(end);
+  const double rate = absl::GetFlag(FLAGS_rate);
+  std::string mode;
+  if (rate > 0) {
+    mode = "open";
+    // Sends on schedule from this thread; completions never hold it up.
+    const absl::Duration interval = absl::Seconds(1) / rate;
+    for (int64_t i = 0;; ++i) {
+      const absl::Time due = start + interval * i;
+      if (due >= end) break;
+      const absl::Time now = absl::Now();
+      if (due > now) absl::SleepFor(due - now);
+      gen.Issue(due, nullptr);
+    }
+  } else {
+    mode = "closed";
+    std::atomic<bool> stop{false};
+    std::function<void()> loop;
+    loop = [&] {
+      if (!stop.load()) gen.Issue(absl::Now(), loop);
+    };
+    for (int c = 0; c < std::max(1, absl::GetFlag(FLAGS_concurrency)); ++c) gen.Issue(absl::Now(), loop);
+    absl::SleepFor(end - absl::Now());
+    stop = true;
+  }
+  // Let the calls started inside the span finish (bounded by their deadline).
+  const absl::Time drain_until = absl::Now() + absl::GetFlag(FLAGS_timeout) + absl::Seconds(1);
+  while (gen.in_flight() > 0 && absl::Now() < drain_until) absl::SleepFor(absl::Milliseconds(5));
+  std::fputs(gen.Report(duration, mode).c_str(), stdout);
+  return 0;
+}
