@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs every Debian 12 package that the build, the tests and the demo need.
+# Installs every Debian 12 package that the build, the tests and the demo need, plus any package
+# named on the command line (bench/compare.sh asks for nginx and h2load this way).
 # Idempotent: packages already present are skipped; sudo is used only when not root.
 set -euo pipefail
 
@@ -11,6 +12,7 @@ packages=(
   libgtest-dev libgmock-dev googletest libbenchmark-dev
   python3 python3-grpcio python3-protobuf
   curl procps prometheus gnuplot-nox
+  "$@"
 )
 
 missing=()

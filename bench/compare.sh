@@ -1,0 +1,167 @@
+#!/usr/bin/env bash
+# Measures, in one run, the same ModelInfer load against the fake upstream (zero service time):
+#   direct            loadgen -> fake-upstream
+#   carbon-sidecar    loadgen -> carbon-sidecar -> fake-upstream   (model "resnet": routed and rewritten)
+#   nginx grpc_pass   loadgen -> nginx -> fake-upstream
+# at concurrency 1, 16 and 64 with a 1 KB payload and one 224x224x3 FP32 image (602,112 bytes),
+# three repetitions each, recording the proxy's CPU seconds (from /proc) per 1,000 requests and its
+# peak RSS; then cross-checks the small payload with h2load, an independent HTTP/2 client. Medians and
+# ratios go to bench/results/compare/<time>/summary.md; copy the table into bench/RESULTS.md.
+#   --duration S   seconds measured per run (default 5), --reps N (default 3)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+duration=5
+reps=3
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --duration) duration="${2%s}"; shift 2 ;;
+    --reps) reps="$2"; shift 2 ;;
+    *) echo "usage: bench/compare.sh [--duration SECONDS] [--reps N]" >&2; exit 2 ;;
+  esac
+done
+
+bash scripts/setup.sh nginx-light nghttp2-client bc
+build_dir=${BUILD_DIR:-build}
+cmake -S . -B "$build_dir" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+cmake --build "$build_dir" -j2 --target carbon-sidecar fake-upstream loadgen inference_proto_python
+
+out="bench/results/compare/$(date -u +%Y%m%dT%H%M%SZ)"
+mkdir -p "$out"
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+free_port() { /usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() { for _ in $(seq 100); do (echo >"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; return 1; }
+
+upstream_port=$(free_port)
+"$build_dir/bench/fake-upstream" --listen "127.0.0.1:$upstream_port" >"$out/upstream.log" 2>&1 &
+pids+=($!)
+wait_port "$upstream_port"
+
+sidecar_port=$(free_port)
+cat >"$out/sidecar.yaml" <<YAML
+listen: 127.0.0.1:$sidecar_port
+admin: { listen: "127.0.0.1:0" }
+upstream: { target: "127.0.0.1:$upstream_port", readiness_interval: 0s }
+intensity: { provider: static, gco2_per_kwh: 200, refresh: 1h, window_bounds: { low: 100, high: 300 } }
+routes:
+  - { name: resnet, pool: $PWD/config/pools/resnet-v100.yaml, baseline: resnet50, default: resnet50, batch_dimension: true }
+YAML
+"$build_dir/sidecar/carbon-sidecar" --config "$out/sidecar.yaml" --log_level warn 2>"$out/sidecar.log" &
+sidecar_pid=$!
+pids+=("$sidecar_pid")
+wait_port "$sidecar_port"
+
+nginx_port=$(free_port)
+mkdir -p "$out/nginx"
+cat >"$out/nginx.conf" <<NGINX
+worker_processes auto;
+daemon off;
+pid $PWD/$out/nginx/nginx.pid;
+error_log $PWD/$out/nginx/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path $PWD/$out/nginx/body;
+  proxy_temp_path $PWD/$out/nginx/proxy;
+  fastcgi_temp_path $PWD/$out/nginx/fastcgi;
+  uwsgi_temp_path $PWD/$out/nginx/uwsgi;
+  scgi_temp_path $PWD/$out/nginx/scgi;
+  client_max_body_size 0;
+  http2_max_requests 1000000;
+  keepalive_requests 1000000;
+  upstream inference { server 127.0.0.1:$upstream_port; keepalive 64; }
+  server {
+    listen 127.0.0.1:$nginx_port http2;
+    location / { grpc_pass grpc://inference; }
+  }
+}
+NGINX
+nginx -c "$PWD/$out/nginx.conf" &
+nginx_pid=$!
+pids+=("$nginx_pid")
+wait_port "$nginx_port"
+
+# CPU seconds (user + system, all threads and, for nginx, all workers) of a process tree.
+cpu_seconds() {
+  local total=0 pid ticks
+  for pid in "$@" $(pgrep -P "$1" || true); do
+    ticks=$(awk '{print $14 + $15}' "/proc/$pid/stat" 2>/dev/null || echo 0)
+    total=$((total + ticks))
+  done
+  echo "scale=4; $total / $(getconf CLK_TCK)" | bc
+}
+# Peak resident set (VmHWM, kB) of a process tree, summed.
+peak_rss_kb() {
+  local total=0 pid kb
+  for pid in "$@" $(pgrep -P "$1" || true); do
+    kb=$(awk '/VmHWM/ {print $2}' "/proc/$pid/status" 2>/dev/null || echo 0)
+    total=$((total + kb))
+  done
+  echo "$total"
+}
+
+raw="$out/raw.jsonl"
+: >"$raw"
+for rep in $(seq "$reps"); do
+  for payload in 1024 602112; do
+    for concurrency in 1 16 64; do
+      for target in direct sidecar nginx; do
+        case "$target" in
+          direct) port=$upstream_port; model=resnet50; pid=0 ;;
+          sidecar) port=$sidecar_port; model=resnet; pid=$sidecar_pid ;;
+          nginx) port=$nginx_port; model=resnet50; pid=$nginx_pid ;;
+        esac
+        before=0
+        if [ "$pid" != 0 ]; then before=$(cpu_seconds "$pid"); fi
+        result=$("$build_dir/bench/loadgen" --target "127.0.0.1:$port" --model "$model" \
+          --concurrency "$concurrency" --payload_bytes "$payload" --warmup 1s --duration "${duration}s")
+        cpu=0
+        rss=0
+        if [ "$pid" != 0 ]; then
+          cpu=$(echo "$(cpu_seconds "$pid") - $before" | bc)
+          rss=$(peak_rss_kb "$pid")
+        fi
+        echo "{\"rep\": $rep, \"target\": \"$target\", \"payload\": $payload, \"concurrency\": $concurrency, \"proxy_cpu_s\": $cpu, \"proxy_peak_rss_kb\": $rss, \"load\": $result}" >>"$raw"
+        echo "rep $rep payload $payload c=$concurrency $target: $(echo "$result" | /usr/bin/python3 -c 'import json,sys; d=json.load(sys.stdin); print(f"{d[\"throughput_rps\"]:.0f} rps, p50 {d[\"latency_us\"][\"p50\"]:.0f} us, p99 {d[\"latency_us\"][\"p99\"]:.0f} us, errors {d[\"errors\"]}")')"
+      done
+    done
+  done
+done
+
+# Independent cross-check: h2load sends framed gRPC requests itself (1 KB payload, 16 streams on one
+# connection, 20,000 requests).
+/usr/bin/python3 - "$build_dir/proto/python" "$out/request.bin" <<'PY'
+import struct, sys
+sys.path.insert(0, sys.argv[1])
+from inference import grpc_service_pb2 as pb
+for name, model in (("direct", "resnet50"), ("routed", "resnet")):
+    req = pb.ModelInferRequest(model_name=model)
+    t = req.inputs.add(); t.name = "input"; t.datatype = "FP32"; t.shape.extend([1, 3, 224, 224])
+    req.raw_input_contents.append(b"\x01" * 1024)
+    body = req.SerializeToString()
+    open(sys.argv[2] + "." + name, "wb").write(b"\x00" + struct.pack(">I", len(body)) + body)
+PY
+h2="$out/h2load.txt"
+: >"$h2"
+for target in direct sidecar nginx; do
+  case "$target" in
+    direct) port=$upstream_port; body="$out/request.bin.direct" ;;
+    sidecar) port=$sidecar_port; body="$out/request.bin.routed" ;;
+    nginx) port=$nginx_port; body="$out/request.bin.direct" ;;
+  esac
+  echo "== $target" >>"$h2"
+  h2load -n 20000 -c 1 -m 16 -d "$body" -H 'content-type: application/grpc' -H 'te: trailers' \
+    "http://127.0.0.1:$port/inference.GRPCInferenceService/ModelInfer" >>"$h2" 2>&1 || true
+done
+
+/usr/bin/python3 bench/compare_summary.py "$raw" "$h2" >"$out/summary.md"
+cat "$out/summary.md"
+echo
+echo "results: $out"

@@ -1,0 +1,80 @@
+#!/usr/bin/python3
+"""Summarises bench/compare.sh's raw.jsonl (and h2load output) into Markdown: medians over repetitions,
+added latency over the direct path, and the sidecar's ratios to the direct path and to nginx."""
+import json
+import re
+import statistics
+import sys
+from collections import defaultdict
+
+
+def main():
+    raw, h2 = sys.argv[1], sys.argv[2]
+    runs = defaultdict(list)
+    for line in open(raw):
+        r = json.loads(line)
+        runs[(r["target"], r["payload"], r["concurrency"])].append(r)
+
+    def med(key, f):
+        values = [f(r) for r in runs.get(key, [])]
+        return statistics.median(values) if values else float("nan")
+
+    def cpu_per_1000(r):
+        ok = r["load"]["ok"]
+        return 1000 * r["proxy_cpu_s"] / ok if ok else float("nan")
+
+    print("| payload | concurrency | target | throughput (req/s) | p50 µs | p99 µs | added p50 µs | added p99 µs "
+          "| proxy CPU s / 1000 req | proxy peak RSS MB | errors |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    ratios = []
+    for payload in sorted({k[1] for k in runs}):
+        for c in sorted({k[2] for k in runs}):
+            base_p50 = med(("direct", payload, c), lambda r: r["load"]["latency_us"]["p50"])
+            base_p99 = med(("direct", payload, c), lambda r: r["load"]["latency_us"]["p99"])
+            row = {}
+            for target in ("direct", "sidecar", "nginx"):
+                key = (target, payload, c)
+                if key not in runs:
+                    continue
+                rps = med(key, lambda r: r["load"]["throughput_rps"])
+                p50 = med(key, lambda r: r["load"]["latency_us"]["p50"])
+                p99 = med(key, lambda r: r["load"]["latency_us"]["p99"])
+                cpu = med(key, cpu_per_1000)
+                rss = max(r["proxy_peak_rss_kb"] for r in runs[key]) / 1024
+                errors = sum(sum(r["load"]["errors"].values()) for r in runs[key])
+                row[target] = dict(rps=rps, p50=p50, p99=p99, cpu=cpu, add50=p50 - base_p50, add99=p99 - base_p99)
+                proxy = target != "direct"
+                print(f"| {payload} | {c} | {target} | {rps:.0f} | {p50:.0f} | {p99:.0f} | "
+                      f"{(p50 - base_p50) if proxy else 0:.0f} | {(p99 - base_p99) if proxy else 0:.0f} | "
+                      f"{cpu:.4f} | {rss:.1f} | {errors} |" if proxy else
+                      f"| {payload} | {c} | {target} | {rps:.0f} | {p50:.0f} | {p99:.0f} | — | — | — | — | {errors} |")
+            if "sidecar" in row and "nginx" in row:
+                s, n, d = row["sidecar"], row["nginx"], row["direct"]
+                ratios.append((payload, c, s["rps"] / d["rps"], s["rps"] / n["rps"],
+                               s["add50"] / n["add50"] if n["add50"] > 0 else float("nan"),
+                               s["add99"] / n["add99"] if n["add99"] > 0 else float("nan"),
+                               s["cpu"] / n["cpu"] if n["cpu"] > 0 else float("nan")))
+    print()
+    print("| payload | concurrency | throughput sidecar/direct | throughput sidecar/nginx | added p50 sidecar/nginx "
+          "| added p99 sidecar/nginx | CPU per request sidecar/nginx |")
+    print("|---|---|---|---|---|---|---|")
+    for payload, c, a, b, l50, l99, cpu in ratios:
+        print(f"| {payload} | {c} | {a:.2f} | {b:.2f} | {l50:.2f} | {l99:.2f} | {cpu:.2f} |")
+
+    print("\nh2load cross-check (1 KB, 1 connection, 16 streams, 20,000 requests):\n")
+    print("| target | req/s | succeeded |")
+    print("|---|---|---|")
+    target = None
+    for line in open(h2):
+        if line.startswith("== "):
+            target = line[3:].strip()
+        m = re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", line)
+        if m:
+            rate = m.group(1)
+        m = re.search(r"requests: \d+ total, \d+ started, \d+ done, (\d+) succeeded", line)
+        if m and target:
+            print(f"| {target} | {rate} | {m.group(1)} |")
+
+
+if __name__ == "__main__":
+    main()
