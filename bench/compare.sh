@@ -74,7 +74,6 @@ http {
   uwsgi_temp_path $PWD/$out/nginx/uwsgi;
   scgi_temp_path $PWD/$out/nginx/scgi;
   client_max_body_size 0;
-  http2_max_requests 1000000;
   keepalive_requests 1000000;
   upstream inference { server 127.0.0.1:$upstream_port; keepalive 64; }
   server {
@@ -129,7 +128,7 @@ for rep in $(seq "$reps"); do
           rss=$(peak_rss_kb "$pid")
         fi
         echo "{\"rep\": $rep, \"target\": \"$target\", \"payload\": $payload, \"concurrency\": $concurrency, \"proxy_cpu_s\": $cpu, \"proxy_peak_rss_kb\": $rss, \"load\": $result}" >>"$raw"
-        echo "rep $rep payload $payload c=$concurrency $target: $(echo "$result" | /usr/bin/python3 -c 'import json,sys; d=json.load(sys.stdin); print(f"{d[\"throughput_rps\"]:.0f} rps, p50 {d[\"latency_us\"][\"p50\"]:.0f} us, p99 {d[\"latency_us\"][\"p99\"]:.0f} us, errors {d[\"errors\"]}")')"
+        echo "rep $rep payload $payload c=$concurrency $target: $(echo "$result" | /usr/bin/python3 bench/compare_summary.py --line)"
       done
     done
   done

@@ -9,6 +9,11 @@ from collections import defaultdict
 
 
 def main():
+    if sys.argv[1] == "--line":  # one loadgen result on stdin, as a progress line
+        d = json.load(sys.stdin)
+        lat = d["latency_us"]
+        print(f"{d['throughput_rps']:.0f} req/s, p50 {lat['p50']:.0f} µs, p99 {lat['p99']:.0f} µs, errors {d['errors']}")
+        return
     raw, h2 = sys.argv[1], sys.argv[2]
     runs = defaultdict(list)
     for line in open(raw):
