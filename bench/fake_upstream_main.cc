@@ -4,6 +4,7 @@
 #include <cstdio>
 
 #include "absl/flags/flag.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/flags/parse.h"
 #include "absl/strings/str_split.h"
 #include "bench/fake_upstream.h"
@@ -16,6 +17,9 @@ ABSL_FLAG(std::vector<std::string>, service_time, {},
 
 int main(int argc, char** argv) {
   absl::ParseCommandLine(argc, argv);
+  // Debian builds Abseil with deadlock detection on; gRPC's locks are absl::Mutex, so every lock
+  // would walk a cycle graph (about 3 % of the proxy's CPU in a perf profile). Off in production.
+  absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
   sigset_t signals;
   sigemptyset(&signals);
   sigaddset(&signals, SIGTERM);

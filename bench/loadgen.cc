@@ -147,6 +147,9 @@ class LoadGenerator {
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage("gRPC ModelInfer load generator (closed or open loop), JSON out");
   absl::ParseCommandLine(argc, argv);
+  // Debian builds Abseil with deadlock detection on; gRPC's locks are absl::Mutex, so every lock
+  // would walk a cycle graph (about 3 % of the proxy's CPU in a perf profile). Off in production.
+  absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
   LoadGenerator gen;
   const absl::Duration warmup = absl::GetFlag(FLAGS_warmup);
   const absl::Duration duration = absl::GetFlag(FLAGS_duration);

@@ -5,6 +5,7 @@
 #include <thread>
 
 #include "absl/flags/flag.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "absl/synchronization/notification.h"
@@ -25,6 +26,9 @@ ABSL_FLAG(bool, probe_intensity, false,
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage("carbon-aware gRPC sidecar for KServe v2 / Triton inference servers");
   absl::ParseCommandLine(argc, argv);
+  // Debian builds Abseil with deadlock detection on; gRPC's locks are absl::Mutex, so every lock
+  // would walk a cycle graph (about 3 % of the proxy's CPU in a perf profile). Off in production.
+  absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
   // Logs go to stderr, as services' logs do; stdout is left to --check_config's report.
   spdlog::set_default_logger(spdlog::stderr_logger_mt("carbon-sidecar"));
   spdlog::set_pattern("ts=%Y-%m-%dT%H:%M:%S.%e level=%l %v");
