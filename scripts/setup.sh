@@ -12,6 +12,7 @@ packages=(
   libgtest-dev libgmock-dev googletest libbenchmark-dev
   python3 python3-grpcio python3-protobuf
   curl procps prometheus gnuplot-nox
+  clang libclang-rt-14-dev
   "$@"
 )
 

@@ -192,13 +192,7 @@ class RequestRouter {
     const double intensity = route->selection.intensity ? route->selection.intensity->gco2_per_kwh : -1;
     telemetry::VariantLedger* cell = &route->route->ledger->variant(variant);
     if (first_message) {
-      first_.emplace();
-      first_->snapshot = snapshot;
-      first_->route = route;
-      first_->variant = variant;
-      first_->reason = reason;
-      first_->items = static_cast<int64_t>(items);
-      first_->charge = Charge{cell, intensity, 1, items};
+      first_ = Decision{snapshot, route, variant, reason, static_cast<int64_t>(items), Charge{cell, intensity, 1, items}};
     } else {
       // Later messages of a stream: merged per (variant, intensity), so a long stream keeps a
       // handful of entries, not one per message.

@@ -106,7 +106,7 @@ class UkCarbonIntensityProvider final : public WebProvider {
     const std::string path = regional() ? RegionalPath("/regional") : "/intensity";
     auto doc = GetJson(path, {});
     if (!doc.ok()) return doc.status();
-    auto points = Points(*doc, kind_name(path));
+    auto points = Points(*doc, kind_name(path), regional());
     if (!points.ok()) return points.status();
     if (points->empty()) return absl::UnavailableError(absl::StrCat(kind_name(path), ": no half-hour in the reply"));
     return Checked(points->back(), kind_name(path));
@@ -118,7 +118,7 @@ class UkCarbonIntensityProvider final : public WebProvider {
         regional() ? absl::StrCat("/regional/intensity", range, RegionalPath("")) : absl::StrCat("/intensity", range);
     auto doc = GetJson(path, {});
     if (!doc.ok()) return doc.status();
-    auto points = Points(*doc, kind_name(path));
+    auto points = Points(*doc, kind_name(path), regional());
     if (!points.ok()) return points.status();
     return Plausible(*std::move(points), to - from + absl::Hours(1));
   }
@@ -130,7 +130,7 @@ class UkCarbonIntensityProvider final : public WebProvider {
         regional() ? absl::StrCat("/regional/intensity", start, RegionalPath("")) : absl::StrCat("/intensity", start);
     auto doc = GetJson(path, {});
     if (!doc.ok()) return doc.status();
-    auto points = Points(*doc, kind_name(path), /*forecast=*/true);
+    auto points = Points(*doc, kind_name(path), regional(), /*forecast=*/true);
     if (!points.ok()) return points.status();
     return PlausibleForecast(*std::move(points), from - absl::Minutes(30), to);
   }
@@ -143,15 +143,16 @@ class UkCarbonIntensityProvider final : public WebProvider {
   }
   std::string kind_name(const std::string& path) const { return absl::StrCat(ToAbsl(kind()), " ", path); }
 
+ public:
   // Half-hours of a national reply ({"data":[{from,to,intensity}]}) or a regional one
   // ({"data":[{regionid,…,"data":[…]}]}, where the outer data is sometimes an object).
-  absl::StatusOr<std::vector<IntensityReading>> Points(const json& doc, const std::string& what,
-                                                       bool forecast = false) const {
+  static absl::StatusOr<std::vector<IntensityReading>> Points(const json& doc, const std::string& what,
+                                                              bool regional, bool forecast = false) {
     if (!doc.is_object() || !doc.contains("data")) {
       return absl::InvalidArgumentError(absl::StrCat(what, ": reply has no \"data\""));
     }
     json data = doc["data"];
-    if (regional()) {
+    if (regional) {
       const json region = data.is_array() ? (data.empty() ? json() : data[0]) : data;
       if (!region.is_object() || !region.contains("data")) {
         return absl::InvalidArgumentError(absl::StrCat(what, ": regional reply has no region data"));
@@ -181,6 +182,7 @@ class UkCarbonIntensityProvider final : public WebProvider {
     return out;
   }
 
+ private:
   UkCarbonIntensityOptions uk_;
 };
 
@@ -233,6 +235,7 @@ class ElectricityMapsProvider final : public WebProvider {
  private:
   std::vector<std::pair<std::string, std::string>> Auth() const { return {{"auth-token", token_}}; }
 
+ public:
   static absl::StatusOr<IntensityReading> Point(const json& p, const std::string& what) {
     if (!p.is_object()) return absl::InvalidArgumentError(absl::StrCat(what, ": reply is not an object"));
     const auto value = p.contains("carbonIntensity") ? NumberAt(p["carbonIntensity"]) : std::nullopt;
@@ -243,6 +246,7 @@ class ElectricityMapsProvider final : public WebProvider {
     return IntensityReading{*value, *at};
   }
 
+ private:
   std::string zone_;
   std::string token_;
 };
@@ -319,6 +323,7 @@ class WattTimeProvider final : public WebProvider {
     return doc;
   }
 
+ public:
   static absl::StatusOr<std::vector<IntensityReading>> Points(const json& doc, const std::string& what) {
     if (!doc.is_object() || !doc.contains("data") || !doc["data"].is_array()) {
       return absl::InvalidArgumentError(absl::StrCat(what, ": reply has no \"data\" list"));
@@ -340,6 +345,7 @@ class WattTimeProvider final : public WebProvider {
     return out;
   }
 
+ private:
   std::string region_;
   std::string credentials_;
   std::string token_;
@@ -413,6 +419,23 @@ class CarbonAwareSdkProvider final : public WebProvider {
 };
 
 }  // namespace
+
+absl::Status ParseEveryProviderReply(const std::string& body) {
+  auto doc = ParseJsonBody(body, "fuzz");
+  if (!doc.ok()) return doc.status();
+  absl::Status last;
+  for (bool regional : {false, true}) {
+    for (bool forecast : {false, true}) {
+      last.Update(UkCarbonIntensityProvider::Points(*doc, "uk", regional, forecast).status());
+    }
+  }
+  last.Update(ElectricityMapsProvider::Point(*doc, "electricity-maps").status());
+  if (doc->is_object() && doc->contains("history") && (*doc)["history"].is_array()) {
+    for (const json& p : (*doc)["history"]) last.Update(ElectricityMapsProvider::Point(p, "history").status());
+  }
+  last.Update(WattTimeProvider::Points(*doc, "watttime").status());
+  return last;
+}
 
 std::unique_ptr<IntensityProvider> MakeUkCarbonIntensityProvider(WebProviderOptions web,
                                                                  UkCarbonIntensityOptions uk) {

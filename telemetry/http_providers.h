@@ -43,6 +43,9 @@ std::unique_ptr<IntensityProvider> MakeWattTimeProvider(WebProviderOptions web, 
 // The Green Software Foundation Carbon Aware SDK Web API: /emissions/bylocation for a location.
 std::unique_ptr<IntensityProvider> MakeCarbonAwareSdkProvider(WebProviderOptions web, std::string location);
 
+// Runs `body` through every provider's reply parser (for the fuzz harness); the first error, if any.
+absl::Status ParseEveryProviderReply(const std::string& body);
+
 // Tries providers in order and answers from the first that answers; the last good value stays in
 // the sidecar's window whatever happens. `active()` says which answered last.
 class FallbackProvider final : public IntensityProvider {
