@@ -18,13 +18,15 @@
 #include "bench/fake_upstream.h"
 #include "inference/grpc_service.grpc.pb.h"
 #include "sidecar/server.h"
+#include "tests/support/paper_pool.h"
 
 namespace carbon::sidecar {
 namespace {
 
 using ::testing::HasSubstr;
 
-constexpr double kE34 = 359.9321833, kE50 = 420.6213298, kE101 = 803.0948846, kE152 = 1238.147188;
+constexpr double kE34 = testing::kResnetEnergyMj[0], kE50 = testing::kResnetEnergyMj[1],
+                 kE101 = testing::kResnetEnergyMj[2];
 
 SidecarConfig Config(int upstream_port, double intensity) {
   SidecarConfig c;
@@ -41,11 +43,7 @@ SidecarConfig Config(int upstream_port, double intensity) {
   RouteConfig route;
   route.name = "resnet";
   route.pool_source = "inline";
-  auto pool = selector::Pool::Create({{"resnet34", kE34, 8.58},
-                                      {"resnet50", kE50, 7.138},
-                                      {"resnet101", kE101, 6.454},
-                                      {"resnet152", kE152, 5.954}});
-  route.pool = std::make_shared<const selector::Pool>(*pool);
+  route.pool = testing::PaperResnetPool();
   route.baseline = 1;
   route.default_variant = 1;
   route.batch_dimension = true;

@@ -15,6 +15,7 @@
 #include "bench/fake_upstream.h"
 #include "inference/grpc_service.grpc.pb.h"
 #include "sidecar/server.h"
+#include "tests/support/paper_pool.h"
 
 namespace carbon::sidecar {
 namespace {
@@ -22,15 +23,6 @@ namespace {
 using ::testing::HasSubstr;
 using ::testing::Pair;
 using ::testing::UnorderedElementsAre;
-
-std::shared_ptr<const selector::Pool> ResnetPool() {
-  auto pool = selector::Pool::Create({{"resnet34", 359.9321833, 8.58},
-                                      {"resnet50", 420.6213298, 7.138},
-                                      {"resnet101", 803.0948846, 6.454},
-                                      {"resnet152", 1238.147188, 5.954}});
-  EXPECT_TRUE(pool.ok());
-  return std::make_shared<const selector::Pool>(*pool);
-}
 
 // A static intensity inside fixed bounds 100..300 makes the choice exact (DESIGN.md §1 vectors).
 SidecarConfig StaticConfig(int upstream_port, double intensity) {
@@ -49,7 +41,7 @@ SidecarConfig StaticConfig(int upstream_port, double intensity) {
   RouteConfig route;
   route.name = "resnet";
   route.pool_source = "inline";
-  route.pool = ResnetPool();
+  route.pool = testing::PaperResnetPool();
   route.baseline = 1;
   route.default_variant = 1;
   route.batch_dimension = true;

@@ -1,5 +1,7 @@
 #include "telemetry/carbon_ledger.h"
 
+#include "tests/support/paper_pool.h"
+
 #include <cmath>
 #include <thread>
 
@@ -8,20 +10,13 @@
 namespace carbon::telemetry {
 namespace {
 
-std::shared_ptr<const selector::Pool> ResnetPool() {
-  auto pool = selector::Pool::Create({{"resnet34", 359.9321833, 8.58},
-                                      {"resnet50", 420.6213298, 7.138},
-                                      {"resnet101", 803.0948846, 6.454},
-                                      {"resnet152", 1238.147188, 5.954}});
-  EXPECT_TRUE(pool.ok());
-  return std::make_shared<const selector::Pool>(*pool);
-}
+using carbon::testing::PaperResnetPool;
 
 constexpr size_t kR34 = 0, kR50 = 1, kR101 = 2, kR152 = 3;
 
 TEST(CarbonLedgerTest, GramsAndCounterfactualsForASequenceOfIntensities) {
   CarbonLedger ledger;
-  auto route = ledger.Route("resnet", ResnetPool(), kR50);
+  auto route = ledger.Route("resnet", PaperResnetPool(), kR50);
   route->variant(kR101).RecordServed(1, 2, 200);  // a batch of two at 200 g/kWh
   route->variant(kR34).RecordServed(1, 1, 300);
   route->variant(kR152).RecordServed(1, 1, 100);
@@ -48,7 +43,7 @@ TEST(CarbonLedgerTest, GramsAndCounterfactualsForASequenceOfIntensities) {
 TEST(CarbonLedgerTest, EfficiencyIsThePapersDefinition) {
   // Three items: resnet101 at 100 g/kWh, resnet152 at 50, resnet34 at 400.
   CarbonLedger ledger;
-  auto route = ledger.Route("resnet", ResnetPool(), kR50);
+  auto route = ledger.Route("resnet", PaperResnetPool(), kR50);
   route->variant(kR101).RecordServed(1, 1, 100);
   route->variant(kR152).RecordServed(1, 1, 50);
   route->variant(kR34).RecordServed(1, 1, 400);
@@ -66,7 +61,7 @@ TEST(CarbonLedgerTest, EfficiencyIsThePapersDefinition) {
 
 TEST(CarbonLedgerTest, OnlyTheBaselineGivesNoEfficiency) {
   CarbonLedger ledger;
-  auto route = ledger.Route("resnet", ResnetPool(), kR50);
+  auto route = ledger.Route("resnet", PaperResnetPool(), kR50);
   route->variant(kR50).RecordServed(1, 5, 250);
   const RouteReport r = Report(*route);
   EXPECT_DOUBLE_EQ(r.relative_quality_improvement_percent, 0);
@@ -76,7 +71,7 @@ TEST(CarbonLedgerTest, OnlyTheBaselineGivesNoEfficiency) {
 
 TEST(CarbonLedgerTest, FailuresAreCountedByCodeAndNotCharged) {
   CarbonLedger ledger;
-  auto route = ledger.Route("resnet", ResnetPool(), kR50);
+  auto route = ledger.Route("resnet", PaperResnetPool(), kR50);
   route->variant(kR101).RecordFailed(14);
   route->variant(kR101).RecordFailed(14);
   route->variant(kR101).RecordFailed(4);
@@ -91,7 +86,7 @@ TEST(CarbonLedgerTest, FailuresAreCountedByCodeAndNotCharged) {
 
 TEST(CarbonLedgerTest, CountsAreExactWhenManyThreadsRecordAtOnce) {
   CarbonLedger ledger;
-  auto route = ledger.Route("resnet", ResnetPool(), kR50);
+  auto route = ledger.Route("resnet", PaperResnetPool(), kR50);
   constexpr int kThreads = 8;
   constexpr int kPerThread = 200000;
   std::vector<std::thread> threads;
@@ -123,7 +118,7 @@ TEST(CarbonLedgerTest, CountsAreExactWhenManyThreadsRecordAtOnce) {
 
 TEST(CarbonLedgerTest, AReloadKeepsCountingWhereItWas) {
   CarbonLedger ledger;
-  auto before = ledger.Route("resnet", ResnetPool(), kR50);
+  auto before = ledger.Route("resnet", PaperResnetPool(), kR50);
   before->variant(kR101).RecordServed(1, 1, 200);
   // The same route with a pool that drops resnet34 and adds resnet18.
   auto pool = selector::Pool::Create({{"resnet18", 300, 10.0},
@@ -134,7 +129,7 @@ TEST(CarbonLedgerTest, AReloadKeepsCountingWhereItWas) {
   EXPECT_EQ(after->variant(0).Totals().requests, 0u);  // resnet18 is new
   EXPECT_EQ(&after->variant(2), &before->variant(kR101));
   // Another route never shares cells with this one.
-  auto other = ledger.Route("resnet-b", ResnetPool(), kR50);
+  auto other = ledger.Route("resnet-b", PaperResnetPool(), kR50);
   EXPECT_EQ(other->variant(kR101).Totals().requests, 0u);
 }
 

@@ -7,19 +7,15 @@
 
 #include "sidecar/routing.h"
 #include "telemetry/trace_provider.h"
+#include "tests/support/paper_pool.h"
 
 namespace carbon::bench {
 namespace {
 
-constexpr double kE[] = {359.9321833, 420.6213298, 803.0948846, 1238.147188};
-constexpr double kErr[] = {8.58, 7.138, 6.454, 5.954};
+constexpr const double* kE = testing::kResnetEnergyMj;
+constexpr const double* kErr = testing::kResnetErrorPercent;
 
-selector::Pool ResnetPool() {
-  return *selector::Pool::Create({{"resnet34", kE[0], kErr[0]},
-                                  {"resnet50", kE[1], kErr[1]},
-                                  {"resnet101", kE[2], kErr[2]},
-                                  {"resnet152", kE[3], kErr[3]}});
-}
+selector::Pool ResnetPool() { return *testing::PaperResnetPool(); }
 
 absl::Time T(int half_hours) { return absl::FromUnixSeconds(1685577600) + absl::Minutes(30) * half_hours; }
 

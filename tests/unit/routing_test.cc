@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 
 #include "inference/grpc_service.pb.h"
+#include "tests/support/paper_pool.h"
 
 namespace carbon::sidecar {
 namespace {
@@ -20,11 +21,7 @@ SidecarConfig BaseConfig() {
   c.intensity.fixed_bounds = selector::WindowBounds{100, 300};
   RouteConfig route;
   route.name = "resnet";
-  auto pool = selector::Pool::Create({{"resnet34", 359.9321833, 8.58},
-                                      {"resnet50", 420.6213298, 7.138},
-                                      {"resnet101", 803.0948846, 6.454},
-                                      {"resnet152", 1238.147188, 5.954}});
-  route.pool = std::make_shared<const selector::Pool>(*pool);
+  route.pool = testing::PaperResnetPool();
   route.baseline = 1;
   route.default_variant = 1;
   c.routes.push_back(route);
