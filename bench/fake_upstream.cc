@@ -12,7 +12,8 @@ namespace {
 // Finishes a unary call after the model's service time, without blocking a server thread.
 class DelayedUnaryReactor final : public grpc::ServerUnaryReactor {
  public:
-  DelayedUnaryReactor(absl::Duration delay, grpc::Status status) : status_(std::move(status)) {
+  DelayedUnaryReactor(absl::Duration delay, grpc::Status status, std::atomic<int64_t>* cancelled)
+      : status_(std::move(status)), cancelled_(cancelled) {
     if (delay <= absl::ZeroDuration()) {
       Finish(status_);
       return;
@@ -22,11 +23,15 @@ class DelayedUnaryReactor final : public grpc::ServerUnaryReactor {
     });
   }
   // A cancelled call (client gone, deadline passed, server shutting down) ends at once.
-  void OnCancel() override { alarm_.Cancel(); }
+  void OnCancel() override {
+    cancelled_->fetch_add(1);
+    alarm_.Cancel();
+  }
   void OnDone() override { delete this; }
 
  private:
   grpc::Status status_;
+  std::atomic<int64_t>* cancelled_;
   grpc::Alarm alarm_;
 };
 
@@ -213,7 +218,7 @@ grpc::ServerUnaryReactor* FakeInferenceService::ModelInfer(grpc::CallbackServerC
   Record(ctx, "ModelInfer", request->model_name(), request->model_version(), request);
   grpc::Status status = Infer(*request, response);
   return new DelayedUnaryReactor(status.ok() ? ServiceTime(request->model_name()) : absl::ZeroDuration(),
-                                 status);
+                                 status, &cancelled_unary_);
 }
 
 // Answers each request of the stream in order, one response per request.

@@ -343,6 +343,33 @@ TEST_F(ProxyTest, SlowUpstreamPastTheDeadlineIsDeadlineExceeded) {
   grpc::Status status = stub_->ModelInfer(ctx.get(), InferRequest("resnet", 10), &resp);
   EXPECT_EQ(status.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
   EXPECT_LT(absl::Now() - start, absl::Seconds(3));
+  // The upstream saw the call end too, rather than running its model to completion.
+  EXPECT_TRUE(PollUntil([&] { return upstream_->service().cancelled_unary() == 1; }));
+
+  // A client that cancels (no deadline involved) cancels the upstream call as well.
+  grpc::ClientContext cancelled;
+  absl::Notification done;
+  stub_->async()->ModelInfer(&cancelled, new inference::ModelInferRequest(InferRequest("resnet", 10)), &resp,
+                             [&](grpc::Status s) {
+                               status = s;
+                               done.Notify();
+                             });
+  ASSERT_TRUE(PollUntil([&] { return upstream_->service().received_count() == 2; }));
+  cancelled.TryCancel();
+  ASSERT_TRUE(done.WaitForNotificationWithTimeout(absl::Seconds(5)));
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::CANCELLED);
+  EXPECT_TRUE(PollUntil([&] { return upstream_->service().cancelled_unary() == 2; }));
+}
+
+TEST_F(ProxyTest, OversizedMetadataIsRefusedAndTheProxyCarriesOn) {
+  auto ctx = Context();
+  ctx->AddMetadata("x-huge", std::string(64 * 1024, 'm'));
+  inference::ModelInferResponse resp;
+  grpc::Status status = stub_->ModelInfer(ctx.get(), InferRequest("resnet", 10), &resp);
+  EXPECT_NE(status.error_code(), grpc::StatusCode::OK);
+  EXPECT_EQ(upstream_->service().received_count(), 0u);
+  auto ok_ctx = Context();
+  EXPECT_TRUE(stub_->ModelInfer(ok_ctx.get(), InferRequest("resnet", 10), &resp).ok());
 }
 
 TEST_F(ProxyTest, StreamInferRoutesEveryMessage) {
