@@ -349,7 +349,8 @@ TEST_F(ProxyTest, SlowUpstreamPastTheDeadlineIsDeadlineExceeded) {
   // A client that cancels (no deadline involved) cancels the upstream call as well.
   grpc::ClientContext cancelled;
   absl::Notification done;
-  stub_->async()->ModelInfer(&cancelled, new inference::ModelInferRequest(InferRequest("resnet", 10)), &resp,
+  const inference::ModelInferRequest request = InferRequest("resnet", 10);
+  stub_->async()->ModelInfer(&cancelled, &request, &resp,
                              [&](grpc::Status s) {
                                status = s;
                                done.Notify();
