@@ -25,7 +25,8 @@ export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1
 export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 cmake -S . -B "$build_dir-asan" -G Ninja -DCMAKE_BUILD_TYPE=Debug -DCARBON_SANITIZE=ON
 cmake --build "$build_dir-asan" -j2
-ctest --test-dir "$build_dir-asan" --output-on-failure -j2 --timeout 300 -LE fuzz
+# (The package test installs the plain build's .deb; building one from sanitized binaries adds nothing.)
+ctest --test-dir "$build_dir-asan" --output-on-failure -j2 --timeout 300 -LE fuzz -E DebianPackage
 
 CC=clang CXX=clang++ cmake -S . -B "$build_dir-fuzz" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
   -DCARBON_FUZZ=ON -DCARBON_FUZZ_SECONDS=60
