@@ -13,6 +13,7 @@ packages=(
   python3 python3-grpcio python3-protobuf
   curl procps prometheus gnuplot-nox
   clang libclang-rt-14-dev
+  shellcheck yamllint
   "$@"
 )
 
