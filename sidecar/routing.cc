@@ -276,14 +276,14 @@ absl::Duration SelectionPublisher::PollOnce(bool poll_intensity, bool ask_readin
 
 void SelectionPublisher::Apply(State& s, const std::optional<absl::StatusOr<selector::IntensityReading>>& reading,
                                const std::vector<std::vector<std::optional<bool>>>& answers) {
+  bool answered = false;
   for (size_t i = 0; i < answers.size() && i < s.routes.size(); ++i) {
     const CompiledRoute& route = *s.routes[i];
     const selector::Pool& pool = *route.config.pool;
-    upstream_reachable_ = false;
     uint64_t ready = s.ready[i];
     for (size_t v = 0; v < answers[i].size() && v < pool.size(); ++v) {
       if (!answers[i][v]) continue;  // no answer: what was known stands
-      upstream_reachable_ = true;
+      answered = true;
       const uint64_t bit = uint64_t{1} << v;
       ready = *answers[i][v] ? (ready | bit) : (ready & ~bit);
       if ((ready & bit) != (s.ready[i] & bit)) {
@@ -293,6 +293,8 @@ void SelectionPublisher::Apply(State& s, const std::optional<absl::StatusOr<sele
     }
     s.ready[i] = ready;
   }
+  // Reachable when any question of this round got an answer; unchanged when none was asked.
+  if (!answers.empty()) upstream_reachable_ = answered;
   if (reading) {
     if (reading->ok()) {
       ++counters_.fetch_successes;
