@@ -19,6 +19,7 @@
 #include "inference/grpc_service.grpc.pb.h"
 #include "sidecar/server.h"
 #include "tests/support/paper_pool.h"
+#include "tests/support/static_sidecar_config.h"
 
 namespace carbon::sidecar {
 namespace {
@@ -29,26 +30,7 @@ constexpr double kE34 = testing::kResnetEnergyMj[0], kE50 = testing::kResnetEner
                  kE101 = testing::kResnetEnergyMj[2];
 
 SidecarConfig Config(int upstream_port, double intensity) {
-  SidecarConfig c;
-  c.path = "admin-test";
-  c.listen = "127.0.0.1:0";
-  c.admin_listen = "127.0.0.1:0";
-  c.upstream.target = absl::StrCat("127.0.0.1:", upstream_port);
-  c.upstream.readiness_interval = absl::ZeroDuration();
-  c.intensity.provider = "static";
-  c.intensity.region = "test-region";
-  c.intensity.gco2_per_kwh = intensity;
-  c.intensity.refresh = absl::Hours(1);
-  c.intensity.fixed_bounds = selector::WindowBounds{100, 300};
-  RouteConfig route;
-  route.name = "resnet";
-  route.pool_source = "inline";
-  route.pool = testing::PaperResnetPool();
-  route.baseline = 1;
-  route.default_variant = 1;
-  route.batch_dimension = true;
-  c.routes.push_back(route);
-  return c;
+  return testing::StaticSidecarConfig(upstream_port, intensity);
 }
 
 inference::ModelInferRequest Request(int64_t batch) {

@@ -16,6 +16,7 @@
 #include "inference/grpc_service.grpc.pb.h"
 #include "sidecar/server.h"
 #include "tests/support/paper_pool.h"
+#include "tests/support/static_sidecar_config.h"
 
 namespace carbon::sidecar {
 namespace {
@@ -26,27 +27,7 @@ using ::testing::UnorderedElementsAre;
 
 // A static intensity inside fixed bounds 100..300 makes the choice exact (DESIGN.md §1 vectors).
 SidecarConfig StaticConfig(int upstream_port, double intensity) {
-  SidecarConfig c;
-  c.path = "test";
-  c.listen = "127.0.0.1:0";
-  c.admin_listen = "127.0.0.1:0";
-  c.upstream.target = absl::StrCat("127.0.0.1:", upstream_port);
-  c.upstream.max_message_bytes = 4 * 1024 * 1024;
-  // The readiness questions would show among what the upstream received; ReadinessTest asks them.
-  c.upstream.readiness_interval = absl::ZeroDuration();
-  c.intensity.provider = "static";
-  c.intensity.gco2_per_kwh = intensity;
-  c.intensity.refresh = absl::Hours(1);
-  c.intensity.fixed_bounds = selector::WindowBounds{100, 300};
-  RouteConfig route;
-  route.name = "resnet";
-  route.pool_source = "inline";
-  route.pool = testing::PaperResnetPool();
-  route.baseline = 1;
-  route.default_variant = 1;
-  route.batch_dimension = true;
-  c.routes.push_back(route);
-  return c;
+  return testing::StaticSidecarConfig(upstream_port, intensity);
 }
 
 std::string Header(const std::multimap<grpc::string_ref, grpc::string_ref>& md, const std::string& key) {
