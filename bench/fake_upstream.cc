@@ -273,11 +273,11 @@ FakeInferenceService::ModelStreamInfer(grpc::CallbackServerContext* ctx) {
 }
 
 absl::StatusOr<std::unique_ptr<FakeUpstreamServer>> FakeUpstreamServer::Start(
-    const std::string& address, FakeUpstreamOptions options) {
+    const std::string& address, FakeUpstreamOptions options, std::shared_ptr<grpc::ServerCredentials> credentials) {
   auto server = std::unique_ptr<FakeUpstreamServer>(new FakeUpstreamServer());
   server->service_ = std::make_unique<FakeInferenceService>(std::move(options));
   grpc::ServerBuilder builder;
-  builder.AddListeningPort(address, grpc::InsecureServerCredentials(), &server->port_);
+  builder.AddListeningPort(address, credentials ? credentials : grpc::InsecureServerCredentials(), &server->port_);
   builder.SetMaxReceiveMessageSize(64 * 1024 * 1024);
   builder.RegisterService(server->service_.get());
   server->server_ = builder.BuildAndStart();

@@ -97,8 +97,10 @@ class FakeInferenceService final : public inference::GRPCInferenceService::Callb
 class FakeUpstreamServer {
  public:
   // `address` such as "127.0.0.1:0"; port 0 picks a free port.
-  static absl::StatusOr<std::unique_ptr<FakeUpstreamServer>> Start(const std::string& address,
-                                                                   FakeUpstreamOptions options);
+  // `credentials` null: plaintext.
+  static absl::StatusOr<std::unique_ptr<FakeUpstreamServer>> Start(
+      const std::string& address, FakeUpstreamOptions options,
+      std::shared_ptr<grpc::ServerCredentials> credentials = nullptr);
   ~FakeUpstreamServer();
   int port() const { return port_; }
   FakeInferenceService& service() { return *service_; }

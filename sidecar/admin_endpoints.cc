@@ -348,13 +348,25 @@ std::string RenderConfigJson(const SidecarConfig& config) {
                       {"min_dwell", duration(r.min_dwell)},
                       {"batch_dimension", r.batch_dimension}});
   }
+  // Paths only: what the files hold is never shown.
+  const auto tls = [&duration](const std::optional<TlsConfig>& t, const char* ca_key) {
+    if (!t) return json(nullptr);
+    json j = {{"refresh_interval", duration(t->refresh_interval)}};
+    if (!t->cert_file.empty()) j["cert_file"] = t->cert_file;
+    if (!t->key_file.empty()) j["key_file"] = t->key_file;
+    if (!t->ca_file.empty()) j[ca_key] = t->ca_file;
+    if (!t->server_name.empty()) j["server_name"] = t->server_name;
+    return j;
+  };
   json doc = {{"path", config.path},
               {"listen", config.listen},
+              {"tls", tls(config.tls, "client_ca_file")},
               {"admin", {{"listen", config.admin_listen}}},
               {"upstream",
                {{"target", config.upstream.target},
                 {"max_message_bytes", config.upstream.max_message_bytes},
-                {"readiness_interval", duration(config.upstream.readiness_interval)}}},
+                {"readiness_interval", duration(config.upstream.readiness_interval)},
+                {"tls", tls(config.upstream.tls, "ca_file")}}},
               {"drain_timeout", duration(config.drain_timeout)},
               {"intensity", intensity},
               {"routes", routes}};

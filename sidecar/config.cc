@@ -8,6 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_join.h"
+#include "sidecar/tls.h"
 #include "yaml-cpp/yaml.h"
 
 namespace carbon::sidecar {
@@ -218,6 +219,26 @@ absl::StatusOr<selector::Pool> ReadPoolDocument(const YAML::Node& root, const st
   YAML::Node variants = top.Get("variants", true);
   if (auto s = top.Finish(); !s.ok()) return s;
   return ReadPool(variants, file, "variants");
+}
+
+// A `tls:` block of the listener (`tls`) or of the upstream (`upstream.tls`); the files are checked
+// now, and a problem with them is reported at the block.
+absl::Status ReadTls(const YAML::Node& node, const std::string& file, const std::string& base_dir,
+                     const std::string& where, TlsSide side, TlsConfig* out) {
+  MapReader t(node, file, where);
+  t.String("cert_file", &out->cert_file);
+  t.String("key_file", &out->key_file);
+  t.String(side == TlsSide::kListener ? "client_ca_file" : "ca_file", &out->ca_file);
+  if (side == TlsSide::kUpstream) t.String("server_name", &out->server_name);
+  if (t.Duration("refresh_interval", &out->refresh_interval, false) && out->refresh_interval < absl::Seconds(1)) {
+    t.Fail(node["refresh_interval"], absl::StrCat(where, ".refresh_interval must be at least 1s"));
+  }
+  if (auto s = t.Finish(); !s.ok()) return s;
+  for (std::string* path : {&out->cert_file, &out->key_file, &out->ca_file}) *path = Resolve(base_dir, *path);
+  if (absl::Status s = CheckTlsFiles(*out, side); !s.ok()) {
+    return ErrorAt(file, node.Mark(), absl::StrCat(where, ": ", s.message()));
+  }
+  return absl::OkStatus();
 }
 
 constexpr char kKnownProviders[] = "static, trace, uk-carbon-intensity, electricity-maps, watttime, carbon-aware-sdk";
@@ -434,6 +455,7 @@ absl::StatusOr<SidecarConfig> LoadConfig(const std::string& path) {
     top.String("listen", &config.listen);
     top.Duration("drain_timeout", &config.drain_timeout, /*allow_zero=*/true);
     YAML::Node admin = top.Get("admin", false);
+    YAML::Node tls = top.Get("tls", false);
     YAML::Node upstream = top.Get("upstream", true);
     YAML::Node intensity = top.Get("intensity", true);
     YAML::Node routes = top.Get("routes", true);
@@ -449,6 +471,11 @@ absl::StatusOr<SidecarConfig> LoadConfig(const std::string& path) {
       if (auto s = a.Finish(); !s.ok()) return s;
     }
 
+    if (tls.IsDefined()) {
+      config.tls.emplace();
+      if (auto s = ReadTls(tls, path, base_dir, "tls", TlsSide::kListener, &*config.tls); !s.ok()) return s;
+    }
+
     MapReader u(upstream, path, "upstream");
     u.String("target", &config.upstream.target, true);
     if (u.Integer("max_message_bytes", &config.upstream.max_message_bytes) &&
@@ -458,7 +485,15 @@ absl::StatusOr<SidecarConfig> LoadConfig(const std::string& path) {
                      "upstream.max_message_bytes must lie between 1 and 2147483647");
     }
     u.Duration("readiness_interval", &config.upstream.readiness_interval, /*allow_zero=*/true);
+    YAML::Node upstream_tls = u.Get("tls", false);
     if (auto s = u.Finish(); !s.ok()) return s;
+    if (upstream_tls.IsDefined()) {
+      config.upstream.tls.emplace();
+      if (auto s = ReadTls(upstream_tls, path, base_dir, "upstream.tls", TlsSide::kUpstream, &*config.upstream.tls);
+          !s.ok()) {
+        return s;
+      }
+    }
 
     MapReader i(intensity, path, "intensity");
     if (auto s = ReadIntensity(i, base_dir, &config.intensity); !s.ok()) return s;

@@ -13,11 +13,25 @@
 
 namespace carbon::sidecar {
 
+// Certificates and keys for one side of the sidecar, read from PEM files. The files are re-read
+// every `refresh_interval`, so rotated certificates take effect without a restart.
+struct TlsConfig {
+  std::string cert_file;  // this side's certificate chain (required on the listener)
+  std::string key_file;   // its private key
+  // Listener: the CA that client certificates must chain to; set, clients must present one (mTLS).
+  // Upstream: the CA of the upstream's certificate; empty, the system's roots.
+  std::string ca_file;
+  std::string server_name;  // upstream only: the name to verify instead of the target's host
+  absl::Duration refresh_interval = absl::Seconds(10);
+  bool operator==(const TlsConfig&) const = default;
+};
+
 struct UpstreamConfig {
   std::string target;                          // host:port of the inference server
   int64_t max_message_bytes = 64 * 1024 * 1024;  // both directions, both sides of the sidecar
   // How often the variants' readiness is asked (ModelReady); zero: never, all count as ready.
   absl::Duration readiness_interval = absl::Seconds(10);
+  std::optional<TlsConfig> tls;  // absent: plaintext (h2c)
 };
 
 // One intensity source and its options (docs/providers.md).
@@ -86,6 +100,7 @@ struct SidecarConfig {
   // The admin HTTP port (/metrics, /healthz, /readyz, /v1/selection, /v1/config). Loopback by
   // default: exposing it further is an explicit choice.
   std::string admin_listen = "127.0.0.1:9464";
+  std::optional<TlsConfig> tls;  // the client-facing listener; absent: plaintext (h2c)
   UpstreamConfig upstream;
   absl::Duration drain_timeout = absl::Seconds(30);
   IntensityConfig intensity;

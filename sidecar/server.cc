@@ -5,6 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/string_view_compat.h"
+#include "sidecar/tls.h"
 #include "spdlog/spdlog.h"
 #include "telemetry/exposition.h"
 
@@ -22,8 +23,9 @@ absl::StatusOr<std::unique_ptr<SidecarServer>> SidecarServer::Start(const Sideca
     s->config_ = config;
   }
   const int max_bytes = static_cast<int>(config.upstream.max_message_bytes);
-  auto channel = grpc::CreateCustomChannel(config.upstream.target, grpc::InsecureChannelCredentials(),
-                                           UpstreamChannelArguments(max_bytes));
+  grpc::ChannelArguments channel_args = UpstreamChannelArguments(max_bytes);
+  auto upstream_credentials = UpstreamCredentials(config.upstream.tls, &channel_args);
+  auto channel = grpc::CreateCustomChannel(config.upstream.target, upstream_credentials, channel_args);
   // The readiness questions share the proxy's channel, so they see the upstream the calls see.
   s->readiness_ = std::make_unique<UpstreamReadiness>(channel, kReadinessTimeout);
   auto publisher = SelectionPublisher::Create(
@@ -41,7 +43,7 @@ absl::StatusOr<std::unique_ptr<SidecarServer>> SidecarServer::Start(const Sideca
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
-  builder.AddListeningPort(config.listen, grpc::InsecureServerCredentials(), &s->port_);
+  builder.AddListeningPort(config.listen, ListenerCredentials(config.tls), &s->port_);
   builder.SetMaxReceiveMessageSize(max_bytes);
   builder.SetMaxSendMessageSize(max_bytes);
   builder.RegisterCallbackGenericService(s->proxy_.get());
@@ -53,8 +55,9 @@ absl::StatusOr<std::unique_ptr<SidecarServer>> SidecarServer::Start(const Sideca
   if (!admin.ok()) return admin.status();
   s->admin_ = *std::move(admin);
   s->publisher_->Start();
-  spdlog::info("event=listening address={} port={} admin_port={} upstream={} routes={}", config.listen,
-               s->port_, s->admin_->port(), config.upstream.target, config.routes.size());
+  spdlog::info("event=listening address={} port={} tls={} admin_port={} upstream={} upstream_tls={} routes={}",
+               config.listen, s->port_, !config.tls ? "off" : config.tls->ca_file.empty() ? "on" : "mutual",
+               s->admin_->port(), config.upstream.target, !config.upstream.tls ? "off" : "on", config.routes.size());
   return s;
 }
 
@@ -106,8 +109,10 @@ absl::Status SidecarServer::Reload(const SidecarConfig& config) {
   }
   if (config.listen != current.listen || config.admin_listen != current.admin_listen ||
       config.upstream.target != current.upstream.target ||
-      config.upstream.max_message_bytes != current.upstream.max_message_bytes) {
-    spdlog::warn("event=reload_needs_restart detail=\"listen, admin and upstream changes take effect on "
+      config.upstream.max_message_bytes != current.upstream.max_message_bytes || config.tls != current.tls ||
+      config.upstream.tls != current.upstream.tls) {
+    // Rotated certificates need no restart: the files named are re-read (tls.refresh_interval).
+    spdlog::warn("event=reload_needs_restart detail=\"listen, admin, tls and upstream changes take effect on "
                  "restart; keeping listen={} admin={} upstream={}\"",
                  current.listen, current.admin_listen, current.upstream.target);
   }
