@@ -305,6 +305,11 @@ void SelectionPublisher::Apply(State& s, const std::optional<absl::StatusOr<sele
     } else {
       ++counters_.fetch_failures;
       ++consecutive_failures_;
+      // A new kind of failure is worth a warning even when the state does not change (a provider
+      // that never answered stays stale); the same failure again only at debug level.
+      const auto level = reading->status() == s.last_poll ? spdlog::level::debug : spdlog::level::warn;
+      spdlog::log(level, "event=intensity_poll_failed provider={} consecutive={} error=\"{}\"", s.provider->source(),
+                  consecutive_failures_, ToStd(reading->status().message()));
       s.last_poll = reading->status();
     }
   }

@@ -55,9 +55,10 @@ absl::StatusOr<std::unique_ptr<SidecarServer>> SidecarServer::Start(const Sideca
   if (!admin.ok()) return admin.status();
   s->admin_ = *std::move(admin);
   s->publisher_->Start();
-  spdlog::info("event=listening address={} port={} tls={} admin_port={} upstream={} upstream_tls={} routes={}",
-               config.listen, s->port_, !config.tls ? "off" : config.tls->ca_file.empty() ? "on" : "mutual",
-               s->admin_->port(), config.upstream.target, !config.upstream.tls ? "off" : "on", config.routes.size());
+  spdlog::info("event=listening address={} port={} admin_port={} tls={} upstream={} upstream_tls={} routes={}",
+               config.listen, s->port_, s->admin_->port(),
+               !config.tls ? "off" : config.tls->ca_file.empty() ? "on" : "mutual", config.upstream.target,
+               !config.upstream.tls ? "off" : "on", config.routes.size());
   return s;
 }
 

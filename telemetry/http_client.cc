@@ -8,6 +8,8 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/cord.h"
 #include "absl/strings/numbers.h"
+#include "absl/strings/escaping.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
 #include "common/string_view_compat.h"
@@ -127,6 +129,38 @@ absl::StatusOr<HttpResponse> HttpClient::Get(const HttpRequest& request) {
   if (rc != CURLE_OK) return absl::UnavailableError(absl::StrCat(where, ": ", curl_easy_strerror(rc)));
   curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &response.status);
   return response;
+}
+
+absl::Status RedactSecrets(const absl::Status& status, const HttpRequest& request) {
+  if (status.ok()) return status;
+  std::vector<std::string> secrets;
+  for (const auto& [name, value] : request.headers) {
+    if (absl::EqualsIgnoreCase(name, "Accept") || absl::EqualsIgnoreCase(name, "Content-Type")) continue;
+    secrets.push_back(value);
+    if (absl::StartsWithIgnoreCase(value, "Bearer ")) secrets.push_back(value.substr(7));
+  }
+  if (!request.basic_auth.empty()) {
+    secrets.push_back(request.basic_auth);
+    secrets.push_back(absl::Base64Escape(request.basic_auth));  // as it travels in the header
+    if (const size_t colon = request.basic_auth.find(':'); colon != std::string::npos) {
+      secrets.push_back(request.basic_auth.substr(colon + 1));
+    }
+  }
+  std::string message(status.message());
+  bool changed = false;
+  for (const std::string& secret : secrets) {
+    if (secret.size() < 4) continue;  // too short to tell from ordinary text
+    for (size_t at = message.find(secret); at != std::string::npos; at = message.find(secret, at)) {
+      message.replace(at, secret.size(), "[redacted]");
+      changed = true;
+    }
+  }
+  if (!changed) return status;
+  absl::Status redacted(status.code(), message);
+  status.ForEachPayload([&redacted](absl::string_view url, const absl::Cord& payload) {
+    redacted.SetPayload(url, payload);
+  });
+  return redacted;
 }
 
 absl::Status HttpError(const std::string& what, const HttpResponse& response) {

@@ -53,6 +53,11 @@ class HttpClient {
 // The URL without its query string and user info, for messages and logs.
 std::string RedactUrl(const std::string& url);
 
+// `status` with every secret `request` carried (credential header values, the bearer token, the
+// basic-auth password) replaced by "[redacted]" in its message: a provider that echoes what it
+// was sent in an error body must not put a token in the logs.
+absl::Status RedactSecrets(const absl::Status& status, const HttpRequest& request);
+
 // Turns a non-2xx response into a status a person can read: 401/403 PERMISSION_DENIED or
 // UNAUTHENTICATED, 404 NOT_FOUND, 429 RESOURCE_EXHAUSTED (with the Retry-After delay attached as
 // payload, see RetryAfter), 5xx UNAVAILABLE. The body is quoted, cut to 200 bytes.

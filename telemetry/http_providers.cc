@@ -48,8 +48,14 @@ class WebProvider : public IntensityProvider {
                                HttpResponse* response_out = nullptr, const std::string& basic_auth = "") {
     HttpRequest request{base_ + path, headers, basic_auth};
     request.headers.emplace_back("Accept", "application/json");
+    auto json = GetJsonUnredacted(request, response_out);
+    if (!json.ok()) return RedactSecrets(json.status(), request);
+    return json;
+  }
+
+  absl::StatusOr<json> GetJsonUnredacted(const HttpRequest& request, HttpResponse* response_out) {
     auto response = http_.Get(request);
-    const std::string what = absl::StrCat(ToAbsl(kind()), " ", RedactUrl(base_ + path));
+    const std::string what = absl::StrCat(ToAbsl(kind()), " ", RedactUrl(request.url));
     if (!response.ok()) return absl::Status(response.status().code(), absl::StrCat(ToAbsl(kind()), ": ", response.status().message()));
     if (response_out != nullptr) *response_out = *response;
     if (response->status < 200 || response->status > 299) return HttpError(what, *response);

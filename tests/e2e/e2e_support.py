@@ -126,8 +126,8 @@ routes:
   refresh: 1h
   window_bounds: {{ low: 100, high: 300 }}"""
 
-    def start_sidecar(self, config, binary=SIDECAR):
-        sidecar = Process([binary, "--config", config])
+    def start_sidecar(self, config, binary=SIDECAR, log_level="info"):
+        sidecar = Process([binary, "--config", config, "--log_level", log_level])
         self.processes.append(sidecar)
         match = poll(lambda: sidecar.find(r"event=listening .* port=(\d+) admin_port=(\d+)"))
         self.assertIsNotNone(match, sidecar.output())

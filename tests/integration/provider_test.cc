@@ -208,6 +208,27 @@ TEST_F(ProviderTest, ElectricityMapsSendsTheTokenAndSkipsNullHistory) {
   EXPECT_THAT(std::string(denied.status().message()), ::testing::Not(HasSubstr("other")));  // no token in messages
 }
 
+TEST_F(ProviderTest, AServerThatEchoesTheTokenDoesNotPutItInTheError) {
+  server_.On("/v3/carbon-intensity/latest", [](const httplib::Request& req) {
+    return Reply{401, absl::StrCat("{\"error\":\"token ", req.get_header_value("auth-token"), " is not valid\"}")};
+  });
+  server_.On("/login", [](const httplib::Request& req) {
+    return Reply{403, absl::StrCat("credentials ", req.get_header_value("Authorization"), " refused")};
+  });
+  auto maps = telemetry::MakeElectricityMapsProvider(Web("2019-05-21T00:20:00Z"), "DE", "leaky-token-123");
+  auto denied = maps->Latest();
+  EXPECT_EQ(denied.status().code(), absl::StatusCode::kUnauthenticated);
+  EXPECT_THAT(std::string(denied.status().message()), HasSubstr("token [redacted] is not valid"));
+  EXPECT_THAT(std::string(denied.status().message()), ::testing::Not(HasSubstr("leaky")));
+
+  auto watttime = telemetry::MakeWattTimeProvider(Web("2022-07-15T00:02:00Z"), "CAISO_NORTH", "user", "hunter22");
+  auto refused = watttime->Latest();
+  EXPECT_FALSE(refused.ok());
+  // "Basic dXNlcjpodW50ZXIyMg==" is base64 of user:hunter22: the whole header value is a secret.
+  EXPECT_THAT(std::string(refused.status().message()), ::testing::Not(HasSubstr("dXNlcjpodW50ZXIyMg")));
+  EXPECT_THAT(std::string(refused.status().message()), ::testing::Not(HasSubstr("hunter22")));
+}
+
 TEST_F(ProviderTest, WattTimeLogsInConvertsUnitsAndLogsInAgainOn401) {
   int logins = 0;
   std::string current_token;
