@@ -227,6 +227,7 @@ class StreamInferReactor final
  public:
   StreamInferReactor(FakeInferenceService* service, grpc::CallbackServerContext* ctx)
       : service_(service), ctx_(ctx) {
+    service_->open_streams_.fetch_add(1);
     StartRead(&request_);
   }
   void OnReadDone(bool ok) override {
@@ -257,7 +258,10 @@ class StreamInferReactor final
     StartRead(&request_);
   }
   void OnCancel() override { service_->cancelled_streams_.fetch_add(1); }
-  void OnDone() override { delete this; }
+  void OnDone() override {
+    service_->open_streams_.fetch_sub(1);
+    delete this;
+  }
 
  private:
   FakeInferenceService* service_;

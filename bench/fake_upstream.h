@@ -51,6 +51,8 @@ class FakeInferenceService final : public inference::GRPCInferenceService::Callb
   void ClearReceived();
   // Streams whose client went away before they ended (seen through cancellation).
   int64_t cancelled_streams() const { return cancelled_streams_.load(); }
+  // Streams begun and not yet ended.
+  int64_t open_streams() const { return open_streams_.load(); }
   // Unary ModelInfer calls cancelled while the model was still "running" (its service time).
   int64_t cancelled_unary() const { return cancelled_unary_.load(); }
 
@@ -90,6 +92,7 @@ class FakeInferenceService final : public inference::GRPCInferenceService::Callb
   mutable absl::Mutex mu_;
   std::deque<ReceivedRequest> received_ ABSL_GUARDED_BY(mu_);
   std::atomic<int64_t> cancelled_streams_{0};
+  std::atomic<int64_t> open_streams_{0};
   std::atomic<int64_t> cancelled_unary_{0};
 };
 

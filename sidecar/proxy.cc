@@ -70,6 +70,19 @@ grpc::Status ToGrpc(const absl::Status& s) {
   return grpc::Status(static_cast<grpc::StatusCode>(s.code()), std::string(s.message()));
 }
 
+// The status to give the client for what the upstream call ended with. When the upstream resets
+// the stream (a server shutting down or killed), gRPC ends the call CANCELLED with the message
+// "CANCELLED" and no details. The client did not cancel, and may retry, so it gets UNAVAILABLE, as
+// Envoy answers an upstream reset. A CANCELLED status the upstream sends on purpose, with a
+// message of its own, passes through as sent.
+grpc::Status ForClient(const grpc::Status& upstream, grpc::ServerContextBase& ctx) {
+  if (upstream.error_code() != grpc::StatusCode::CANCELLED || upstream.error_message() != "CANCELLED" ||
+      !upstream.error_details().empty() || ctx.IsCancelled()) {
+    return upstream;
+  }
+  return grpc::Status(grpc::StatusCode::UNAVAILABLE, "the upstream reset the call");
+}
+
 // Keys a proxy must not copy from one hop to the next: HTTP/2 pseudo-headers, hop-by-hop
 // headers, and grpc- keys, which the gRPC library sets itself on each hop.
 bool IsForwardable(std::string_view key) {
@@ -318,7 +331,8 @@ class UnaryProxyCall final : public grpc::ServerGenericBidiReactor {
   void OnDone() override { delete this; }
 
  private:
-  void OnUpstreamDone(const grpc::Status& status) {
+  void OnUpstreamDone(const grpc::Status& upstream_status) {
+    const grpc::Status status = ForClient(upstream_status, *ctx_);
     if (router_.routed()) {
       router_.Settle(status.error_code(), SecondsSince(start_));
     } else {
@@ -526,7 +540,7 @@ class StreamingProxyCall final : public grpc::ServerGenericBidiReactor {
       absl::MutexLock lock(&mu_);
       override_status = override_status_;
     }
-    const grpc::Status& final_status = override_status ? *override_status : status;
+    const grpc::Status final_status = override_status ? *override_status : ForClient(status, *ctx_);
     if (router_.routed()) {
       router_.Settle(final_status.error_code(), std::nullopt);
     } else {

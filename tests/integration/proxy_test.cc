@@ -16,12 +16,16 @@
 #include "inference/grpc_service.grpc.pb.h"
 #include "sidecar/server.h"
 #include "tests/support/paper_pool.h"
+#include "tests/support/poll.h"
+#include "tests/support/resident_memory.h"
 #include "tests/support/static_sidecar_config.h"
 
 namespace carbon::sidecar {
 namespace {
 
 using ::testing::HasSubstr;
+using testing::PollUntil;
+using testing::ResidentKiB;
 using ::testing::Pair;
 using ::testing::UnorderedElementsAre;
 
@@ -48,16 +52,6 @@ inference::ModelInferRequest InferRequest(const std::string& model, size_t paylo
   for (size_t i = 0; i < payload.size(); ++i) payload[i] = static_cast<char>(i * 131 + 7);
   req.add_raw_input_contents(std::move(payload));
   return req;
-}
-
-template <typename Pred>
-bool PollUntil(Pred pred, absl::Duration timeout = absl::Seconds(10)) {
-  const absl::Time end = absl::Now() + timeout;
-  while (absl::Now() < end) {
-    if (pred()) return true;
-    absl::SleepFor(absl::Milliseconds(10));
-  }
-  return pred();
 }
 
 // Runs one bidi call of `method`: each message is written and one reply read before the next.
@@ -673,6 +667,80 @@ TEST_F(OpaqueProxyTest, StatusCodesMessagesAndDetailsComeBackAsSent) {
     EXPECT_EQ(status.error_message(), "as you wished") << code;
     EXPECT_EQ(status.error_details(), "detail-bytes") << code;
     EXPECT_EQ(Header(ctx.GetServerTrailingMetadata(), "x-echo-trailer"), "bye") << code;
+  }
+}
+
+// A client that writes and never reads: HTTP/2 flow control must push back through the sidecar
+// to the client's writes, so that the sidecar does not buffer the replies without bound.
+TEST_F(OpaqueProxyTest, AClientThatStopsReadingIsHeldBackByFlowControl) {
+  constexpr int kMessages = 400;
+  const std::string message(256 * 1024, 'f');  // 400 of them: 100 MiB each way
+  grpc::GenericStub generic(channel_);
+  grpc::CompletionQueue cq;
+  grpc::ClientContext ctx;
+  auto call = generic.PrepareCall(&ctx, "/some.Other/Flood", &cq);
+  void* tag;
+  bool ok;
+  call->StartCall(reinterpret_cast<void*>(1));
+  ASSERT_TRUE(cq.Next(&tag, &ok) && ok);
+  const int64_t before_kib = ResidentKiB();
+  int written = 0;
+  while (written < kMessages) {
+    grpc::Slice slice(message.data(), message.size());
+    grpc::ByteBuffer buffer(&slice, 1);
+    call->Write(buffer, reinterpret_cast<void*>(2));
+    // A write that does not complete within a second is held back.
+    if (cq.AsyncNext(&tag, &ok, std::chrono::system_clock::now() + std::chrono::seconds(1)) !=
+        grpc::CompletionQueue::NextStatus::GOT_EVENT) {
+      break;
+    }
+    ASSERT_TRUE(ok);
+    ++written;
+  }
+  const int64_t grown_kib = ResidentKiB() - before_kib;
+  std::printf("writes accepted before the client was held back: %d of %d (%d MiB); resident growth %lld KiB\n",
+              written, kMessages, written / 4, static_cast<long long>(grown_kib));
+  EXPECT_LT(written, kMessages) << "nothing pushed back on a client that does not read";
+  // Whatever was accepted is buffered once at most across the client, the sidecar and the echo
+  // upstream, all in this process.
+  EXPECT_LT(grown_kib, int64_t{written + 8} * 256 * 3);
+
+  // Reading again drains everything, intact and in order.
+  grpc::ByteBuffer reply;
+  int read = 0;
+  call->Read(&reply, reinterpret_cast<void*>(3));
+  bool write_pending = written < kMessages;
+  while (read < kMessages) {
+    ASSERT_TRUE(cq.Next(&tag, &ok) && ok);
+    if (tag == reinterpret_cast<void*>(2)) {  // the held-back write, then the rest
+      write_pending = false;
+      if (++written < kMessages) {
+        grpc::Slice slice(message.data(), message.size());
+        grpc::ByteBuffer buffer(&slice, 1);
+        call->Write(buffer, reinterpret_cast<void*>(2));
+        write_pending = true;
+      } else {
+        call->WritesDone(reinterpret_cast<void*>(4));
+      }
+      continue;
+    }
+    if (tag != reinterpret_cast<void*>(3)) continue;
+    std::vector<grpc::Slice> slices;
+    ASSERT_TRUE(reply.Dump(&slices).ok());
+    size_t size = 0;
+    for (const auto& s : slices) size += s.size();
+    ASSERT_EQ(size, message.size());
+    if (++read < kMessages) call->Read(&reply, reinterpret_cast<void*>(3));
+  }
+  EXPECT_FALSE(write_pending);
+  grpc::Status status;
+  call->Finish(&status, reinterpret_cast<void*>(5));
+  while (cq.Next(&tag, &ok)) {
+    if (tag == reinterpret_cast<void*>(5)) break;
+  }
+  EXPECT_TRUE(status.ok()) << status.error_message();
+  cq.Shutdown();
+  while (cq.Next(&tag, &ok)) {
   }
 }
 

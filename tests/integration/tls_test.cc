@@ -14,6 +14,7 @@
 #include "bench/fake_upstream.h"
 #include "inference/grpc_service.grpc.pb.h"
 #include "sidecar/server.h"
+#include "tests/support/poll.h"
 #include "tests/support/static_sidecar_config.h"
 #include "tests/support/throwaway_pki.h"
 
@@ -21,17 +22,8 @@ namespace carbon::sidecar {
 namespace {
 
 using ::testing::HasSubstr;
+using testing::PollUntil;
 using testing::ThrowawayPki;
-
-template <typename Pred>
-bool PollUntil(Pred pred, absl::Duration timeout = absl::Seconds(15)) {
-  const absl::Time end = absl::Now() + timeout;
-  while (absl::Now() < end) {
-    if (pred()) return true;
-    absl::SleepFor(absl::Milliseconds(50));
-  }
-  return pred();
-}
 
 // The upstream's certificate is for "upstream.test" only (besides localhost): the sidecar reaches
 // it at 127.0.0.1 and must be told which name to verify.

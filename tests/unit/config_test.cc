@@ -176,7 +176,7 @@ struct BadConfig {
 TEST_F(ConfigTest, EveryMistakeNamesFileLineAndColumn) {
   const std::vector<BadConfig> cases = {
       {"unknown key", "drain_timeout: 5s", "drain_timeout: 5s\nlisten_port: 1",
-       "6:1: unknown key 'listen_port' in the config (known keys: listen, drain_timeout, admin, "
+       "6:1: unknown key 'listen_port' in the config (known keys: listen, drain_timeout, admin, tls, "
        "upstream, intensity, routes)"},
       {"misspelt nested key", "  refresh: 10s", "  refesh: 10s",
        "13:3: unknown key 'refesh' in intensity"},
