@@ -12,7 +12,7 @@ import time
 import unittest
 
 
-from e2e_support import SIDECAR, SOURCE_DIR, SidecarTestCase, grpc, infer_request, pb, poll
+from e2e_support import SIDECAR, SOURCE_DIR, SidecarTestCase, grpc, infer_request, pb, poll, rpc
 
 
 class SidecarEndToEnd(SidecarTestCase):
@@ -90,6 +90,45 @@ class SidecarEndToEnd(SidecarTestCase):
         self.assertEqual(result, {"model": "resnet101"})
         self.assertEqual(sidecar.proc.wait(timeout=10), 0, sidecar.output())
         self.assertIn("event=draining", sidecar.output())
+
+    def test_sigterm_refuses_new_calls_and_the_timeout_or_a_second_signal_forces_exit(self):
+        port = self.start_upstream("--service_time", "resnet101=20s")
+        for second_signal in (False, True):
+            config = self.write_config(port, self.static(200), drain="1s" if not second_signal else "60s")
+            sidecar, stub = self.start_sidecar(config)
+            sidecar_port = sidecar.find(r"event=listening .* port=(\d+)").group(1)
+            ready = grpc.insecure_channel(f"127.0.0.1:{sidecar_port}")
+            grpc.channel_ready_future(ready).result(timeout=10)
+            result = {}
+
+            def slow_call():
+                try:
+                    result["model"] = self.served(stub)[0]
+                except grpc.RpcError as e:
+                    result["error"] = e.code()
+
+            caller = threading.Thread(target=slow_call)
+            caller.start()
+            time.sleep(0.3)  # let the call reach the upstream; there is nothing to poll for from here
+            start = time.monotonic()
+            sidecar.proc.send_signal(signal.SIGTERM)
+            self.assertTrue(poll(lambda: "event=draining" in sidecar.output()), sidecar.output())
+            # Draining: a new connection is refused.
+            fresh = rpc.GRPCInferenceServiceStub(grpc.insecure_channel(f"127.0.0.1:{sidecar_port}"))
+            with self.assertRaises(grpc.RpcError) as refused:
+                fresh.ModelInfer(infer_request("resnet"), timeout=5)
+            self.assertEqual(refused.exception.code(), grpc.StatusCode.UNAVAILABLE)
+            if second_signal:
+                sidecar.proc.send_signal(signal.SIGTERM)
+                self.assertEqual(sidecar.proc.wait(timeout=10), 1, sidecar.output())
+                self.assertIn("event=forced_exit", sidecar.output())
+            else:
+                # The drain timeout (1s) cuts the 20 s call and the sidecar exits 0.
+                self.assertEqual(sidecar.proc.wait(timeout=10), 0, sidecar.output())
+            self.assertLess(time.monotonic() - start, 8)
+            caller.join(timeout=10)
+            self.assertIn(result.get("error"), (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED), result)
+            ready.close()
 
     def test_check_config_names_file_line_and_column(self):
         path = os.path.join(self.dir, "broken.yaml")
