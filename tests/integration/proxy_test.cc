@@ -673,8 +673,8 @@ TEST_F(OpaqueProxyTest, StatusCodesMessagesAndDetailsComeBackAsSent) {
 // A client that writes and never reads: HTTP/2 flow control must push back through the sidecar
 // to the client's writes, so that the sidecar does not buffer the replies without bound.
 TEST_F(OpaqueProxyTest, AClientThatStopsReadingIsHeldBackByFlowControl) {
-  constexpr int kMessages = 400;
-  const std::string message(256 * 1024, 'f');  // 400 of them: 100 MiB each way
+  constexpr int kMessages = 1000;
+  const std::string message(256 * 1024, 'f');  // 1000 of them: 250 MiB each way
   grpc::GenericStub generic(channel_);
   grpc::CompletionQueue cq;
   grpc::ClientContext ctx;
@@ -700,10 +700,11 @@ TEST_F(OpaqueProxyTest, AClientThatStopsReadingIsHeldBackByFlowControl) {
   const int64_t grown_kib = ResidentKiB() - before_kib;
   std::printf("writes accepted before the client was held back: %d of %d (%d MiB); resident growth %lld KiB\n",
               written, kMessages, written / 4, static_cast<long long>(grown_kib));
-  EXPECT_LT(written, kMessages) << "nothing pushed back on a client that does not read";
-  // Whatever was accepted is buffered once at most across the client, the sidecar and the echo
-  // upstream, all in this process.
-  EXPECT_LT(grown_kib, int64_t{written + 8} * 256 * 3);
+  EXPECT_LT(written, kMessages / 4) << "nothing pushed back on a client that does not read";
+  // What was accepted sits in the flow-control windows of both hops in both directions (client,
+  // sidecar and echo upstream are all in this process), plus allocator slack: a few times what was
+  // written, but nowhere near the flood itself.
+  EXPECT_LT(grown_kib, int64_t{kMessages} * 256 / 2) << "memory tracks the flood, not the windows";
 
   // Reading again drains everything, intact and in order.
   grpc::ByteBuffer reply;
