@@ -1,5 +1,5 @@
-// Faults under load: the upstream killed and restarted, reloads good and bad, thousands of idle
-// streams. Real gRPC clients, the sidecar in-process, a real gRPC upstream on loopback; each test
+// Faults under load: the upstream killed and restarted, reloads good and bad, a provider that
+// hangs, thousands of idle streams. Real gRPC clients, the sidecar in-process, a real gRPC upstream on loopback; each test
 // bounded in time and requests.
 #include <grpcpp/grpcpp.h>
 #include <httplib.h>
@@ -16,7 +16,10 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "absl/cleanup/cleanup.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
+#include "absl/time/time.h"
 #include "bench/fake_upstream.h"
 #include "inference/grpc_service.grpc.pb.h"
 #include "sidecar/server.h"
@@ -149,13 +152,14 @@ class FaultTest : public ::testing::Test {
   }
 
   // Writes the config file the sidecar runs on (and reloads from).
-  std::string WriteConfig(const std::string& intensity_line, const std::string& broken = "") {
+  std::string WriteConfig(const std::string& intensity_line, const std::string& broken = "",
+                          const std::string& refresh = "1h") {
     const std::string path = (dir_ / "sidecar.yaml").string();
     std::ofstream(path) << "listen: 127.0.0.1:0\n"
                         << "admin: { listen: \"127.0.0.1:0\" }\n"
                         << "upstream: { target: \"127.0.0.1:" << upstream_->port() << "\", readiness_interval: 0s }\n"
-                        << "intensity: { provider: static, " << intensity_line
-                        << ", refresh: 1h, window_bounds: { low: 100, high: 300 } }\n"
+                        << "intensity: { " << intensity_line
+                        << ", refresh: " << refresh << ", window_bounds: { low: 100, high: 300 } }\n"
                         << broken << "routes:\n  - name: resnet\n    baseline: resnet50\n    default: resnet50\n"
                         << "    variants:\n"
                         << "      - { name: resnet34, energy_mj: 359.9, error_percent: 8.58 }\n"
@@ -188,7 +192,7 @@ class FaultTest : public ::testing::Test {
 };
 
 TEST_F(FaultTest, UpstreamKilledUnderLoadAndRestartedLosesNothingFromTheLedger) {
-  StartSidecar(WriteConfig("gco2_per_kwh: 150"));
+  StartSidecar(WriteConfig("provider: static, gco2_per_kwh: 150"));
   const absl::Duration deadline = absl::Seconds(3);
   InferLoad load(channel_, 8, deadline);
   ASSERT_TRUE(PollUntil([&] { return load.count(grpc::StatusCode::OK) >= 200; }));
@@ -226,14 +230,14 @@ TEST_F(FaultTest, UpstreamKilledUnderLoadAndRestartedLosesNothingFromTheLedger) 
 }
 
 TEST_F(FaultTest, ReloadsUnderLoadDropNothingAndABrokenFileKeepsTheOldConfig) {
-  const std::string path = WriteConfig("gco2_per_kwh: 150");
+  const std::string path = WriteConfig("provider: static, gco2_per_kwh: 150");
   StartSidecar(path);
   InferLoad load(channel_, 4, absl::Seconds(5));
   ASSERT_TRUE(PollUntil([&] { return load.count(grpc::StatusCode::OK) >= 100; }));
   EXPECT_EQ(load.last_model(), "resnet101");
 
   // A broken file: refused with its location, counted, the old config serves on.
-  WriteConfig("gco2_per_kwh: 150", "  stray: [\n");
+  WriteConfig("provider: static, gco2_per_kwh: 150", "  stray: [\n");
   const absl::Status broken = sidecar_->ReloadFromFile(path);
   EXPECT_EQ(broken.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(std::string(broken.message()), ::testing::StartsWith(path + ":"));
@@ -242,7 +246,7 @@ TEST_F(FaultTest, ReloadsUnderLoadDropNothingAndABrokenFileKeepsTheOldConfig) {
   EXPECT_EQ(load.last_model(), "resnet101");
 
   // A valid one takes effect without a dropped call.
-  WriteConfig("gco2_per_kwh: 300");
+  WriteConfig("provider: static, gco2_per_kwh: 300");
   ASSERT_TRUE(sidecar_->ReloadFromFile(path).ok());
   EXPECT_TRUE(PollUntil([&] { return load.last_model() == "resnet34"; }));
   const int64_t ok_after_good = load.count(grpc::StatusCode::OK);
@@ -259,7 +263,7 @@ TEST_F(FaultTest, ReloadsUnderLoadDropNothingAndABrokenFileKeepsTheOldConfig) {
 // Many streams opened and left idle: each costs a bounded amount, they all end cleanly when the
 // clients go, and ordinary calls are served meanwhile.
 TEST_F(FaultTest, ThousandsOfIdleStreamsCostBoundedMemory) {
-  StartSidecar(WriteConfig("gco2_per_kwh: 150"));
+  StartSidecar(WriteConfig("provider: static, gco2_per_kwh: 150"));
   constexpr int kStreams = 2000;
   auto stub = inference::GRPCInferenceService::NewStub(channel_);
   {  // warm: the connection and the upstream channel exist before the baseline is taken
@@ -328,6 +332,48 @@ TEST_F(FaultTest, ThousandsOfIdleStreamsCostBoundedMemory) {
   cq.Shutdown();
   while (cq.Next(&tag, &ok)) {
   }
+}
+
+TEST_F(FaultTest, AProviderThatHangsNeverHoldsUpARequest) {
+  // An Electricity Maps stand-in that answers the sidecar's first poll, then takes every later poll
+  // and does not answer it until the test ends.
+  httplib::Server provider;
+  std::atomic<int> polls{0}, hung{0};
+  absl::Notification release;
+  provider.Get("/v3/carbon-intensity/history", [](const httplib::Request&, httplib::Response& res) {
+    res.set_content("{\"zone\":\"GB\",\"history\":[]}", "application/json");
+  });
+  provider.Get("/v3/carbon-intensity/latest", [&](const httplib::Request&, httplib::Response& res) {
+    if (polls.fetch_add(1) > 0) {
+      hung.fetch_add(1);
+      release.WaitForNotificationWithTimeout(absl::Seconds(20));
+    }
+    res.set_content(absl::StrCat("{\"zone\":\"GB\",\"carbonIntensity\":120,\"datetime\":\"",
+                                 absl::FormatTime(absl::RFC3339_full, absl::Now(), absl::UTCTimeZone()), "\"}"),
+                    "application/json");
+  });
+  const int provider_port = provider.bind_to_any_port("127.0.0.1");
+  ASSERT_GT(provider_port, 0);
+  std::thread serving([&] { provider.listen_after_bind(); });
+  absl::Cleanup stop_provider = [&] {
+    release.Notify();
+    provider.stop();
+    serving.join();
+  };
+  setenv("CARBON_FAULT_TEST_TOKEN", "t", 1);
+  StartSidecar(WriteConfig(absl::StrCat("provider: electricity-maps, zone: GB, token_env: CARBON_FAULT_TEST_TOKEN, "
+                                        "base_url: \"http://127.0.0.1:", provider_port, "\", timeout: 30s"),
+                           "", "200ms"));
+
+  InferLoad load(channel_, 4, absl::Seconds(5));
+  ASSERT_TRUE(PollUntil([&] { return hung.load() >= 1 && load.total() >= 200; }, absl::Seconds(10)));
+  const int64_t during_hang = load.total();
+  // Calls keep completing while the poll hangs.
+  ASSERT_TRUE(PollUntil([&] { return load.total() >= during_hang + 500; }, absl::Seconds(10)));
+  load.Stop();
+  EXPECT_EQ(load.count(grpc::StatusCode::OK), load.total()) << load.last_error();
+  EXPECT_LT(load.longest(), absl::Milliseconds(500)) << "a call waited on the provider";
+  EXPECT_EQ(load.last_model(), "resnet152");  // 120 g/kWh, from the one poll that was answered
 }
 
 }  // namespace
