@@ -233,6 +233,10 @@ absl::StatusOr<ScannedRequest> ScanModelNamedRequest(std::span<const std::string
       }
       uint64_t length;
       if (!cursor.ReadVarint(&length)) return Malformed(tag_offset, "model name length is truncated");
+      if (length > kMaxModelNameBytes) {
+        return Malformed(tag_offset, absl::StrCat("model name is ", length, " bytes, more than the ",
+                                                  kMaxModelNameBytes, " allowed"));
+      }
       if (!cursor.Read(length, scratch, &result.model_name)) {
         return Malformed(tag_offset, absl::StrCat("model name declares ", length,
                                                   " bytes but only ", cursor.remaining(), " remain"));

@@ -21,12 +21,16 @@ struct ScannedRequest {
   std::optional<int64_t> first_input_leading_dim;
 };
 
+// No model repository holds a longer name (Triton's are directory names, at most 255 bytes); a
+// longer one is an attack or a bug, refused before anything is copied.
+inline constexpr uint64_t kMaxModelNameBytes = 1024;
+
 // Walks the top-level fields of a serialized message held in `segments` (the slices of a gRPC
 // byte buffer, in order) without copying them: length-delimited fields, such as 600 KB of
 // raw_input_contents, are skipped by their length. Rejects what a protobuf parser would reject
 // at the top level (truncated fields, over-long varints, lengths past the end, group or unknown
 // wire types, field number 0), a field 1 that is not length-delimited, and a model name that is
-// not valid UTF-8. Errors are INVALID_ARGUMENT and say what was wrong and at which byte offset.
+// longer than kMaxModelNameBytes or not valid UTF-8. Errors are INVALID_ARGUMENT and say what was wrong and at which byte offset.
 // `scratch` is used only when the model name straddles segments, and may be reused across calls.
 absl::StatusOr<ScannedRequest> ScanModelNamedRequest(std::span<const std::string_view> segments,
                                                      bool want_leading_dim, std::string* scratch);

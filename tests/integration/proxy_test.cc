@@ -14,6 +14,7 @@
 #include "absl/synchronization/notification.h"
 #include "bench/fake_upstream.h"
 #include "inference/grpc_service.grpc.pb.h"
+#include "sidecar/request_wire.h"
 #include "sidecar/server.h"
 #include "tests/support/paper_pool.h"
 #include "tests/support/poll.h"
@@ -282,6 +283,23 @@ TEST_F(ProxyTest, MalformedRequestBytesAreRejectedBeforeTheUpstream) {
               "malformed request message at byte 0: model name declares 16 bytes but only 5 remain");
   }
   EXPECT_EQ(upstream_->service().received_count(), 0u);
+}
+
+TEST_F(ProxyTest, AMegabyteModelNameIsRefusedBeforeTheUpstream) {
+  for (const auto& name : {std::string(1 << 20, 'm'), std::string(kMaxModelNameBytes + 1, 'm')}) {
+    auto ctx = Context();
+    inference::ModelInferResponse resp;
+    grpc::Status status = stub_->ModelInfer(ctx.get(), InferRequest(name, 10), &resp);
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+    EXPECT_THAT(status.error_message(), HasSubstr(absl::StrCat("model name is ", name.size(), " bytes")));
+  }
+  EXPECT_EQ(upstream_->service().received_count(), 0u);
+  // The longest name allowed is an ordinary unknown model: the upstream answers it.
+  auto ctx = Context();
+  inference::ModelInferResponse resp;
+  grpc::Status status = stub_->ModelInfer(ctx.get(), InferRequest(std::string(kMaxModelNameBytes, 'm'), 10), &resp);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::NOT_FOUND) << status.error_message();
+  EXPECT_EQ(upstream_->service().received_count(), 1u);
 }
 
 TEST_F(ProxyTest, OversizedRequestIsResourceExhausted) {

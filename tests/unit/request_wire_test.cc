@@ -170,6 +170,8 @@ TEST(RequestWireTest, MalformedMessagesAreInvalidArgumentSayingWhatAndWhere) {
       {"invalid UTF-8 name", std::string("\x0a\x02\xc3\x28", 4), "model name is not valid UTF-8"},
       {"surrogate in name", std::string("\x0a\x03\xed\xa0\x80", 5), "model name is not valid UTF-8"},
       {"overlong encoding", std::string("\x0a\x02\xc0\xaf", 4), "model name is not valid UTF-8"},
+      {"1 MiB model name", std::string("\x0a\x80\x80\x40", 4) + std::string(1 << 20, 'm'),
+       "at byte 0: model name is 1048576 bytes, more than the 1024 allowed"},
   };
   for (const MalformedCase& c : cases) {
     std::string scratch;
@@ -193,7 +195,9 @@ TEST(RequestWireTest, ProtobufAgreesWithTheScanOnTruncations) {
     if (scanned.ok()) {
       // The scan does not descend into every nested message, so it may accept a prefix that
       // protobuf rejects only for nested reasons; what it accepts must name the same model.
-      if (protobuf_ok) EXPECT_EQ(scanned->model_name, parsed.model_name()) << n;
+      if (protobuf_ok) {
+        EXPECT_EQ(scanned->model_name, parsed.model_name()) << n;
+      }
     } else {
       EXPECT_FALSE(protobuf_ok) << "prefix " << n << ": " << scanned.status();
     }
