@@ -368,6 +368,7 @@ std::string RenderConfigJson(const SidecarConfig& config) {
                 {"readiness_interval", duration(config.upstream.readiness_interval)},
                 {"tls", tls(config.upstream.tls, "ca_file")}}},
               {"drain_timeout", duration(config.drain_timeout)},
+              {"memory_limit_bytes", config.memory_limit_bytes},
               {"intensity", intensity},
               {"routes", routes}};
   return doc.dump(2, ' ', false, json::error_handler_t::replace) + "\n";

@@ -444,6 +444,9 @@ absl::StatusOr<selector::Pool> LoadPoolFile(const std::string& path) {
   }
 }
 
+// Below this a busy sidecar would reset its own healthy streams.
+constexpr int64_t kMinMemoryLimitBytes = int64_t{16} * 1024 * 1024;
+
 absl::StatusOr<SidecarConfig> LoadConfig(const std::string& path) {
   auto root = ParseYamlFile(path);
   if (!root.ok()) return root.status();
@@ -454,6 +457,11 @@ absl::StatusOr<SidecarConfig> LoadConfig(const std::string& path) {
     MapReader top(*root, path, "the config");
     top.String("listen", &config.listen);
     top.Duration("drain_timeout", &config.drain_timeout, /*allow_zero=*/true);
+    if (top.Integer("memory_limit_bytes", &config.memory_limit_bytes) && config.memory_limit_bytes != 0 &&
+        config.memory_limit_bytes < kMinMemoryLimitBytes) {
+      return ErrorAt(path, (*root)["memory_limit_bytes"].Mark(),
+                     absl::StrCat("memory_limit_bytes must be 0 (no limit) or at least ", kMinMemoryLimitBytes));
+    }
     YAML::Node admin = top.Get("admin", false);
     YAML::Node tls = top.Get("tls", false);
     YAML::Node upstream = top.Get("upstream", true);

@@ -103,6 +103,11 @@ struct SidecarConfig {
   std::optional<TlsConfig> tls;  // the client-facing listener; absent: plaintext (h2c)
   UpstreamConfig upstream;
   absl::Duration drain_timeout = absl::Seconds(30);
+  // What the gRPC listener's connections may hold in buffers together (a gRPC resource quota).
+  // Past it, gRPC resets streams with RESOURCE_EXHAUSTED instead of reading on: gRPC 1.51 reads a
+  // message whole before checking max_message_bytes, so without a limit a client could make the
+  // sidecar hold any amount. 0: no limit.
+  int64_t memory_limit_bytes = int64_t{512} * 1024 * 1024;
   IntensityConfig intensity;
   std::vector<RouteConfig> routes;
 };

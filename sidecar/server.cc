@@ -2,6 +2,7 @@
 
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/health_check_service_interface.h>
+#include <grpcpp/resource_quota.h>
 
 #include "absl/strings/str_cat.h"
 #include "common/string_view_compat.h"
@@ -46,6 +47,11 @@ absl::StatusOr<std::unique_ptr<SidecarServer>> SidecarServer::Start(const Sideca
   builder.AddListeningPort(config.listen, ListenerCredentials(config.tls), &s->port_);
   builder.SetMaxReceiveMessageSize(max_bytes);
   builder.SetMaxSendMessageSize(max_bytes);
+  if (config.memory_limit_bytes > 0) {
+    grpc::ResourceQuota quota("carbon-sidecar-listener");
+    quota.Resize(static_cast<size_t>(config.memory_limit_bytes));
+    builder.SetResourceQuota(quota);  // the builder keeps a reference
+  }
   builder.RegisterCallbackGenericService(s->proxy_.get());
   s->server_ = builder.BuildAndStart();
   if (!s->server_ || s->port_ == 0) {
@@ -111,9 +117,10 @@ absl::Status SidecarServer::Reload(const SidecarConfig& config) {
   if (config.listen != current.listen || config.admin_listen != current.admin_listen ||
       config.upstream.target != current.upstream.target ||
       config.upstream.max_message_bytes != current.upstream.max_message_bytes || config.tls != current.tls ||
-      config.upstream.tls != current.upstream.tls) {
+      config.upstream.tls != current.upstream.tls || config.memory_limit_bytes != current.memory_limit_bytes) {
     // Rotated certificates need no restart: the files named are re-read (tls.refresh_interval).
-    spdlog::warn("event=reload_needs_restart detail=\"listen, admin, tls and upstream changes take effect on "
+    spdlog::warn("event=reload_needs_restart detail=\"listen, admin, tls, upstream and memory_limit_bytes changes take "
+                 "effect on "
                  "restart; keeping listen={} admin={} upstream={}\"",
                  current.listen, current.admin_listen, current.upstream.target);
   }

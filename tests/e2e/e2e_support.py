@@ -71,6 +71,15 @@ class Process:
         self.reader.join(timeout=5)
 
 
+def peak_resident_kib(pid):
+    """VmHWM of a process: the most it has held resident."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    raise AssertionError(f"no VmHWM for {pid}")
+
+
 def infer_request(model, payload=b"\x01" * 1024, batch=1):
     req = pb.ModelInferRequest(model_name=model, id="e2e")
     tensor = req.inputs.add()
@@ -101,13 +110,14 @@ class SidecarTestCase(unittest.TestCase):
         self.assertIsNotNone(match, upstream.output())
         return int(match.group(1))
 
-    def write_config(self, upstream_port, intensity_block, drain="10s"):
+    def write_config(self, upstream_port, intensity_block, drain="10s", extra=""):
         path = os.path.join(self.dir, "sidecar.yaml")
         with open(path, "w") as f:
             f.write(f"""listen: 127.0.0.1:0
 admin: {{ listen: "127.0.0.1:0" }}
 upstream: {{ target: "127.0.0.1:{upstream_port}" }}
 drain_timeout: {drain}
+{extra}
 intensity:
 {intensity_block}
 routes:

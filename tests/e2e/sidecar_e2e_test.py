@@ -12,7 +12,8 @@ import time
 import unittest
 
 
-from e2e_support import SIDECAR, SOURCE_DIR, SidecarTestCase, grpc, infer_request, pb, poll, rpc
+from e2e_support import (SIDECAR, SOURCE_DIR, SidecarTestCase, grpc, infer_request, pb, peak_resident_kib, poll,
+                          rpc)
 
 
 class SidecarEndToEnd(SidecarTestCase):
@@ -68,6 +69,22 @@ class SidecarEndToEnd(SidecarTestCase):
         self.assertIsNotNone(match, sidecar.output())
         self.assertIn(f"{config}:9:15: routes[0].baseline 'resnet18' is not a variant", match.group(1))
         self.assertEqual(self.served(stub)[0], "resnet34")  # still the last good config
+
+    def test_an_oversized_request_is_refused_without_being_read_whole(self):
+        # 256 MiB against the default 64 MiB max_message_bytes: gRPC 1.51 would read it all before
+        # refusing it; the memory limit (32 MiB here) stops the read instead.
+        port = self.start_upstream()
+        sidecar, stub = self.start_sidecar(
+            self.write_config(port, self.static(200), extra="memory_limit_bytes: 33554432"))
+        self.assertEqual(self.served(stub)[0], "resnet101")
+        before = peak_resident_kib(sidecar.proc.pid)
+        with self.assertRaises(grpc.RpcError) as refused:
+            stub.ModelInfer(infer_request("resnet", payload=b"\x01" * (256 << 20)), timeout=30)
+        self.assertEqual(refused.exception.code(), grpc.StatusCode.RESOURCE_EXHAUSTED)
+        grown_mib = (peak_resident_kib(sidecar.proc.pid) - before) / 1024
+        self.assertLess(grown_mib, 128, "the sidecar held most of the message")
+        # Nothing reached the upstream, and the sidecar serves on.
+        self.assertEqual(self.served(stub)[0], "resnet101")
 
     def test_sigterm_lets_in_flight_calls_finish_then_exits_zero(self):
         port = self.start_upstream("--service_time", "resnet101=1500ms")

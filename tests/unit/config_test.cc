@@ -139,6 +139,7 @@ routes:
   EXPECT_EQ(config->admin_listen, "127.0.0.1:9464");  // loopback unless chosen otherwise
   EXPECT_EQ(config->upstream.readiness_interval, absl::Seconds(10));
   EXPECT_EQ(config->upstream.max_message_bytes, 64 * 1024 * 1024);
+  EXPECT_EQ(config->memory_limit_bytes, 512 * 1024 * 1024);
   EXPECT_EQ(config->intensity.refresh, absl::Minutes(5));
   EXPECT_EQ(config->intensity.stale_after, absl::Hours(2));
   EXPECT_EQ(config->intensity.window, absl::Hours(24));
@@ -176,8 +177,10 @@ struct BadConfig {
 TEST_F(ConfigTest, EveryMistakeNamesFileLineAndColumn) {
   const std::vector<BadConfig> cases = {
       {"unknown key", "drain_timeout: 5s", "drain_timeout: 5s\nlisten_port: 1",
-       "6:1: unknown key 'listen_port' in the config (known keys: listen, drain_timeout, admin, tls, "
-       "upstream, intensity, routes)"},
+       "6:1: unknown key 'listen_port' in the config (known keys: listen, drain_timeout, "
+       "memory_limit_bytes, admin, tls, upstream, intensity, routes)"},
+      {"small memory limit", "drain_timeout: 5s", "drain_timeout: 5s\nmemory_limit_bytes: 65536",
+       "6:21: memory_limit_bytes must be 0 (no limit) or at least 16777216"},
       {"misspelt nested key", "  refresh: 10s", "  refesh: 10s",
        "13:3: unknown key 'refesh' in intensity"},
       {"duplicate key", "  region: GB-SW", "  region: GB-SW\n  region: GB-N",
