@@ -4,6 +4,7 @@
 
 #include <algorithm>
 
+#include "common/happens_before.h"
 #include "absl/strings/str_cat.h"
 
 namespace carbon::bench {
@@ -14,11 +15,13 @@ class DelayedUnaryReactor final : public grpc::ServerUnaryReactor {
  public:
   DelayedUnaryReactor(absl::Duration delay, grpc::Status status, std::atomic<int64_t>* cancelled)
       : status_(std::move(status)), cancelled_(cancelled) {
+    HappensBefore(this);  // common/happens_before.h: each step is started by the one before
     if (delay <= absl::ZeroDuration()) {
       Finish(status_);
       return;
     }
     alarm_.Set(absl::ToChronoTime(absl::Now() + delay), [this](bool fired) {
+      HappensAfter(this);
       Finish(fired ? status_ : grpc::Status::CANCELLED);
     });
   }
@@ -26,8 +29,12 @@ class DelayedUnaryReactor final : public grpc::ServerUnaryReactor {
   void OnCancel() override {
     cancelled_->fetch_add(1);
     alarm_.Cancel();
+    HappensBefore(this);
   }
-  void OnDone() override { delete this; }
+  void OnDone() override {
+    HappensAfter(this);
+    delete this;
+  }
 
  private:
   grpc::Status status_;
@@ -228,10 +235,13 @@ class StreamInferReactor final
   StreamInferReactor(FakeInferenceService* service, grpc::CallbackServerContext* ctx)
       : service_(service), ctx_(ctx) {
     service_->open_streams_.fetch_add(1);
+    HappensBefore(this);  // common/happens_before.h: one operation at a time, each started by the last
     StartRead(&request_);
   }
   void OnReadDone(bool ok) override {
+    HappensAfter(this);
     if (!ok) {
+      HappensBefore(this);
       Finish(ctx_->IsCancelled() ? grpc::Status::CANCELLED : grpc::Status::OK);
       return;
     }
@@ -245,20 +255,32 @@ class StreamInferReactor final
     const absl::Duration delay = status.ok() ? service_->ServiceTime(request_.model_name()) : absl::ZeroDuration();
     if (delay > absl::ZeroDuration()) {
       alarm_ = std::make_unique<grpc::Alarm>();
-      alarm_->Set(absl::ToChronoTime(absl::Now() + delay), [this](bool) { StartWrite(&response_); });
+      HappensBefore(this);
+      alarm_->Set(absl::ToChronoTime(absl::Now() + delay), [this](bool) {
+        HappensAfter(this);
+        HappensBefore(this);
+        StartWrite(&response_);
+      });
     } else {
+      HappensBefore(this);
       StartWrite(&response_);
     }
   }
   void OnWriteDone(bool ok) override {
+    HappensAfter(this);
+    HappensBefore(this);
     if (!ok) {
       Finish(grpc::Status::CANCELLED);
       return;
     }
     StartRead(&request_);
   }
-  void OnCancel() override { service_->cancelled_streams_.fetch_add(1); }
+  void OnCancel() override {
+    service_->cancelled_streams_.fetch_add(1);
+    HappensBefore(this);  // gRPC runs OnDone after OnCancel has returned
+  }
   void OnDone() override {
+    HappensAfter(this);
     service_->open_streams_.fetch_sub(1);
     delete this;
   }

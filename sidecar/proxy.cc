@@ -14,6 +14,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/synchronization/mutex.h"
+#include "common/happens_before.h"
 #include "common/string_view_compat.h"
 #include "sidecar/request_bytes.h"
 #include "telemetry/latency_histogram.h"
@@ -306,11 +307,15 @@ class UnaryProxyCall final : public grpc::ServerGenericBidiReactor {
         kind_(kind),
         router_(proxy->routes_, &proxy->counters_, kind),
         start_(std::chrono::steady_clock::now()) {
+    HappensBefore(this);
     StartRead(&request_);
   }
 
+  // Each step starts only from the previous step's reaction; `this` tags the hand-over.
   void OnReadDone(bool ok) override {
+    HappensAfter(this);
     if (!ok) {
+      HappensBefore(this);
       Finish(ctx_->IsCancelled() ? grpc::Status::CANCELLED
                                  : grpc::Status(grpc::StatusCode::INTERNAL,
                                                 "the client sent no request message"));
@@ -318,20 +323,27 @@ class UnaryProxyCall final : public grpc::ServerGenericBidiReactor {
     }
     if (kind_ != MethodKind::kOpaqueUnary) {
       if (absl::Status routed = router_.Route(*ctx_, &request_); !routed.ok()) {
+        HappensBefore(this);
         Finish(ToGrpc(routed));
         return;
       }
     }
     upstream_ctx_ = grpc::ClientContext::FromCallbackServerContext(*ctx_);
     CopyRequestMetadata(*ctx_, upstream_ctx_.get());
+    HappensBefore(this);
     proxy_->stub_.UnaryCall(upstream_ctx_.get(), ctx_->method(), grpc::StubOptions(), &request_,
                             &response_, [this](grpc::Status status) { OnUpstreamDone(status); });
   }
 
-  void OnDone() override { delete this; }
+  void OnDone() override {
+    HappensAfter(this);
+    HappensBefore(proxy_);  // gRPC's server shutdown, then ~InferenceProxy, follow OnDone
+    delete this;
+  }
 
  private:
   void OnUpstreamDone(const grpc::Status& upstream_status) {
+    HappensAfter(this);
     const grpc::Status status = ForClient(upstream_status, *ctx_);
     if (router_.routed()) {
       router_.Settle(status.error_code(), SecondsSince(start_));
@@ -341,6 +353,7 @@ class UnaryProxyCall final : public grpc::ServerGenericBidiReactor {
     CopyResponseHeaders(*upstream_ctx_, ctx_);
     router_.AddTags(ctx_);
     CopyTrailers(*upstream_ctx_, ctx_);
+    HappensBefore(this);
     if (status.ok()) {
       StartWriteAndFinish(&response_, grpc::WriteOptions(), status);
     } else {
@@ -376,17 +389,25 @@ class StreamingProxyCall final : public grpc::ServerGenericBidiReactor {
     // A routed stream waits for its first message, so the variant is known before the upstream
     // call (and its headers) start, and a bad first message never reaches the upstream.
     if (kind_ != MethodKind::kStreamInfer) StartUpstream();
+    HappensBefore(&request_);
     StartRead(&request_);
   }
 
+  // Tags for ThreadSanitizer (common/happens_before.h): &request_ follows the forward pipeline,
+  // &response_ the backward one, `this` the call's start and end; &refs_ orders the server side's
+  // reactions before its OnDone, &upstream_ the upstream's before UpstreamDone.
   void OnReadDone(bool ok) override {
+    HappensAfter(&request_);
+    HappensBeforeOnExit done(&refs_);
     if (!upstream_started_) {
       if (!ok && ctx_->IsCancelled()) {
+        HappensBefore(this);
         Finish(grpc::Status::CANCELLED);
         return;
       }
       if (ok) {
         if (absl::Status routed = router_.Route(*ctx_, &request_); !routed.ok()) {
+          HappensBefore(this);
           Finish(ToGrpc(routed));
           return;
         }
@@ -402,6 +423,7 @@ class StreamingProxyCall final : public grpc::ServerGenericBidiReactor {
           release = ReleaseForwardLocked();
         }
         upstream_ctx_->TryCancel();
+        HappensBefore(this);
         if (release) upstream_.RemoveHold();
         return;
       }
@@ -411,6 +433,7 @@ class StreamingProxyCall final : public grpc::ServerGenericBidiReactor {
       if (!forward_active_) return;  // the upstream has ended; nothing more goes to it
       ++forward_busy_;
     }
+    HappensBefore(&request_);
     if (ok) {
       upstream_.StartWrite(&request_);
     } else {
@@ -419,7 +442,10 @@ class StreamingProxyCall final : public grpc::ServerGenericBidiReactor {
   }
 
   void OnWriteDone(bool ok) override {
+    HappensAfter(&response_);
+    HappensBeforeOnExit done(&refs_);
     if (ok) {
+      HappensBefore(&response_);
       upstream_.StartRead(&response_);
     } else {
       // The client is gone: stop the upstream and end the backward pipeline.
@@ -428,17 +454,38 @@ class StreamingProxyCall final : public grpc::ServerGenericBidiReactor {
     }
   }
 
-  void OnDone() override { Unref(); }
+  void OnDone() override {
+    HappensAfter(this);
+    HappensAfter(&refs_);
+    HappensBefore(proxy_);  // gRPC's server shutdown, then ~InferenceProxy, follow OnDone
+    Unref();
+  }
 
  private:
   class Upstream final : public grpc::ClientBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer> {
    public:
     explicit Upstream(StreamingProxyCall* call) : call_(call) {}
-    void OnReadInitialMetadataDone(bool ok) override { call_->UpstreamHeaders(ok); }
-    void OnReadDone(bool ok) override { call_->UpstreamRead(ok); }
-    void OnWriteDone(bool ok) override { call_->UpstreamWriteDone(ok); }
-    void OnWritesDoneDone(bool) override { call_->UpstreamWritesDoneDone(); }
-    void OnDone(const grpc::Status& status) override { call_->UpstreamDone(status); }
+    // (The call outlives these: only OnDone, after all of them, gives up the upstream's ref.)
+    void OnReadInitialMetadataDone(bool ok) override {
+      HappensBeforeOnExit done(this);
+      call_->UpstreamHeaders(ok);
+    }
+    void OnReadDone(bool ok) override {
+      HappensBeforeOnExit done(this);
+      call_->UpstreamRead(ok);
+    }
+    void OnWriteDone(bool ok) override {
+      HappensBeforeOnExit done(this);
+      call_->UpstreamWriteDone(ok);
+    }
+    void OnWritesDoneDone(bool) override {
+      HappensBeforeOnExit done(this);
+      call_->UpstreamWritesDoneDone();
+    }
+    void OnDone(const grpc::Status& status) override {
+      HappensAfter(this);
+      call_->UpstreamDone(status);
+    }
 
    private:
     StreamingProxyCall* call_;
@@ -456,20 +503,25 @@ class StreamingProxyCall final : public grpc::ServerGenericBidiReactor {
       absl::MutexLock lock(&mu_);
       forward_active_ = true;
     }
+    HappensBefore(this);
     upstream_.StartCall();
   }
 
   void UpstreamHeaders(bool ok) {
+    HappensAfter(this);
     if (ok) {
       CopyResponseHeaders(*upstream_ctx_, ctx_);
       router_.AddTags(ctx_);
       StartSendInitialMetadata();
     }
+    HappensBefore(&response_);
     upstream_.StartRead(&response_);
   }
 
   void UpstreamRead(bool ok) {
+    HappensAfter(&response_);
     if (ok) {
+      HappensBefore(&response_);
       StartWrite(&response_);
     } else {
       EndBackward();
@@ -477,6 +529,7 @@ class StreamingProxyCall final : public grpc::ServerGenericBidiReactor {
   }
 
   void UpstreamWriteDone(bool ok) {
+    HappensAfter(&request_);
     bool stop;
     {
       absl::MutexLock lock(&mu_);
@@ -488,11 +541,13 @@ class StreamingProxyCall final : public grpc::ServerGenericBidiReactor {
       }
     }
     if (stop) {
+      HappensBefore(this);
       upstream_.RemoveHold();
       return;
     }
     // Still counted busy while the next client read is issued, so the backward pipeline cannot
     // let go of the forward hold (and the server side finish) before StartRead has run.
+    HappensBefore(&request_);
     StartRead(&request_);
     bool release;
     {
@@ -500,16 +555,19 @@ class StreamingProxyCall final : public grpc::ServerGenericBidiReactor {
       --forward_busy_;
       release = backward_ended_ && ReleaseForwardLocked();
     }
+    HappensBefore(this);
     if (release) upstream_.RemoveHold();
   }
 
   void UpstreamWritesDoneDone() {
+    HappensAfter(&request_);
     bool release;
     {
       absl::MutexLock lock(&mu_);
       --forward_busy_;
       release = ReleaseForwardLocked();
     }
+    HappensBefore(this);
     if (release) upstream_.RemoveHold();
   }
 
@@ -529,11 +587,13 @@ class StreamingProxyCall final : public grpc::ServerGenericBidiReactor {
       backward_ended_ = true;
       release_forward = ReleaseForwardLocked();
     }
+    HappensBefore(this);
     if (release_forward) upstream_.RemoveHold();
     upstream_.RemoveHold();
   }
 
   void UpstreamDone(const grpc::Status& status) {
+    HappensAfter(this);
     CopyTrailers(*upstream_ctx_, ctx_);
     std::optional<grpc::Status> override_status;
     {
@@ -546,6 +606,7 @@ class StreamingProxyCall final : public grpc::ServerGenericBidiReactor {
     } else {
       proxy_->counters_.CountPassthrough(final_status.error_code());
     }
+    HappensBefore(this);
     Finish(final_status);
     Unref();
   }
@@ -578,15 +639,21 @@ grpc::ChannelArguments UpstreamChannelArguments(int max_message_bytes) {
   args.SetMaxReceiveMessageSize(max_message_bytes);
   args.SetMaxSendMessageSize(max_message_bytes);
   args.SetInt(GRPC_ARG_ENABLE_RETRIES, 0);
+  // A lost upstream is retried soon (100 ms, backing off to 1 s)...
   args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
-  args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 100);
   args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
+  // ...but each attempt may take as long as a slow network or TLS handshake needs: gRPC reads
+  // this argument as the minimum connect timeout, and at 100 ms it cut off any upstream whose
+  // TCP + TLS handshake and SETTINGS took longer, attempt after attempt. 5 s, as Envoy's default.
+  args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 5000);
   return args;
 }
 
 InferenceProxy::InferenceProxy(std::shared_ptr<grpc::Channel> upstream,
                                const selector::SnapshotCell<RoutingSnapshot>* routes)
     : channel_(std::move(upstream)), stub_(channel_), routes_(routes) {}
+
+InferenceProxy::~InferenceProxy() { HappensAfter(this); }  // every call's OnDone came first
 
 grpc::ServerGenericBidiReactor* InferenceProxy::CreateReactor(
     grpc::GenericCallbackServerContext* ctx) {

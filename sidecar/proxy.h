@@ -50,6 +50,8 @@ class InferenceProxy final : public grpc::CallbackGenericService {
  public:
   InferenceProxy(std::shared_ptr<grpc::Channel> upstream,
                  const selector::SnapshotCell<RoutingSnapshot>* routes);
+  // Only once the server serving it has shut down.
+  ~InferenceProxy() override;
 
   grpc::ServerGenericBidiReactor* CreateReactor(grpc::GenericCallbackServerContext* ctx) override;
 

@@ -11,6 +11,8 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 #include "bench/fake_upstream.h"
 #include "inference/grpc_service.grpc.pb.h"
@@ -414,7 +416,23 @@ TEST_F(ProxyTest, ConcurrentStreamsAndCancellationsAllEndCleanly) {
   // (the sanitizer build checks the latter).
   constexpr int kThreads = 8;
   constexpr int kStreamsPerThread = 25;
+  // Both hops connected first: the streams are the subject, not the first connections (which,
+  // slowed down by ThreadSanitizer, sometimes timed out before the peer's SETTINGS arrived, failing
+  // the streams waiting on them with UNAVAILABLE).
+  ASSERT_TRUE(PollUntil([&] {
+    auto ctx = Context(absl::Seconds(2));
+    inference::ModelInferResponse resp;
+    return stub_->ModelInfer(ctx.get(), InferRequest("resnet", 10), &resp).ok();
+  }));
   std::atomic<int> ok_streams{0}, cancelled_streams{0}, other{0};
+  absl::Mutex mu;
+  std::vector<std::string> unexpected;  // what the streams that ended otherwise said
+  const auto note = [&](int mode, const grpc::Status& status, int answers) {
+    ++other;
+    absl::MutexLock lock(&mu);
+    unexpected.push_back(absl::StrCat("mode ", mode, ": ", status.error_code(), " '", status.error_message(),
+                                      "' after ", answers, " answers"));
+  };
   std::vector<std::thread> threads;
   for (int t = 0; t < kThreads; ++t) {
     threads.emplace_back([&, t] {
@@ -429,25 +447,30 @@ TEST_F(ProxyTest, ConcurrentStreamsAndCancellationsAllEndCleanly) {
           stream->WritesDone();
           int answers = 0;
           while (stream->Read(&resp)) ++answers;
-          if (stream->Finish().ok() && answers == 3) ++ok_streams; else ++other;
+          const grpc::Status status = stream->Finish();
+          if (status.ok() && answers == 3) ++ok_streams; else note(mode, status, answers);
         } else if (mode == 1) {  // half-closes at once
           stream->WritesDone();
-          if (!stream->Read(&resp) && stream->Finish().ok()) ++ok_streams; else ++other;
+          const bool answered = stream->Read(&resp);
+          const grpc::Status status = stream->Finish();
+          if (!answered && status.ok()) ++ok_streams; else note(mode, status, answered);
         } else if (mode == 2) {  // cancels after one answer
           stream->Write(InferRequest("resnet", 64));
-          stream->Read(&resp);
+          const bool answered = stream->Read(&resp);
           ctx.TryCancel();
-          if (stream->Finish().error_code() == grpc::StatusCode::CANCELLED) ++cancelled_streams; else ++other;
+          const grpc::Status status = stream->Finish();
+          if (status.error_code() == grpc::StatusCode::CANCELLED) ++cancelled_streams; else note(mode, status, answered);
         } else {  // cancels before anything is answered
           stream->Write(InferRequest("resnet", 64));
           ctx.TryCancel();
-          if (stream->Finish().error_code() == grpc::StatusCode::CANCELLED) ++cancelled_streams; else ++other;
+          const grpc::Status status = stream->Finish();
+          if (status.error_code() == grpc::StatusCode::CANCELLED) ++cancelled_streams; else note(mode, status, 0);
         }
       }
     });
   }
   for (auto& th : threads) th.join();
-  EXPECT_EQ(other.load(), 0);
+  EXPECT_EQ(other.load(), 0) << absl::StrJoin(unexpected, "\n");
   EXPECT_EQ(ok_streams.load() + cancelled_streams.load(), kThreads * kStreamsPerThread);
   // The proxy still serves after all that.
   auto ctx = Context();
