@@ -1,8 +1,13 @@
 // Faults under load: the upstream killed and restarted, reloads good and bad, a provider that
 // hangs, thousands of idle streams. Real gRPC clients, the sidecar in-process, a real gRPC upstream on loopback; each test
 // bounded in time and requests.
+#include <arpa/inet.h>
 #include <grpcpp/grpcpp.h>
 #include <httplib.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <filesystem>
@@ -128,6 +133,81 @@ class InferLoad {
   std::string last_error_ ABSL_GUARDED_BY(mu_);
 };
 
+// A TCP relay in front of a port on loopback that holds each new connection for `delay` before
+// passing bytes either way: an inference server far away, or slow to handshake.
+class DelayingRelay {
+ public:
+  DelayingRelay(int target_port, absl::Duration delay) : target_port_(target_port), delay_(delay) {
+    listen_fd_ = socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof(addr);
+    if (bind(listen_fd_, reinterpret_cast<sockaddr*>(&addr), len) != 0 || listen(listen_fd_, 16) != 0 ||
+        getsockname(listen_fd_, reinterpret_cast<sockaddr*>(&addr), &len) != 0) {
+      ADD_FAILURE() << "relay cannot listen";
+      return;
+    }
+    port_ = ntohs(addr.sin_port);
+    accepting_ = std::thread([this] { AcceptLoop(); });
+  }
+  ~DelayingRelay() {
+    stop_.store(true);
+    if (accepting_.joinable()) accepting_.join();
+    for (int fd : open_) shutdown(fd, SHUT_RDWR);  // wakes the pipes
+    for (auto& t : pipes_) t.join();
+    for (int fd : open_) close(fd);
+    close(listen_fd_);
+  }
+  int port() const { return port_; }
+
+ private:
+  void AcceptLoop() {
+    while (!stop_.load()) {
+      pollfd p{listen_fd_, POLLIN, 0};
+      if (poll(&p, 1, 50) <= 0) continue;
+      const int client = accept(listen_fd_, nullptr, nullptr);
+      if (client < 0) continue;
+      absl::SleepFor(delay_);
+      const int upstream = socket(AF_INET, SOCK_STREAM, 0);
+      sockaddr_in addr{};
+      addr.sin_family = AF_INET;
+      addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+      addr.sin_port = htons(static_cast<uint16_t>(target_port_));
+      open_.push_back(client);
+      open_.push_back(upstream);
+      if (connect(upstream, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
+        shutdown(client, SHUT_RDWR);
+        continue;
+      }
+      pipes_.emplace_back([client, upstream] { Pipe(client, upstream); });
+      pipes_.emplace_back([client, upstream] { Pipe(upstream, client); });
+    }
+  }
+  static void Pipe(int from, int to) {
+    char buffer[16384];
+    ssize_t n;
+    while ((n = read(from, buffer, sizeof(buffer))) > 0) {
+      for (ssize_t off = 0; off < n;) {
+        const ssize_t w = write(to, buffer + off, static_cast<size_t>(n - off));
+        if (w <= 0) return;
+        off += w;
+      }
+    }
+    shutdown(to, SHUT_WR);
+  }
+
+  const int target_port_;
+  const absl::Duration delay_;
+  int listen_fd_ = -1;
+  int port_ = 0;
+  std::atomic<bool> stop_{false};
+  std::thread accepting_;
+  // Written by the accept loop only, read once it has been joined.
+  std::vector<int> open_;
+  std::vector<std::thread> pipes_;
+};
+
 class FaultTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -157,7 +237,8 @@ class FaultTest : public ::testing::Test {
     const std::string path = (dir_ / "sidecar.yaml").string();
     std::ofstream(path) << "listen: 127.0.0.1:0\n"
                         << "admin: { listen: \"127.0.0.1:0\" }\n"
-                        << "upstream: { target: \"127.0.0.1:" << upstream_->port() << "\", readiness_interval: 0s }\n"
+                        << "upstream: { target: \"127.0.0.1:" << (target_port_ ? target_port_ : upstream_->port())
+                        << "\", readiness_interval: 0s }\n"
                         << "intensity: { " << intensity_line
                         << ", refresh: " << refresh << ", window_bounds: { low: 100, high: 300 } }\n"
                         << broken << "routes:\n  - name: resnet\n    baseline: resnet50\n    default: resnet50\n"
@@ -185,6 +266,7 @@ class FaultTest : public ::testing::Test {
   }
 
   static inline int counter_ = 0;
+  int target_port_ = 0;  // where the sidecar is sent, when not straight to upstream_
   std::filesystem::path dir_;
   std::unique_ptr<bench::FakeUpstreamServer> upstream_;
   std::unique_ptr<SidecarServer> sidecar_;
@@ -227,6 +309,25 @@ TEST_F(FaultTest, UpstreamKilledUnderLoadAndRestartedLosesNothingFromTheLedger) 
   EXPECT_EQ(SumSamples(metrics, "carbon_sidecar_requests_total", "code=\"OK\""), load.count(grpc::StatusCode::OK));
   EXPECT_EQ(SumSamples(metrics, "carbon_sidecar_inferences_total"), load.count(grpc::StatusCode::OK));
   EXPECT_EQ(SumSamples(metrics, "carbon_sidecar_requests_total"), load.total());
+}
+
+TEST_F(FaultTest, AnUpstreamSlowToHandshakeIsStillReached) {
+  // Each connection to the upstream passes no byte for 300 ms: longer than the 100 ms connect
+  // timeout the sidecar once had, which failed every attempt with "connection attempt timed out
+  // before receiving SETTINGS frame".
+  DelayingRelay relay(upstream_->port(), absl::Milliseconds(300));
+  target_port_ = relay.port();
+  StartSidecar(WriteConfig("provider: static, gco2_per_kwh: 150"));
+  auto stub = inference::GRPCInferenceService::NewStub(channel_);
+  grpc::ClientContext ctx;
+  ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(5)));
+  inference::ModelInferRequest request;
+  request.set_model_name("resnet");
+  inference::ModelInferResponse response;
+  const grpc::Status status = stub->ModelInfer(&ctx, request, &response);
+  EXPECT_TRUE(status.ok()) << status.error_code() << " " << status.error_message();
+  EXPECT_EQ(response.model_name(), "resnet101");
+  if (sidecar_) sidecar_->Shutdown(absl::ZeroDuration());  // before the relay goes
 }
 
 TEST_F(FaultTest, ReloadsUnderLoadDropNothingAndABrokenFileKeepsTheOldConfig) {
