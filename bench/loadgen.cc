@@ -1,9 +1,12 @@
 // A gRPC load generator for KServe v2 / Triton ModelInfer (callback API).
 //   loadgen --target 127.0.0.1:8001 --model resnet --concurrency 16 --duration 10s
 //   loadgen --target 127.0.0.1:8001 --rate 2000 --duration 10s      (open loop)
+//   loadgen --target 127.0.0.1:8001 --stream --concurrency 16        (ModelStreamInfer)
 // Closed loop: `concurrency` calls always in flight. Open loop: calls start at a fixed rate whatever
 // the server does, and latency is measured from each call's intended start, so a stalled server
-// shows up in the tail instead of hiding behind fewer sends (coordinated omission).
+// shows up in the tail instead of hiding behind fewer sends (coordinated omission). Streaming:
+// `concurrency` ModelStreamInfer streams, each sending its next request when the last is answered;
+// a request is counted like a call (an in-band error_message counts as an UNKNOWN error).
 // Prints one JSON object: throughput, latency percentiles (µs), error counts by code, and how many
 // responses each model served.
 #include <grpcpp/grpcpp.h>
@@ -35,6 +38,7 @@ ABSL_FLAG(int64_t, payload_bytes, 1024, "raw_input_contents size (602112: one 22
 ABSL_FLAG(int64_t, batch, 1, "shape[0] of the input tensor.");
 ABSL_FLAG(absl::Duration, timeout, absl::Seconds(10), "Deadline of each call.");
 ABSL_FLAG(int, channels, 1, "gRPC channels (connections) the calls are spread over.");
+ABSL_FLAG(bool, stream, false, "ModelStreamInfer streams instead of unary calls (closed loop).");
 
 namespace {
 
@@ -70,6 +74,14 @@ class LoadGenerator {
       in_flight_.fetch_sub(1);
       if (then) then();
     });
+  }
+
+  // Opens one ModelStreamInfer stream that runs request after request until `stop`, each measured
+  // like a call. Counts as in flight until the stream has ended.
+  void StartStream(const std::atomic<bool>* stop, absl::Time deadline) {
+    auto& stub = *stubs_[next_stub_.fetch_add(1, std::memory_order_relaxed) % stubs_.size()];
+    in_flight_.fetch_add(1);
+    new StreamWorker(this, &stub, stop, deadline);
   }
 
   void StartMeasuring(absl::Time at) {
@@ -113,6 +125,67 @@ class LoadGenerator {
     grpc::ClientContext ctx;
     inference::ModelInferResponse response;
     absl::Time intended;
+  };
+
+  // One request in flight on the stream at a time: the next is written once both the last write
+  // and its answer have completed (they may complete in either order, on different threads).
+  class StreamWorker final
+      : public grpc::ClientBidiReactor<inference::ModelInferRequest, inference::ModelStreamInferResponse> {
+   public:
+    StreamWorker(LoadGenerator* gen, inference::GRPCInferenceService::Stub* stub, const std::atomic<bool>* stop,
+                 absl::Time deadline)
+        : gen_(gen), stop_(stop) {
+      ctx_.set_deadline(absl::ToChronoTime(deadline));
+      stub->async()->ModelStreamInfer(&ctx_, this);
+      AddHold();  // until the last request is answered or the stream fails
+      Send();
+      StartCall();
+    }
+    // A failed write is followed by a failed read, which lets the stream end.
+    void OnWriteDone(bool) override { Step(); }
+    void OnReadDone(bool ok) override {
+      if (!ok) {
+        RemoveHold();  // the stream ended early; OnDone has its status
+        return;
+      }
+      answered_ = true;
+      const std::string& error = response_.error_message();
+      gen_->Record(sent_, error.empty() ? grpc::Status::OK : grpc::Status(grpc::StatusCode::UNKNOWN, error),
+                   response_.infer_response().model_name());
+      Step();
+    }
+    void OnDone(const grpc::Status& status) override {
+      if (!status.ok() && !answered_) gen_->Record(sent_, status, "");
+      gen_->in_flight_.fetch_sub(1);
+      delete this;
+    }
+
+   private:
+    void Send() {
+      pending_.store(2);
+      answered_ = false;
+      sent_ = absl::Now();
+      StartWrite(&gen_->request_);
+      StartRead(&response_);
+    }
+    // The second of a request's two completions moves on.
+    void Step() {
+      if (pending_.fetch_sub(1) != 1) return;
+      if (stop_->load()) {
+        StartWritesDone();
+        RemoveHold();
+      } else {
+        Send();
+      }
+    }
+
+    LoadGenerator* gen_;
+    const std::atomic<bool>* stop_;
+    grpc::ClientContext ctx_;
+    inference::ModelStreamInferResponse response_;
+    std::atomic<int> pending_{2};
+    bool answered_ = false;  // the request in flight has its answer
+    absl::Time sent_;
   };
 
   void Record(absl::Time intended, const grpc::Status& status, const std::string& model) {
@@ -160,7 +233,14 @@ int main(int argc, char** argv) {
   gen.StopMeasuring(end);
   const double rate = absl::GetFlag(FLAGS_rate);
   std::string mode;
-  if (rate > 0) {
+  if (absl::GetFlag(FLAGS_stream)) {
+    mode = "stream";
+    std::atomic<bool> stop{false};
+    const absl::Time stream_deadline = end + absl::GetFlag(FLAGS_timeout);
+    for (int c = 0; c < std::max(1, absl::GetFlag(FLAGS_concurrency)); ++c) gen.StartStream(&stop, stream_deadline);
+    absl::SleepFor(end - absl::Now());
+    stop = true;
+  } else if (rate > 0) {
     mode = "open";
     // Sends on schedule from this thread; completions never hold it up.
     const absl::Duration interval = absl::Seconds(1) / rate;
