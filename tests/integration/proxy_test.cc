@@ -478,6 +478,21 @@ TEST_F(ProxyTest, ConcurrentStreamsAndCancellationsAllEndCleanly) {
   ASSERT_TRUE(stub_->ModelInfer(ctx.get(), InferRequest("resnet", 10), &resp).ok());
 }
 
+TEST_F(ProxyTest, AClientCancelReachesTheUpstreamStream) {
+  grpc::ClientContext ctx;
+  ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(10)));
+  auto stream = stub_->ModelStreamInfer(&ctx);
+  ASSERT_TRUE(stream->Write(InferRequest("resnet", 64)));
+  inference::ModelStreamInferResponse resp;
+  ASSERT_TRUE(stream->Read(&resp));  // the upstream stream is open and has answered
+  EXPECT_EQ(upstream_->service().cancelled_streams(), 0);
+  ctx.TryCancel();
+  EXPECT_EQ(stream->Finish().error_code(), grpc::StatusCode::CANCELLED);
+  // The upstream sees its stream cancelled rather than left open or half-closed.
+  EXPECT_TRUE(PollUntil([&] { return upstream_->service().cancelled_streams() == 1; }));
+  EXPECT_TRUE(PollUntil([&] { return upstream_->service().open_streams() == 0; }));
+}
+
 TEST_F(ProxyTest, UpstreamDownIsUnavailableAndRecovers) {
   const int port = upstream_->port();
   upstream_.reset();
