@@ -427,6 +427,18 @@ class StreamingProxyCall final : public grpc::ServerGenericBidiReactor {
         if (release) upstream_.RemoveHold();
         return;
       }
+    } else if (!ok && ctx_->IsCancelled()) {
+      // The client cancelled: so is the upstream call. A half-close instead could reach the
+      // upstream before the cancellation does, and end its stream as if the client had finished.
+      bool release;
+      {
+        absl::MutexLock lock(&mu_);
+        release = ReleaseForwardLocked();
+      }
+      upstream_ctx_->TryCancel();
+      HappensBefore(this);
+      if (release) upstream_.RemoveHold();
+      return;
     }
     {
       absl::MutexLock lock(&mu_);
@@ -464,25 +476,31 @@ class StreamingProxyCall final : public grpc::ServerGenericBidiReactor {
  private:
   class Upstream final : public grpc::ClientBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer> {
    public:
-    explicit Upstream(StreamingProxyCall* call) : call_(call) {}
+    // call_ is set before any reaction can run; &call_ tags that for ThreadSanitizer.
+    explicit Upstream(StreamingProxyCall* call) : call_(call) { HappensBefore(&call_); }
     // (The call outlives these: only OnDone, after all of them, gives up the upstream's ref.)
     void OnReadInitialMetadataDone(bool ok) override {
+      HappensAfter(&call_);
       HappensBeforeOnExit done(this);
       call_->UpstreamHeaders(ok);
     }
     void OnReadDone(bool ok) override {
+      HappensAfter(&call_);
       HappensBeforeOnExit done(this);
       call_->UpstreamRead(ok);
     }
     void OnWriteDone(bool ok) override {
+      HappensAfter(&call_);
       HappensBeforeOnExit done(this);
       call_->UpstreamWriteDone(ok);
     }
     void OnWritesDoneDone(bool) override {
+      HappensAfter(&call_);
       HappensBeforeOnExit done(this);
       call_->UpstreamWritesDoneDone();
     }
     void OnDone(const grpc::Status& status) override {
+      HappensAfter(&call_);
       HappensAfter(this);
       call_->UpstreamDone(status);
     }
