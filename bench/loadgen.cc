@@ -14,6 +14,8 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdio>
+#include <cstdlib>
+#include <functional>
 #include <map>
 #include <thread>
 #include <vector>
@@ -71,8 +73,8 @@ class LoadGenerator {
     stub.async()->ModelInfer(&call->ctx, &request_, &call->response, [this, call, then](grpc::Status s) {
       Record(call->intended, s, call->response.model_name());
       delete call;
-      in_flight_.fetch_sub(1);
       if (then) then();
+      in_flight_.fetch_sub(1);  // last: main may end the process once nothing is in flight
     });
   }
 
@@ -156,8 +158,9 @@ class LoadGenerator {
     }
     void OnDone(const grpc::Status& status) override {
       if (!status.ok() && !answered_) gen_->Record(sent_, status, "");
-      gen_->in_flight_.fetch_sub(1);
+      LoadGenerator* gen = gen_;
       delete this;
+      gen->in_flight_.fetch_sub(1);  // last: main may end the process once nothing is in flight
     }
 
    private:
@@ -233,9 +236,11 @@ int main(int argc, char** argv) {
   gen.StopMeasuring(end);
   const double rate = absl::GetFlag(FLAGS_rate);
   std::string mode;
+  // Outlive every call: completions read them until the last call has ended.
+  std::atomic<bool> stop{false};
+  std::function<void()> loop;
   if (absl::GetFlag(FLAGS_stream)) {
     mode = "stream";
-    std::atomic<bool> stop{false};
     const absl::Time stream_deadline = end + absl::GetFlag(FLAGS_timeout);
     for (int c = 0; c < std::max(1, absl::GetFlag(FLAGS_concurrency)); ++c) gen.StartStream(&stop, stream_deadline);
     absl::SleepFor(end - absl::Now());
@@ -253,8 +258,6 @@ int main(int argc, char** argv) {
     }
   } else {
     mode = "closed";
-    std::atomic<bool> stop{false};
-    std::function<void()> loop;
     loop = [&] {
       if (!stop.load()) gen.Issue(absl::Now(), loop);
     };
@@ -266,5 +269,8 @@ int main(int argc, char** argv) {
   const absl::Time drain_until = absl::Now() + absl::GetFlag(FLAGS_timeout) + absl::Seconds(1);
   while (gen.in_flight() > 0 && absl::Now() < drain_until) absl::SleepFor(absl::Milliseconds(5));
   std::fputs(gen.Report(duration, mode).c_str(), stdout);
+  std::fflush(stdout);
+  // Calls still in flight past their deadline would outlive what they use.
+  if (gen.in_flight() > 0) std::_Exit(0);
   return 0;
 }
