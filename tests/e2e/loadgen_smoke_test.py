@@ -1,6 +1,7 @@
 """bench-smoke: the load generator (bench/loadgen) through the built sidecar, unary closed loop, open
-loop and ModelStreamInfer streams, for a few hundred requests each. Every request must be reported,
-all without error and served by the variant the sidecar chose. Correctness only: no timing is judged.
+loop and ModelStreamInfer streams, for a second each (hundreds of requests; fewer under sanitizers).
+Every request must be reported, all without error and served by the variant the sidecar chose.
+Correctness only: no timing is judged.
 
 Run by ctest with CARBON_LOADGEN set besides what e2e_support needs.
 """
@@ -32,7 +33,9 @@ class LoadgenSmoke(SidecarTestCase):
             with self.subTest(mode=mode):
                 report = self.loadgen(port, *extra)
                 self.assertEqual(report["mode"], mode)
-                self.assertGreaterEqual(report["requests"], 200 if mode != "open" else 290, report)
+                # Open loop sends 300 whatever the speed; closed loops get what the machine (or a
+                # sanitizer build) manages, which is never judged beyond "some".
+                self.assertGreaterEqual(report["requests"], 290 if mode == "open" else 50, report)
                 self.assertEqual(report["ok"], report["requests"], report)
                 self.assertEqual(report["errors"], {}, report)
                 self.assertEqual(report["models"], {"resnet101": report["ok"]}, report)
