@@ -87,24 +87,47 @@ class SidecarEndToEnd(SidecarTestCase):
         self.assertEqual(self.served(stub)[0], "resnet101")
 
     def test_sigterm_lets_in_flight_calls_finish_then_exits_zero(self):
+        # Under load: 16 unary calls and 4 streams in flight, each on a 1.5 s model, when SIGTERM comes.
         port = self.start_upstream("--service_time", "resnet101=1500ms")
         sidecar, stub = self.start_sidecar(self.write_config(port, self.static(200)))
         self.assertEqual(self.served(stub)[0], "resnet101")  # the connection is warm
 
-        result = {}
+        results = []
+        lock = threading.Lock()
+
+        def record(outcome):
+            with lock:
+                results.append(outcome)
 
         def slow_call():
             try:
-                result["model"] = self.served(stub)[0]
+                record(self.served(stub)[0])
             except grpc.RpcError as e:
-                result["error"] = e.code()
+                record(e.code())
 
-        caller = threading.Thread(target=slow_call)
-        caller.start()
-        time.sleep(0.3)  # let the call reach the upstream; there is nothing to poll for from here
+        def slow_stream():
+            answered = threading.Event()
+
+            def requests():
+                yield infer_request("resnet")
+                answered.wait(timeout=10)  # half-close only once the answer is in
+
+            try:
+                for response in stub.ModelStreamInfer(requests(), timeout=10):
+                    record("stream:" + (response.error_message or response.infer_response.model_name))
+                    answered.set()
+            except grpc.RpcError as e:
+                record(e.code())
+
+        callers = [threading.Thread(target=slow_call) for _ in range(16)]
+        callers += [threading.Thread(target=slow_stream) for _ in range(4)]
+        for caller in callers:
+            caller.start()
+        time.sleep(0.5)  # let the calls reach the upstream; there is nothing to poll for from here
         sidecar.proc.send_signal(signal.SIGTERM)
-        caller.join(timeout=10)
-        self.assertEqual(result, {"model": "resnet101"})
+        for caller in callers:
+            caller.join(timeout=10)
+        self.assertEqual(sorted(results), ["resnet101"] * 16 + ["stream:resnet101"] * 4)
         self.assertEqual(sidecar.proc.wait(timeout=10), 0, sidecar.output())
         self.assertIn("event=draining", sidecar.output())
 
