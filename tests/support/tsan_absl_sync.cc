@@ -35,9 +35,10 @@ Fn Real(const char* mangled) {
   return reinterpret_cast<Fn>(fn);
 }
 
-// The mangled names of Debian 12's Abseil (inline namespace debian3).
-#define CARBON_REAL(type, mangled)                  \
-  static const auto real = Real<type>(mangled);     \
+// `real`: the library's own function, looked up once by its mangled name in Debian 12's Abseil
+// (inline namespace debian3).
+#define CARBON_REAL(type, mangled)              \
+  static const auto real = Real<type>(mangled); \
   (void)0
 
 // absl::Mutex evaluates a waiter's Condition inside Await or LockWhen, and in the thread that
