@@ -4,8 +4,8 @@
 
 #include <algorithm>
 
-#include "common/happens_before.h"
 #include "absl/strings/str_cat.h"
+#include "common/happens_before.h"
 
 namespace carbon::bench {
 namespace {

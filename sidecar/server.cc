@@ -119,9 +119,8 @@ absl::Status SidecarServer::Reload(const SidecarConfig& config) {
       config.upstream.max_message_bytes != current.upstream.max_message_bytes || config.tls != current.tls ||
       config.upstream.tls != current.upstream.tls || config.memory_limit_bytes != current.memory_limit_bytes) {
     // Rotated certificates need no restart: the files named are re-read (tls.refresh_interval).
-    spdlog::warn("event=reload_needs_restart detail=\"listen, admin, tls, upstream and memory_limit_bytes changes take "
-                 "effect on "
-                 "restart; keeping listen={} admin={} upstream={}\"",
+    spdlog::warn("event=reload_needs_restart detail=\"listen, admin, tls, upstream and memory_limit_bytes "
+                 "changes take effect on restart; keeping listen={} admin={} upstream={}\"",
                  current.listen, current.admin_listen, current.upstream.target);
   }
   if (absl::Status s = publisher_->Reload(config); !s.ok()) return s;
