@@ -1,5 +1,7 @@
 #include "sidecar/request_wire.h"
 
+#include <algorithm>
+
 #include "absl/strings/str_cat.h"
 
 namespace carbon::sidecar {
@@ -12,25 +14,45 @@ constexpr int kFixed32 = 5;
 
 // A cursor over bytes spread across segments, up to `limit` bytes from the first segment's start.
 // Offsets are from the start of the message, also in sub-cursors, so errors can name them.
+// Keeps raw pointers into the current segment so that the common case, a field wholly inside one
+// segment, is decoded without per-byte bookkeeping; only fields that straddle segments take the
+// byte-at-a-time path.
 class SegmentCursor {
  public:
   SegmentCursor(std::span<const std::string_view> segments, uint64_t limit)
       : segments_(segments), limit_(limit) {
-    SkipEmptySegments();
+    if (!segments_.empty()) EnterSegment(0, 0);
+    SkipFinishedSegments();
   }
 
-  uint64_t offset() const { return consumed_; }
-  uint64_t remaining() const { return limit_ - consumed_; }
-  bool at_end() const { return consumed_ == limit_; }
+  uint64_t offset() const { return base_ + static_cast<uint64_t>(cur_ - begin_); }
+  uint64_t remaining() const { return limit_ - offset(); }
+  bool at_end() const { return offset() == limit_; }
 
   // False when the varint runs past the end or beyond 10 bytes / 64 bits.
-  bool ReadVarint(uint64_t* value) {
+  [[gnu::always_inline]] bool ReadVarint(uint64_t* value) {
+    if (end_ - cur_ >= 10) {
+      const auto* p = reinterpret_cast<const uint8_t*>(cur_);
+      uint64_t result = 0;
+      for (int i = 0; i < 10; ++i) {
+        const uint8_t byte = p[i];
+        if (i == 9 && byte > 1) return false;  // bits beyond 64
+        result |= uint64_t{byte & 0x7fu} << (7 * i);
+        if ((byte & 0x80u) == 0) {
+          *value = result;
+          cur_ += i + 1;
+          SkipFinishedSegments();
+          return true;
+        }
+      }
+      return false;
+    }
     uint64_t result = 0;
     for (int i = 0; i < 10; ++i) {
       if (at_end()) return false;
-      const uint8_t byte = static_cast<uint8_t>(segments_[seg_][pos_]);
-      Advance(1);
-      if (i == 9 && byte > 1) return false;  // bits beyond 64
+      const auto byte = static_cast<uint8_t>(*cur_++);
+      SkipFinishedSegments();
+      if (i == 9 && byte > 1) return false;
       result |= uint64_t{byte & 0x7fu} << (7 * i);
       if ((byte & 0x80u) == 0) {
         *value = result;
@@ -43,9 +65,10 @@ class SegmentCursor {
   bool Skip(uint64_t n) {
     if (n > remaining()) return false;
     while (n > 0) {
-      const uint64_t here = std::min<uint64_t>(n, segments_[seg_].size() - pos_);
-      Advance(here);
+      const uint64_t here = std::min<uint64_t>(n, static_cast<uint64_t>(end_ - cur_));
+      cur_ += here;
       n -= here;
+      SkipFinishedSegments();
     }
     return true;
   }
@@ -53,20 +76,18 @@ class SegmentCursor {
   // A view of the next n bytes: into the segment when they lie in one, else copied to scratch.
   bool Read(uint64_t n, std::string* scratch, std::string_view* out) {
     if (n > remaining()) return false;
-    if (n == 0) {
-      *out = {};
-      return true;
-    }
-    if (segments_[seg_].size() - pos_ >= n) {
-      *out = segments_[seg_].substr(pos_, n);
-      Advance(n);
+    if (static_cast<uint64_t>(end_ - cur_) >= n) {
+      *out = std::string_view(cur_, n);
+      cur_ += n;
+      SkipFinishedSegments();
       return true;
     }
     scratch->clear();
     while (scratch->size() < n) {
-      const uint64_t here = std::min<uint64_t>(n - scratch->size(), segments_[seg_].size() - pos_);
-      scratch->append(segments_[seg_].substr(pos_, here));
-      Advance(here);
+      const uint64_t here = std::min<uint64_t>(n - scratch->size(), static_cast<uint64_t>(end_ - cur_));
+      scratch->append(cur_, here);
+      cur_ += here;
+      SkipFinishedSegments();
     }
     *out = *scratch;
     return true;
@@ -76,27 +97,32 @@ class SegmentCursor {
   bool Sub(uint64_t n, SegmentCursor* sub) {
     if (n > remaining()) return false;
     *sub = *this;
-    sub->limit_ = consumed_ + n;
+    sub->limit_ = offset() + n;
+    if (static_cast<uint64_t>(end_ - cur_) > n) sub->end_ = cur_ + n;
     return Skip(n);
   }
 
  private:
-  void Advance(uint64_t n) {
-    pos_ += n;
-    consumed_ += n;
-    SkipEmptySegments();
+  // Makes segment i (starting at message offset `base`) current, its end clamped to the limit.
+  void EnterSegment(size_t i, uint64_t base) {
+    seg_ = i;
+    base_ = base;
+    begin_ = cur_ = segments_[i].data();
+    end_ = begin_ + std::min<uint64_t>(segments_[i].size(), limit_ - base);
   }
-  void SkipEmptySegments() {
-    while (seg_ < segments_.size() && pos_ == segments_[seg_].size()) {
-      ++seg_;
-      pos_ = 0;
+  // Keeps the invariant: the current segment has a byte left, or the cursor is at its limit.
+  void SkipFinishedSegments() {
+    while (cur_ == end_ && !at_end() && seg_ + 1 < segments_.size()) {
+      EnterSegment(seg_ + 1, offset());
     }
   }
 
   std::span<const std::string_view> segments_;
   size_t seg_ = 0;
-  size_t pos_ = 0;
-  uint64_t consumed_ = 0;
+  uint64_t base_ = 0;  // message offset of begin_
+  const char* begin_ = nullptr;
+  const char* cur_ = nullptr;
+  const char* end_ = nullptr;
   uint64_t limit_;
 };
 

@@ -1,8 +1,9 @@
 // libFuzzer harness: the model-name scan over arbitrary bytes split into up to three segments, as a
 // gRPC byte buffer may hold them. It must never crash, and whenever protobuf accepts the message
-// the scan must name the same model.
+// the scan must name the same model and read the same leading dimension.
 #include <cstddef>
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -21,6 +22,12 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   auto scanned = carbon::sidecar::ScanModelNamedRequest(segments, true, &scratch);
   inference::ModelInferRequest parsed;
   if (scanned.ok() && parsed.ParseFromString(message) && parsed.model_name() != scanned->model_name) {
+    __builtin_trap();
+  }
+  // The leading dimension, which the ledger counts inferences by, must be the one protobuf reads.
+  if (scanned.ok() && parsed.ParseFromString(message) && parsed.inputs_size() > 0 &&
+      parsed.inputs(0).shape_size() > 0 &&
+      scanned->first_input_leading_dim != std::optional<int64_t>(parsed.inputs(0).shape(0))) {
     __builtin_trap();
   }
   if (scanned.ok()) {
