@@ -3,10 +3,13 @@
 #   direct            loadgen -> fake-upstream
 #   carbon-sidecar    loadgen -> carbon-sidecar -> fake-upstream   (model "resnet": routed and rewritten)
 #   nginx grpc_pass   loadgen -> nginx -> fake-upstream
-# at concurrency 1, 16 and 64 with a 1 KB payload and one 224x224x3 FP32 image (602,112 bytes),
-# three repetitions each, recording the proxy's CPU seconds (from /proc) per 1,000 requests and its
-# peak RSS; then cross-checks the small payload with h2load, an independent HTTP/2 client. Medians and
-# ratios go to bench/results/compare/<time>/summary.md; copy the table into bench/RESULTS.md.
+#   grpc-floor        loadgen -> bench/grpc-floor-proxy -> fake-upstream   (unary only: a yardstick for
+#                     what any gRPC C++ proxy costs, with nothing parsed, copied or counted)
+# Unary ModelInfer at concurrency 1, 16 and 64 and ModelStreamInfer with 1 and 16 streams, each with a
+# 1 KB payload and one 224x224x3 FP32 image (602,112 bytes), three repetitions, recording the proxy's
+# CPU seconds (from /proc) per 1,000 requests and its peak RSS during that run (VmHWM, reset before
+# each run); then cross-checks the small payload with h2load, an independent HTTP/2 client. Medians
+# and ratios go to bench/results/compare/<time>/summary.md; copy the table into bench/RESULTS.md.
 #   --duration S   seconds measured per run (default 5), --reps N (default 3)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,7 +27,7 @@ done
 bash scripts/setup.sh nginx-light nghttp2-client bc
 build_dir=${BUILD_DIR:-build}
 cmake -S . -B "$build_dir" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
-cmake --build "$build_dir" -j2 --target carbon-sidecar fake-upstream loadgen inference_proto_python
+cmake --build "$build_dir" -j2 --target carbon-sidecar fake-upstream loadgen grpc-floor-proxy inference_proto_python
 
 out="bench/results/compare/$(date -u +%Y%m%dT%H%M%SZ)"
 mkdir -p "$out"
@@ -87,6 +90,13 @@ nginx_pid=$!
 pids+=("$nginx_pid")
 wait_port "$nginx_port"
 
+floor_port=$(free_port)
+"$build_dir/bench/grpc-floor-proxy" --listen "127.0.0.1:$floor_port" --upstream "127.0.0.1:$upstream_port" \
+  2>"$out/grpc-floor.log" &
+floor_pid=$!
+pids+=("$floor_pid")
+wait_port "$floor_port"
+
 # CPU seconds (user + system, all threads and, for nginx, all workers) of a process tree.
 cpu_seconds() {
   local total=0 pid ticks
@@ -106,29 +116,40 @@ peak_rss_kb() {
   echo "$total"
 }
 
+# Restarts the peak resident set (VmHWM) of a process tree, so each run reports its own peak.
+reset_peak_rss() {
+  local pid
+  for pid in "$@" $(pgrep -P "$1" || true); do echo 5 >"/proc/$pid/clear_refs" 2>/dev/null || true; done
+}
+
 raw="$out/raw.jsonl"
 : >"$raw"
 for rep in $(seq "$reps"); do
-  for payload in 1024 602112; do
-    for concurrency in 1 16 64; do
-      for target in direct sidecar nginx; do
-        case "$target" in
-          direct) port=$upstream_port; model=resnet50; pid=0 ;;
-          sidecar) port=$sidecar_port; model=resnet; pid=$sidecar_pid ;;
-          nginx) port=$nginx_port; model=resnet50; pid=$nginx_pid ;;
-        esac
-        before=0
-        if [ "$pid" != 0 ]; then before=$(cpu_seconds "$pid"); fi
-        result=$("$build_dir/bench/loadgen" --target "127.0.0.1:$port" --model "$model" \
-          --concurrency "$concurrency" --payload_bytes "$payload" --warmup 1s --duration "${duration}s")
-        cpu=0
-        rss=0
-        if [ "$pid" != 0 ]; then
-          cpu=$(echo "$(cpu_seconds "$pid") - $before" | bc)
-          rss=$(peak_rss_kb "$pid")
-        fi
-        echo "{\"rep\": $rep, \"target\": \"$target\", \"payload\": $payload, \"concurrency\": $concurrency, \"proxy_cpu_s\": $cpu, \"proxy_peak_rss_kb\": $rss, \"load\": $result}" >>"$raw"
-        echo "rep $rep payload $payload c=$concurrency $target: $(echo "$result" | /usr/bin/python3 bench/compare_summary.py --line)"
+  for mode in unary stream; do
+    if [ "$mode" = unary ]; then concurrencies="1 16 64"; targets="direct sidecar nginx grpc-floor"; stream_flag=false
+    else concurrencies="1 16"; targets="direct sidecar nginx"; stream_flag=true; fi
+    for payload in 1024 602112; do
+      for concurrency in $concurrencies; do
+        for target in $targets; do
+          case "$target" in
+            direct) port=$upstream_port; model=resnet50; pid=0 ;;
+            sidecar) port=$sidecar_port; model=resnet; pid=$sidecar_pid ;;
+            nginx) port=$nginx_port; model=resnet50; pid=$nginx_pid ;;
+            grpc-floor) port=$floor_port; model=resnet50; pid=$floor_pid ;;
+          esac
+          before=0
+          if [ "$pid" != 0 ]; then before=$(cpu_seconds "$pid"); reset_peak_rss "$pid"; fi
+          result=$("$build_dir/bench/loadgen" --target "127.0.0.1:$port" --model "$model" --stream="$stream_flag" \
+            --concurrency "$concurrency" --payload_bytes "$payload" --warmup 1s --duration "${duration}s")
+          cpu=0
+          rss=0
+          if [ "$pid" != 0 ]; then
+            cpu=$(echo "$(cpu_seconds "$pid") - $before" | bc | awk '{printf "%.4f", $1}')
+            rss=$(peak_rss_kb "$pid")
+          fi
+          echo "{\"rep\": $rep, \"mode\": \"$mode\", \"target\": \"$target\", \"payload\": $payload, \"concurrency\": $concurrency, \"proxy_cpu_s\": $cpu, \"proxy_peak_rss_kb\": $rss, \"load\": $result}" >>"$raw"
+          echo "rep $rep $mode payload $payload c=$concurrency $target: $(echo "$result" | /usr/bin/python3 bench/compare_summary.py --line)"
+        done
       done
     done
   done
@@ -149,9 +170,10 @@ for name, model in (("direct", "resnet50"), ("routed", "resnet")):
 PY
 h2="$out/h2load.txt"
 : >"$h2"
-for target in direct sidecar nginx; do
+for target in direct sidecar nginx grpc-floor; do
   case "$target" in
     direct) port=$upstream_port; body="$out/request.bin.direct" ;;
+    grpc-floor) port=$floor_port; body="$out/request.bin.direct" ;;
     sidecar) port=$sidecar_port; body="$out/request.bin.routed" ;;
     nginx) port=$nginx_port; body="$out/request.bin.direct" ;;
   esac

@@ -18,7 +18,7 @@ def main():
     runs = defaultdict(list)
     for line in open(raw):
         r = json.loads(line)
-        runs[(r["target"], r["payload"], r["concurrency"])].append(r)
+        runs[(r.get("mode", "unary"), r["target"], r["payload"], r["concurrency"])].append(r)
 
     def med(key, f):
         values = [f(r) for r in runs.get(key, [])]
@@ -28,43 +28,49 @@ def main():
         ok = r["load"]["ok"]
         return 1000 * r["proxy_cpu_s"] / ok if ok else float("nan")
 
-    print("| payload | concurrency | target | throughput (req/s) | p50 µs | p99 µs | added p50 µs | added p99 µs "
+    def ratio(a, b):
+        return a / b if b > 0 else float("nan")
+
+    print("| call | payload | concurrency | target | throughput (req/s) | p50 µs | p99 µs | added p50 µs | added p99 µs "
           "| proxy CPU s / 1000 req | proxy peak RSS MB | errors |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     ratios = []
-    for payload in sorted({k[1] for k in runs}):
-        for c in sorted({k[2] for k in runs}):
-            base_p50 = med(("direct", payload, c), lambda r: r["load"]["latency_us"]["p50"])
-            base_p99 = med(("direct", payload, c), lambda r: r["load"]["latency_us"]["p99"])
-            row = {}
-            for target in ("direct", "sidecar", "nginx"):
-                key = (target, payload, c)
-                if key not in runs:
-                    continue
-                rps = med(key, lambda r: r["load"]["throughput_rps"])
-                p50 = med(key, lambda r: r["load"]["latency_us"]["p50"])
-                p99 = med(key, lambda r: r["load"]["latency_us"]["p99"])
-                cpu = med(key, cpu_per_1000)
-                rss = max(r["proxy_peak_rss_kb"] for r in runs[key]) / 1024
-                errors = sum(sum(r["load"]["errors"].values()) for r in runs[key])
-                row[target] = dict(rps=rps, p50=p50, p99=p99, cpu=cpu, add50=p50 - base_p50, add99=p99 - base_p99)
-                proxy = target != "direct"
-                print(f"| {payload} | {c} | {target} | {rps:.0f} | {p50:.0f} | {p99:.0f} | "
-                      f"{(p50 - base_p50) if proxy else 0:.0f} | {(p99 - base_p99) if proxy else 0:.0f} | "
-                      f"{cpu:.4f} | {rss:.1f} | {errors} |" if proxy else
-                      f"| {payload} | {c} | {target} | {rps:.0f} | {p50:.0f} | {p99:.0f} | — | — | — | — | {errors} |")
-            if "sidecar" in row and "nginx" in row:
-                s, n, d = row["sidecar"], row["nginx"], row["direct"]
-                ratios.append((payload, c, s["rps"] / d["rps"], s["rps"] / n["rps"],
-                               s["add50"] / n["add50"] if n["add50"] > 0 else float("nan"),
-                               s["add99"] / n["add99"] if n["add99"] > 0 else float("nan"),
-                               s["cpu"] / n["cpu"] if n["cpu"] > 0 else float("nan")))
+    for mode in ("unary", "stream"):
+        for payload in sorted({k[2] for k in runs if k[0] == mode}):
+            for c in sorted({k[3] for k in runs if k[0] == mode}):
+                base_p50 = med((mode, "direct", payload, c), lambda r: r["load"]["latency_us"]["p50"])
+                base_p99 = med((mode, "direct", payload, c), lambda r: r["load"]["latency_us"]["p99"])
+                row = {}
+                for target in ("direct", "sidecar", "nginx", "grpc-floor"):
+                    key = (mode, target, payload, c)
+                    if key not in runs:
+                        continue
+                    rps = med(key, lambda r: r["load"]["throughput_rps"])
+                    p50 = med(key, lambda r: r["load"]["latency_us"]["p50"])
+                    p99 = med(key, lambda r: r["load"]["latency_us"]["p99"])
+                    cpu = med(key, cpu_per_1000)
+                    rss = med(key, lambda r: r["proxy_peak_rss_kb"]) / 1024
+                    errors = sum(sum(r["load"]["errors"].values()) for r in runs[key])
+                    row[target] = dict(rps=rps, p50=p50, p99=p99, cpu=cpu, add50=p50 - base_p50, add99=p99 - base_p99)
+                    if target == "direct":
+                        print(f"| {mode} | {payload} | {c} | {target} | {rps:.0f} | {p50:.0f} | {p99:.0f} | — | — | — | — | {errors} |")
+                    else:
+                        print(f"| {mode} | {payload} | {c} | {target} | {rps:.0f} | {p50:.0f} | {p99:.0f} | "
+                              f"{p50 - base_p50:.0f} | {p99 - base_p99:.0f} | {cpu:.4f} | {rss:.1f} | {errors} |")
+                if "sidecar" in row and "nginx" in row:
+                    s, n, d = row["sidecar"], row["nginx"], row["direct"]
+                    f = row.get("grpc-floor")
+                    ratios.append((mode, payload, c, ratio(s["rps"], d["rps"]), ratio(s["rps"], n["rps"]),
+                                   ratio(s["add50"], n["add50"]), ratio(s["add99"], n["add99"]), ratio(s["cpu"], n["cpu"]),
+                                   ratio(f["add50"], n["add50"]) if f else None, ratio(f["cpu"], n["cpu"]) if f else None))
     print()
-    print("| payload | concurrency | throughput sidecar/direct | throughput sidecar/nginx | added p50 sidecar/nginx "
-          "| added p99 sidecar/nginx | CPU per request sidecar/nginx |")
-    print("|---|---|---|---|---|---|---|")
-    for payload, c, a, b, l50, l99, cpu in ratios:
-        print(f"| {payload} | {c} | {a:.2f} | {b:.2f} | {l50:.2f} | {l99:.2f} | {cpu:.2f} |")
+    print("| call | payload | concurrency | throughput sidecar/direct | throughput sidecar/nginx | added p50 sidecar/nginx "
+          "| added p99 sidecar/nginx | CPU per request sidecar/nginx | added p50 grpc-floor/nginx "
+          "| CPU per request grpc-floor/nginx |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for mode, payload, c, a, b, l50, l99, cpu, f50, fcpu in ratios:
+        floor = f"{f50:.2f} | {fcpu:.2f}" if f50 is not None else "— | —"
+        print(f"| {mode} | {payload} | {c} | {a:.2f} | {b:.2f} | {l50:.2f} | {l99:.2f} | {cpu:.2f} | {floor} |")
 
     print("\nh2load cross-check (1 KB, 1 connection, 16 streams, 20,000 requests):\n")
     print("| target | req/s | succeeded |")
