@@ -10,17 +10,22 @@
 # CPU seconds (from /proc) per 1,000 requests and its peak RSS during that run (VmHWM, reset before
 # each run); then cross-checks the small payload with h2load, an independent HTTP/2 client. Medians
 # and ratios go to bench/results/compare/<time>/summary.md; copy the table into bench/RESULTS.md.
-#   --duration S   seconds measured per run (default 5), --reps N (default 3)
+# Last, the cost growth with payload size (1 KB to 4 MiB) and concurrency (1 to 64), plotted with gnuplot
+# to bench/growth.svg.
+#   --duration S   seconds measured per run (default 5), --reps N (default 3),
+#   --growth-duration S   seconds per cost-growth run (default 3)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 duration=5
 reps=3
+growth_duration=3
 while [ $# -gt 0 ]; do
   case "$1" in
     --duration) duration="${2%s}"; shift 2 ;;
     --reps) reps="$2"; shift 2 ;;
-    *) echo "usage: bench/compare.sh [--duration SECONDS] [--reps N]" >&2; exit 2 ;;
+    --growth-duration) growth_duration="${2%s}"; shift 2 ;;
+    *) echo "usage: bench/compare.sh [--duration SECONDS] [--reps N] [--growth-duration SECONDS]" >&2; exit 2 ;;
   esac
 done
 
@@ -39,8 +44,8 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-free_port() { /usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 100); do (echo >"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; return 1; }
+# shellcheck source=bench/lib.sh
+source bench/lib.sh
 
 upstream_port=$(free_port)
 "$build_dir/bench/fake-upstream" --listen "127.0.0.1:$upstream_port" >"$out/upstream.log" 2>&1 &
@@ -97,61 +102,58 @@ floor_pid=$!
 pids+=("$floor_pid")
 wait_port "$floor_port"
 
-# CPU seconds (user + system, all threads and, for nginx, all workers) of a process tree.
-cpu_seconds() {
-  local total=0 pid ticks
-  for pid in "$@" $(pgrep -P "$1" || true); do
-    ticks=$(awk '{print $14 + $15}' "/proc/$pid/stat" 2>/dev/null || echo 0)
-    total=$((total + ticks))
-  done
-  echo "scale=4; $total / $(getconf CLK_TCK)" | bc
-}
-# Peak resident set (VmHWM, kB) of a process tree, summed.
-peak_rss_kb() {
-  local total=0 pid kb
-  for pid in "$@" $(pgrep -P "$1" || true); do
-    kb=$(awk '/VmHWM/ {print $2}' "/proc/$pid/status" 2>/dev/null || echo 0)
-    total=$((total + kb))
-  done
-  echo "$total"
-}
-
-# Restarts the peak resident set (VmHWM) of a process tree, so each run reports its own peak.
-reset_peak_rss() {
-  local pid
-  for pid in "$@" $(pgrep -P "$1" || true); do echo 5 >"/proc/$pid/clear_refs" 2>/dev/null || true; done
+# One loadgen run against a target; prints its JSON line (with the proxy's CPU and peak RSS).
+measure() {  # mode target payload concurrency seconds rep
+  local mode=$1 target=$2 payload=$3 concurrency=$4 seconds=$5 rep=$6 port model pid before result cpu=0 rss=0
+  case "$target" in
+    direct) port=$upstream_port; model=resnet50; pid=0 ;;
+    sidecar) port=$sidecar_port; model=resnet; pid=$sidecar_pid ;;
+    nginx) port=$nginx_port; model=resnet50; pid=$nginx_pid ;;
+    grpc-floor) port=$floor_port; model=resnet50; pid=$floor_pid ;;
+  esac
+  if [ "$pid" != 0 ]; then before=$(cpu_seconds "$pid"); reset_peak_rss "$pid"; fi
+  result=$("$build_dir/bench/loadgen" --target "127.0.0.1:$port" --model "$model" \
+    --stream="$([ "$mode" = stream ] && echo true || echo false)" \
+    --concurrency "$concurrency" --payload_bytes "$payload" --warmup 1s --duration "${seconds}s")
+  if [ "$pid" != 0 ]; then
+    cpu=$(echo "$(cpu_seconds "$pid") - $before" | bc | awk '{printf "%.4f", $1}')
+    rss=$(peak_rss_kb "$pid")
+  fi
+  echo "rep $rep $mode payload $payload c=$concurrency $target: $(echo "$result" | /usr/bin/python3 bench/compare_summary.py --line)" >&2
+  echo "{\"rep\": $rep, \"mode\": \"$mode\", \"target\": \"$target\", \"payload\": $payload, \"concurrency\": $concurrency, \"proxy_cpu_s\": $cpu, \"proxy_peak_rss_kb\": $rss, \"load\": $result}"
 }
 
 raw="$out/raw.jsonl"
 : >"$raw"
-for rep in $(seq "$reps"); do
-  for mode in unary stream; do
-    if [ "$mode" = unary ]; then concurrencies="1 16 64"; targets="direct sidecar nginx grpc-floor"; stream_flag=false
-    else concurrencies="1 16"; targets="direct sidecar nginx"; stream_flag=true; fi
-    for payload in 1024 602112; do
-      for concurrency in $concurrencies; do
-        for target in $targets; do
-          case "$target" in
-            direct) port=$upstream_port; model=resnet50; pid=0 ;;
-            sidecar) port=$sidecar_port; model=resnet; pid=$sidecar_pid ;;
-            nginx) port=$nginx_port; model=resnet50; pid=$nginx_pid ;;
-            grpc-floor) port=$floor_port; model=resnet50; pid=$floor_pid ;;
-          esac
-          before=0
-          if [ "$pid" != 0 ]; then before=$(cpu_seconds "$pid"); reset_peak_rss "$pid"; fi
-          result=$("$build_dir/bench/loadgen" --target "127.0.0.1:$port" --model "$model" --stream="$stream_flag" \
-            --concurrency "$concurrency" --payload_bytes "$payload" --warmup 1s --duration "${duration}s")
-          cpu=0
-          rss=0
-          if [ "$pid" != 0 ]; then
-            cpu=$(echo "$(cpu_seconds "$pid") - $before" | bc | awk '{printf "%.4f", $1}')
-            rss=$(peak_rss_kb "$pid")
-          fi
-          echo "{\"rep\": $rep, \"mode\": \"$mode\", \"target\": \"$target\", \"payload\": $payload, \"concurrency\": $concurrency, \"proxy_cpu_s\": $cpu, \"proxy_peak_rss_kb\": $rss, \"load\": $result}" >>"$raw"
-          echo "rep $rep $mode payload $payload c=$concurrency $target: $(echo "$result" | /usr/bin/python3 bench/compare_summary.py --line)"
-        done
+# Payload-major, so that no 1 KB run follows a 602 KB one: memory a process freed but kept (glibc
+# does not hand every freed block back) would show as the 1 KB runs' peak.
+for payload in 1024 602112; do
+  for rep in $(seq "$reps"); do
+    for concurrency in 1 16 64; do
+      for target in direct sidecar nginx grpc-floor; do
+        measure unary "$target" "$payload" "$concurrency" "$duration" "$rep" >>"$raw"
       done
     done
+    for concurrency in 1 16; do
+      for target in direct sidecar nginx; do
+        measure stream "$target" "$payload" "$concurrency" "$duration" "$rep" >>"$raw"
+      done
+    done
+  done
+done
+
+# Cost growth, one repetition: unary calls at concurrency 1 from 1 KB to 4 MiB, then 1 KB calls
+# from concurrency 1 to 64.
+growth="$out/growth.jsonl"
+: >"$growth"
+for payload in 1024 16384 65536 262144 1048576 4194304; do
+  for target in direct sidecar nginx; do
+    measure unary "$target" "$payload" 1 "$growth_duration" 1 >>"$growth"
+  done
+done
+for concurrency in 2 4 8 32; do  # 1, 16 and 64 come from the runs above
+  for target in direct sidecar nginx; do
+    measure unary "$target" 1024 "$concurrency" "$growth_duration" 1 >>"$growth"
   done
 done
 
@@ -183,6 +185,8 @@ for target in direct sidecar nginx grpc-floor; do
 done
 
 /usr/bin/python3 bench/compare_summary.py "$raw" "$h2" >"$out/summary.md"
+/usr/bin/python3 bench/compare_summary.py --growth "$raw" "$growth" "$out" >>"$out/summary.md"
+if [ -f "$out/growth.svg" ]; then cp "$out/growth.svg" bench/growth.svg; fi
 cat "$out/summary.md"
 echo
 echo "results: $out"

@@ -1,14 +1,81 @@
 #!/usr/bin/python3
 """Summarises bench/compare.sh's raw.jsonl (and h2load output) into Markdown: medians over repetitions,
-added latency over the direct path, and the sidecar's ratios to the direct path and to nginx."""
+added latency over the direct path, and the sidecar's ratios to the direct path and to nginx; with
+--growth, the cost-growth tables and plot."""
 import json
 import re
+import shutil
 import statistics
+import subprocess
 import sys
 from collections import defaultdict
 
 
+def growth(raw, growth_file, out_dir):
+    """Cost growth: added p50 latency and proxy CPU per request by payload size (concurrency 1) and by
+    concurrency (1 KB), for the sidecar and nginx, as Markdown, .dat files and a gnuplot SVG."""
+    runs = defaultdict(list)
+    for path in (raw, growth_file):
+        for line in open(path):
+            r = json.loads(line)
+            if r.get("mode", "unary") == "unary" and r["target"] in ("direct", "sidecar", "nginx"):
+                runs[(r["target"], r["payload"], r["concurrency"])].append(r)
+
+    def med(key, f):
+        values = [f(r) for r in runs.get(key, [])]
+        return statistics.median(values) if values else None
+
+    def point(payload, c):
+        d = med(("direct", payload, c), lambda r: r["load"]["latency_us"]["p50"])
+        row = []
+        for target in ("sidecar", "nginx"):
+            p50 = med((target, payload, c), lambda r: r["load"]["latency_us"]["p50"])
+            cpu = med((target, payload, c), lambda r: 1e6 * r["proxy_cpu_s"] / r["load"]["ok"] if r["load"]["ok"] else float("nan"))
+            row += [p50 - d if p50 is not None and d is not None else float("nan"), cpu if cpu is not None else float("nan")]
+        return row
+
+    sweeps = {
+        "payload": [(p, point(p, 1)) for p in sorted({k[1] for k in runs if k[2] == 1})],
+        "concurrency": [(c, point(1024, c)) for c in sorted({k[2] for k in runs if k[1] == 1024})],
+    }
+    for name, rows in sweeps.items():
+        label = "payload bytes (concurrency 1)" if name == "payload" else "concurrency (1 KB payload)"
+        print(f"\nCost growth by {label}:\n")
+        print(f"| {name} | sidecar added p50 µs | nginx added p50 µs | sidecar CPU µs / req | nginx CPU µs / req |")
+        print("|---|---|---|---|---|")
+        with open(f"{out_dir}/growth_{name}.dat", "w") as dat:
+            dat.write(f"# {name} sidecar_added_p50_us sidecar_cpu_us_per_req nginx_added_p50_us nginx_cpu_us_per_req\n")
+            for x, (s50, scpu, n50, ncpu) in rows:
+                print(f"| {x} | {s50:.0f} | {n50:.0f} | {scpu:.0f} | {ncpu:.0f} |")
+                dat.write(f"{x} {s50:.1f} {scpu:.1f} {n50:.1f} {ncpu:.1f}\n")
+    script = f"""set terminal svg size 900,640 dynamic font 'sans,11'
+set output '{out_dir}/growth.svg'
+set multiplot layout 2,2 title 'carbon-sidecar vs nginx grpc\\_pass: cost over the direct path'
+set key top left
+set grid
+set logscale x 2
+set xlabel 'payload (bytes), concurrency 1'
+set ylabel 'added p50 latency (µs)'
+plot '{out_dir}/growth_payload.dat' using 1:2 with linespoints title 'carbon-sidecar', '' using 1:4 with linespoints title 'nginx'
+set ylabel 'proxy CPU per request (µs)'
+plot '{out_dir}/growth_payload.dat' using 1:3 with linespoints title 'carbon-sidecar', '' using 1:5 with linespoints title 'nginx'
+set xlabel 'concurrency, 1 KB payload'
+set ylabel 'added p50 latency (µs)'
+plot '{out_dir}/growth_concurrency.dat' using 1:2 with linespoints title 'carbon-sidecar', '' using 1:4 with linespoints title 'nginx'
+set ylabel 'proxy CPU per request (µs)'
+plot '{out_dir}/growth_concurrency.dat' using 1:3 with linespoints title 'carbon-sidecar', '' using 1:5 with linespoints title 'nginx'
+unset multiplot
+"""
+    with open(f"{out_dir}/growth.gp", "w") as gp:
+        gp.write(script)
+    if shutil.which("gnuplot"):
+        subprocess.run(["gnuplot", f"{out_dir}/growth.gp"], check=False)
+
+
 def main():
+    if sys.argv[1] == "--growth":
+        growth(*sys.argv[2:5])
+        return
     if sys.argv[1] == "--line":  # one loadgen result on stdin, as a progress line
         d = json.load(sys.stdin)
         lat = d["latency_us"]

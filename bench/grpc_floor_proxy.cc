@@ -97,7 +97,8 @@ int main(int argc, char** argv) {
                                                        grpc::InsecureChannelCredentials(), channel_args));
   grpc::AsyncGenericService service;
   grpc::ServerBuilder builder;
-  builder.AddListeningPort(absl::GetFlag(FLAGS_listen), grpc::InsecureServerCredentials());
+  int port = 0;
+  builder.AddListeningPort(absl::GetFlag(FLAGS_listen), grpc::InsecureServerCredentials(), &port);
   builder.SetMaxReceiveMessageSize(-1);
   builder.SetMaxSendMessageSize(-1);
   builder.RegisterAsyncGenericService(&service);
@@ -105,10 +106,11 @@ int main(int argc, char** argv) {
   std::vector<std::unique_ptr<grpc::ServerCompletionQueue>> queues;
   for (int i = 0; i < threads; ++i) queues.push_back(builder.AddCompletionQueue());
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
-  if (!server) {
+  if (!server || port == 0) {
     std::fprintf(stderr, "grpc-floor-proxy: cannot listen on %s\n", absl::GetFlag(FLAGS_listen).c_str());
     return 1;
   }
+  std::fprintf(stderr, "grpc-floor-proxy listening on port %d\n", port);
   std::vector<std::thread> loops;
   for (auto& queue : queues) {
     loops.emplace_back([&service, &upstream, cq = queue.get()] {

@@ -3,21 +3,25 @@ loop and ModelStreamInfer streams, for a second each (hundreds of requests; fewe
 Every request must be reported, all without error and served by the variant the sidecar chose.
 Correctness only: no timing is judged.
 
-Run by ctest with CARBON_LOADGEN set besides what e2e_support needs.
+Also the yardstick bench/compare.sh measures beside the sidecar, bench/grpc-floor-proxy: every request
+it forwards must come back OK from the upstream.
+
+Run by ctest with CARBON_LOADGEN and CARBON_FLOOR_PROXY set besides what e2e_support needs.
 """
 import json
 import os
 import subprocess
 import unittest
 
-from e2e_support import SidecarTestCase
+from e2e_support import Process, SidecarTestCase, poll
 
 LOADGEN = os.environ["CARBON_LOADGEN"]
+FLOOR_PROXY = os.environ["CARBON_FLOOR_PROXY"]
 
 
 class LoadgenSmoke(SidecarTestCase):
-    def loadgen(self, port, *extra):
-        run = subprocess.run([LOADGEN, "--target", f"127.0.0.1:{port}", "--model", "resnet", "--warmup", "0s",
+    def loadgen(self, port, *extra, model="resnet"):
+        run = subprocess.run([LOADGEN, "--target", f"127.0.0.1:{port}", "--model", model, "--warmup", "0s",
                               "--duration", "1s", "--timeout", "5s", *extra],
                              capture_output=True, text=True, timeout=60)
         self.assertEqual(run.returncode, 0, run.stderr)
@@ -39,6 +43,21 @@ class LoadgenSmoke(SidecarTestCase):
                 self.assertEqual(report["ok"], report["requests"], report)
                 self.assertEqual(report["errors"], {}, report)
                 self.assertEqual(report["models"], {"resnet101": report["ok"]}, report)
+
+    def test_the_grpc_floor_proxy_forwards_every_request(self):
+        upstream = self.start_upstream()
+        floor = Process([FLOOR_PROXY, "--listen", "127.0.0.1:0", "--upstream", f"127.0.0.1:{upstream}"])
+        self.processes.append(floor)
+        match = poll(lambda: floor.find(r"listening on port (\d+)"))
+        self.assertIsNotNone(match, floor.output())
+        for payload in ("1024", "602112"):
+            with self.subTest(payload=payload):
+                report = self.loadgen(int(match.group(1)), "--concurrency", "4", "--payload_bytes", payload,
+                                      model="resnet50")
+                self.assertGreaterEqual(report["requests"], 20, report)
+                self.assertEqual(report["ok"], report["requests"], report)
+                self.assertEqual(report["errors"], {}, report)
+                self.assertEqual(report["models"], {"resnet50": report["ok"]}, report)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,34 @@
+# shellcheck shell=bash
+# Shell helpers shared by the bench scripts (sourced, not run).
+
+free_port() { /usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# Waits up to 10 s for something to listen on a loopback port.
+wait_port() { for _ in $(seq 200); do (echo >"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; return 1; }
+
+# CPU seconds (user + system, all threads and, for nginx, all workers) of a process and its children.
+cpu_seconds() {
+  local total=0 pid ticks
+  for pid in "$@" $(pgrep -P "$1" || true); do
+    ticks=$(awk '{print $14 + $15}' "/proc/$pid/stat" 2>/dev/null || echo 0)
+    total=$((total + ticks))
+  done
+  echo "scale=4; $total / $(getconf CLK_TCK)" | bc | awk '{printf "%.4f", $1}'
+}
+
+# Peak resident set (VmHWM, kB) of a process and its children, summed.
+peak_rss_kb() {
+  local total=0 pid kb
+  for pid in "$@" $(pgrep -P "$1" || true); do
+    kb=$(awk '/VmHWM/ {print $2}' "/proc/$pid/status" 2>/dev/null || echo 0)
+    total=$((total + kb))
+  done
+  echo "$total"
+}
+
+# Restarts the peak resident set of a process and its children at their current size (Linux ≥ 4.0),
+# so that a run reports its own peak rather than the process's lifetime peak.
+reset_peak_rss() {
+  local pid
+  for pid in "$@" $(pgrep -P "$1" || true); do echo 5 >"/proc/$pid/clear_refs" 2>/dev/null || true; done
+}
