@@ -54,11 +54,16 @@ set multiplot layout 2,2 title 'carbon-sidecar vs nginx grpc\\_pass: cost over t
 set key top left
 set grid
 set logscale x 2
+set logscale y 10
+set xtics ('1K' 1024, '4K' 4096, '16K' 16384, '64K' 65536, '256K' 262144, '1M' 1048576, '4M' 4194304)
 set xlabel 'payload (bytes), concurrency 1'
 set ylabel 'added p50 latency (µs)'
 plot '{out_dir}/growth_payload.dat' using 1:2 with linespoints title 'carbon-sidecar', '' using 1:4 with linespoints title 'nginx'
 set ylabel 'proxy CPU per request (µs)'
 plot '{out_dir}/growth_payload.dat' using 1:3 with linespoints title 'carbon-sidecar', '' using 1:5 with linespoints title 'nginx'
+unset logscale y
+set xtics autofreq
+set yrange [0:*]
 set xlabel 'concurrency, 1 KB payload'
 set ylabel 'added p50 latency (µs)'
 plot '{out_dir}/growth_concurrency.dat' using 1:2 with linespoints title 'carbon-sidecar', '' using 1:4 with linespoints title 'nginx'

@@ -1,6 +1,9 @@
 // Micro-benchmarks of the request path's own work and of a scrape (Google Benchmark).
-//   build/bench/micro_bench --benchmark_repetitions=5 --benchmark_report_aggregates_only=true
+//   build/bench/micro_bench --benchmark_repetitions=10 --benchmark_report_aggregates_only=true
 #include <benchmark/benchmark.h>
+
+#include <algorithm>
+#include <vector>
 
 #include <grpcpp/support/byte_buffer.h>
 
@@ -15,6 +18,10 @@
 
 namespace carbon {
 namespace {
+
+// The fastest repetition: on a shared VM, whose speed swings by 2x from one second to the next,
+// the least disturbed estimate of what the code itself costs (reported beside the median).
+double Fastest(const std::vector<double>& v) { return *std::min_element(v.begin(), v.end()); }
 
 sidecar::SidecarConfig ConfigWith(size_t routes, size_t variants) {
   sidecar::SidecarConfig c;
@@ -49,7 +56,7 @@ void BM_SelectionReadAndLedgerUpdate(benchmark::State& state) {
   }
   state.SetItemsProcessed(state.iterations());
 }
-BENCHMARK(BM_SelectionReadAndLedgerUpdate)->Threads(1)->Threads(2)->UseRealTime();
+BENCHMARK(BM_SelectionReadAndLedgerUpdate)->Threads(1)->Threads(2)->UseRealTime()->ComputeStatistics("min", Fastest);
 
 // A ModelInferRequest for the route "resnet" with one FP32 input tensor of `payload` bytes.
 std::string ImageRequestBytes(size_t payload) {
@@ -82,7 +89,7 @@ void BM_ScanAndRewrite(benchmark::State& state) {
   }
   state.SetLabel(absl::StrCat(bytes.size(), " bytes"));
 }
-BENCHMARK(BM_ScanAndRewrite)->Arg(1024)->Arg(602112);
+BENCHMARK(BM_ScanAndRewrite)->Arg(1024)->Arg(602112)->ComputeStatistics("min", Fastest);
 
 // The parts of the above: the scan of the bytes alone (ScanModelNamedRequest, no gRPC types), and
 // what the harness itself pays per message for a gRPC byte buffer made and freed, which the
@@ -99,7 +106,7 @@ void BM_ScanOnly(benchmark::State& state) {
     benchmark::DoNotOptimize(scanned);
   }
 }
-BENCHMARK(BM_ScanOnly)->Arg(1024)->Arg(602112);
+BENCHMARK(BM_ScanOnly)->Arg(1024)->Arg(602112)->ComputeStatistics("min", Fastest);
 
 void BM_ByteBufferMadeAndFreed(benchmark::State& state) {
   const grpc::Slice message_slice(ImageRequestBytes(static_cast<size_t>(state.range(0))));
@@ -109,7 +116,7 @@ void BM_ByteBufferMadeAndFreed(benchmark::State& state) {
     benchmark::DoNotOptimize(buffer);
   }
 }
-BENCHMARK(BM_ByteBufferMadeAndFreed)->Arg(1024);
+BENCHMARK(BM_ByteBufferMadeAndFreed)->Arg(1024)->ComputeStatistics("min", Fastest);
 
 // A Prometheus scrape of 5 routes × 10 variants.
 void BM_RenderMetrics(benchmark::State& state) {
@@ -128,7 +135,7 @@ void BM_RenderMetrics(benchmark::State& state) {
   }
   state.SetLabel(absl::StrCat(bytes, " bytes per scrape"));
 }
-BENCHMARK(BM_RenderMetrics)->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_RenderMetrics)->Unit(benchmark::kMicrosecond)->ComputeStatistics("min", Fastest);
 
 }  // namespace
 }  // namespace carbon
