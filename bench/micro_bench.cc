@@ -98,8 +98,8 @@ void BM_ScanOnly(benchmark::State& state) {
   const std::string bytes = ImageRequestBytes(static_cast<size_t>(state.range(0)));
   const std::string_view whole(bytes);
   // Split as gRPC delivers a large message: the header and the start of the payload in one slice.
-  const std::vector<std::string_view> segments = {whole.substr(0, 8192 < whole.size() ? 8192 : whole.size()),
-                                                  whole.substr(8192 < whole.size() ? 8192 : whole.size())};
+  const size_t first = std::min<size_t>(8192, whole.size());
+  const std::vector<std::string_view> segments = {whole.substr(0, first), whole.substr(first)};
   std::string scratch;
   for (auto _ : state) {
     auto scanned = sidecar::ScanModelNamedRequest(segments, true, &scratch);
