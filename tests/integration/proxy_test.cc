@@ -756,11 +756,15 @@ TEST_F(OpaqueProxyTest, AClientThatStopsReadingIsHeldBackByFlowControl) {
   const int64_t grown_kib = ResidentKiB() - before_kib;
   std::printf("writes accepted before the client was held back: %d of %d (%d MiB); resident growth %lld KiB\n",
               written, kMessages, written / 4, static_cast<long long>(grown_kib));
-  EXPECT_LT(written, kMessages / 4) << "nothing pushed back on a client that does not read";
+  // How much is accepted first depends on the windows gRPC grows from its bandwidth estimates and
+  // on what else the machine runs: 80 to 280 messages in CI runs. Without flow control all 1,000
+  // would be.
+  EXPECT_LT(written, kMessages / 2) << "nothing pushed back on a client that does not read";
   // What was accepted sits in the flow-control windows of both hops in both directions (client,
-  // sidecar and echo upstream are all in this process), plus allocator slack: a few times what was
-  // written, but nowhere near the flood itself.
-  EXPECT_LT(grown_kib, int64_t{kMessages} * 256 / 2) << "memory tracks the flood, not the windows";
+  // sidecar and echo upstream are all in this process), plus allocator slack: measured 1.2 to 1.7
+  // times what was written in plain builds, which itself is far from the flood.
+  EXPECT_LT(grown_kib, int64_t{written} * 256 * 2 + testing::kAllocatorSlackKiB)
+      << "memory tracks more than the windows";
 
   // Reading again drains everything, intact and in order.
   grpc::ByteBuffer reply;
