@@ -11,32 +11,48 @@ import sys
 from collections import defaultdict
 
 
+def read_runs(*paths):
+    """loadgen runs from compare.sh's .jsonl files, by (call, target, payload, concurrency)."""
+    runs = defaultdict(list)
+    for path in paths:
+        for line in open(path):
+            r = json.loads(line)
+            runs[(r.get("mode", "unary"), r["target"], r["payload"], r["concurrency"])].append(r)
+    return runs
+
+
+def median(runs, key, f):
+    """The median of f over the repetitions of one run; NaN when there are none."""
+    values = [f(r) for r in runs.get(key, [])]
+    return statistics.median(values) if values else float("nan")
+
+
+def p50_us(r):
+    return r["load"]["latency_us"]["p50"]
+
+
+def cpu_s_per_request(r):
+    ok = r["load"]["ok"]
+    return r["proxy_cpu_s"] / ok if ok else float("nan")
+
+
 def growth(raw, growth_file, out_dir):
     """Cost growth: added p50 latency and proxy CPU per request by payload size (concurrency 1) and by
     concurrency (1 KB), for the sidecar and nginx, as Markdown, .dat files and a gnuplot SVG."""
-    runs = defaultdict(list)
-    for path in (raw, growth_file):
-        for line in open(path):
-            r = json.loads(line)
-            if r.get("mode", "unary") == "unary" and r["target"] in ("direct", "sidecar", "nginx"):
-                runs[(r["target"], r["payload"], r["concurrency"])].append(r)
-
-    def med(key, f):
-        values = [f(r) for r in runs.get(key, [])]
-        return statistics.median(values) if values else None
+    runs = read_runs(raw, growth_file)
 
     def point(payload, c):
-        d = med(("direct", payload, c), lambda r: r["load"]["latency_us"]["p50"])
+        direct = median(runs, ("unary", "direct", payload, c), p50_us)
         row = []
         for target in ("sidecar", "nginx"):
-            p50 = med((target, payload, c), lambda r: r["load"]["latency_us"]["p50"])
-            cpu = med((target, payload, c), lambda r: 1e6 * r["proxy_cpu_s"] / r["load"]["ok"] if r["load"]["ok"] else float("nan"))
-            row += [p50 - d if p50 is not None and d is not None else float("nan"), cpu if cpu is not None else float("nan")]
+            key = ("unary", target, payload, c)
+            row += [median(runs, key, p50_us) - direct, 1e6 * median(runs, key, cpu_s_per_request)]
         return row
 
+    unary = [k for k in runs if k[0] == "unary"]
     sweeps = {
-        "payload": [(p, point(p, 1)) for p in sorted({k[1] for k in runs if k[2] == 1})],
-        "concurrency": [(c, point(1024, c)) for c in sorted({k[2] for k in runs if k[1] == 1024})],
+        "payload": [(p, point(p, 1)) for p in sorted({k[2] for k in unary if k[3] == 1})],
+        "concurrency": [(c, point(1024, c)) for c in sorted({k[3] for k in unary if k[2] == 1024})],
     }
     for name, rows in sweeps.items():
         label = "payload bytes (concurrency 1)" if name == "payload" else "concurrency (1 KB payload)"
@@ -87,18 +103,13 @@ def main():
         print(f"{d['throughput_rps']:.0f} req/s, p50 {lat['p50']:.0f} µs, p99 {lat['p99']:.0f} µs, errors {d['errors']}")
         return
     raw, h2 = sys.argv[1], sys.argv[2]
-    runs = defaultdict(list)
-    for line in open(raw):
-        r = json.loads(line)
-        runs[(r.get("mode", "unary"), r["target"], r["payload"], r["concurrency"])].append(r)
+    runs = read_runs(raw)
 
     def med(key, f):
-        values = [f(r) for r in runs.get(key, [])]
-        return statistics.median(values) if values else float("nan")
+        return median(runs, key, f)
 
     def cpu_per_1000(r):
-        ok = r["load"]["ok"]
-        return 1000 * r["proxy_cpu_s"] / ok if ok else float("nan")
+        return 1000 * cpu_s_per_request(r)
 
     def ratio(a, b):
         return a / b if b > 0 else float("nan")
