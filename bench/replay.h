@@ -60,7 +60,7 @@ std::vector<ReplayPeriod> JoinTraces(const std::vector<selector::IntensityReadin
 // Scales request counts so that Σ requests × C equals `target_item_intensity` (rounding per period).
 void ScaleRequests(std::vector<ReplayPeriod>* periods, double target_item_intensity);
 
-// The table of DESIGN.md §1 for the given results, in Markdown and CSV.
+// The table of docs/EVALUATION.md for the given results, in Markdown and CSV.
 std::string ResultsMarkdown(const std::vector<PolicyResult>& results, const selector::Pool& pool, size_t baseline);
 std::string ResultsCsv(const std::vector<PolicyResult>& results, const selector::Pool& pool, size_t baseline);
 

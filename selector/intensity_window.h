@@ -19,7 +19,7 @@ struct WindowBounds {
   double high = 0;
 };
 
-// Trailing minimum and maximum of intensity over a span of time (DESIGN.md §1: C_low and C_high),
+// Trailing minimum and maximum of intensity over a span of time (docs/design.md §1: C_low and C_high),
 // or fixed bounds when an operator sets them. Readings must arrive in time order; amortised O(1)
 // per reading. Not thread-safe: one owner feeds it and publishes what it computes.
 class IntensityWindow {

@@ -41,7 +41,7 @@ struct PolicySettings {
   absl::Duration min_dwell = absl::ZeroDuration();
 };
 
-// DESIGN.md §1, following the paper's text rather than its printed equation: a clean grid (low C)
+// docs/design.md §1, following the paper's text rather than its printed equation: a clean grid (low C)
 // picks the high-energy, accurate variant; a dirty grid the frugal one.
 //   t = clamp((C_high - C) / (C_high - C_low), 0, 1);  E_target = E_low + t (E_high - E_low)
 //   choice = the variant whose energy is nearest E_target; a tie goes to the lower energy.

@@ -25,7 +25,7 @@ struct MetricsSources {
   const ReloadCounters& reloads;
 };
 
-// The Prometheus exposition (text 0.0.4, or OpenMetrics 1.0 when `open_metrics`) of DESIGN.md §5.
+// The Prometheus exposition (text 0.0.4, or OpenMetrics 1.0 when `open_metrics`); docs/metrics.md lists the families.
 std::string RenderMetrics(const MetricsSources& sources, bool open_metrics);
 
 // /v1/selection: per route, the intensity with its source and age, the window, t, the target

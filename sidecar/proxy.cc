@@ -115,7 +115,7 @@ void CopyTrailers(const grpc::ClientContext& from, grpc::GenericCallbackServerCo
   }
 }
 
-// The per-request controls of DESIGN.md §3, read once per call from the client's metadata.
+// The per-request controls (docs/design.md §3), read once per call from the client's metadata.
 struct RequestControls {
   std::string_view pin;  // points into the server context's metadata
   std::optional<double> max_error_percent;

@@ -13,7 +13,7 @@
 namespace carbon::sidecar {
 
 // Asks the inference server, with ModelReady, which variants it can serve now, so that the policy
-// leaves out those it reports not ready (DESIGN.md §1). All questions go out at once.
+// leaves out those it reports not ready (docs/design.md §1). All questions go out at once.
 class UpstreamReadiness {
  public:
   UpstreamReadiness(std::shared_ptr<grpc::Channel> channel, absl::Duration timeout);

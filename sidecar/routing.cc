@@ -350,7 +350,7 @@ void SelectionPublisher::Publish(State& s) {
   const absl::Time now = s.provider->Now();
   std::optional<selector::WindowBounds> bounds = s.window.Bounds(now);
   if (s.forecast_bounds && !s.intensity.fixed_bounds) {
-    // DESIGN.md §1: the trailing window, widened by what the forecast says is coming.
+    // docs/design.md §1: the trailing window, widened by what the forecast says is coming.
     bounds = bounds ? selector::WindowBounds{std::min(bounds->low, s.forecast_bounds->low),
                                              std::max(bounds->high, s.forecast_bounds->high)}
                     : s.forecast_bounds;

@@ -88,8 +88,8 @@ class RouteLedger {
   std::vector<VariantLedger*> variants_;
 };
 
-// A route's totals at one moment and what follows from them (DESIGN.md §1, "Ledger and
-// carbon-emission efficiency").
+// A route's totals at one moment and what follows from them (docs/design.md §5, "The
+// ledger and the paper's efficiency").
 struct RouteReport {
   std::vector<VariantTotals> variants;  // indexed like the pool
   uint64_t requests = 0;

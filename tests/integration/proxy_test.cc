@@ -32,7 +32,7 @@ using testing::ResidentKiB;
 using ::testing::Pair;
 using ::testing::UnorderedElementsAre;
 
-// A static intensity inside fixed bounds 100..300 makes the choice exact (DESIGN.md §1 vectors).
+// A static intensity inside fixed bounds 100..300 makes the choice exact (docs/design.md §1 vectors).
 SidecarConfig StaticConfig(int upstream_port, double intensity) {
   return testing::StaticSidecarConfig(upstream_port, intensity);
 }

@@ -129,7 +129,7 @@ TEST_F(TlsTest, MutualTlsOnBothSidesCarriesRoutedCalls) {
   grpc::Status status = Infer(Channel(*pki_, "gateway"), &response, &peer);
   ASSERT_TRUE(status.ok()) << status.error_code() << " " << status.error_message();
   EXPECT_EQ(peer, "carbon-sidecar");
-  // 150 g/kWh in bounds 100..300 selects resnet101 (DESIGN.md §1), served through upstream mTLS.
+  // 150 g/kWh in bounds 100..300 selects resnet101 (docs/design.md §1), served through upstream mTLS.
   EXPECT_EQ(response.model_name(), "resnet101");
   ASSERT_EQ(upstream_->service().received_count(), 1u);
 }

@@ -10,7 +10,7 @@ namespace carbon::testing {
 
 // A sidecar on loopback ports of its own (gRPC and admin) in front of `upstream_port`, with one
 // route "resnet" over the paper's pool (baseline and default resnet50, batch dimension on), a fixed
-// intensity in fixed bounds 100..300 g/kWh — so the choice is exactly DESIGN.md §1's test vectors —
+// intensity in fixed bounds 100..300 g/kWh — so the choice is exactly docs/design.md §1's test vectors —
 // a 4 MiB message limit, and no readiness questions (they would show among what the upstream
 // received).
 inline sidecar::SidecarConfig StaticSidecarConfig(int upstream_port, double intensity) {

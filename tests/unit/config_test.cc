@@ -154,7 +154,7 @@ TEST_F(ConfigTest, TheShippedDemoConfigLoads) {
   ASSERT_TRUE(config.ok()) << config.status();
   ASSERT_GE(config->routes.size(), 1u);
   EXPECT_EQ(config->routes[0].name, "resnet");
-  // DESIGN.md §1: the pool must carry the paper's numbers exactly.
+  // docs/design.md §1: the pool must carry the paper's numbers exactly.
   const selector::Pool& pool = *config->routes[0].pool;
   ASSERT_EQ(pool.variants().size(), 4u);
   EXPECT_EQ(pool[0].energy_mj, 359.9321833);

@@ -23,7 +23,7 @@ double Grams(int variant, double requests, double c) { return kE[variant] * 1e-3
 
 TEST(ReplayTest, WholeTraceTableByHand) {
   // Intensities 100, 300, 200, 150 with 10, 20, 30, 40 requests; the whole trace spans 100..300,
-  // so (DESIGN.md §1) 100 → resnet152, 300 → resnet34, 200 → resnet101, 150 → resnet101.
+  // so (docs/design.md §1) 100 → resnet152, 300 → resnet34, 200 → resnet101, 150 → resnet101.
   const std::vector<ReplayPeriod> periods = {{T(0), 100, 10}, {T(1), 300, 20}, {T(2), 200, 30}, {T(3), 150, 40}};
   const selector::Pool pool = ResnetPool();
   const PolicyResult h = ReplayHeuristic(periods, pool, 1, 1, WindowMode{});

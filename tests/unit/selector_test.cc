@@ -12,7 +12,7 @@ namespace {
 
 const absl::Time kNow = absl::FromUnixSeconds(1685577600);  // 2023-06-01T00:00Z
 
-// The paper's Table 1 (DESIGN.md §1).
+// The paper's Table 1 (docs/design.md §1).
 Pool ResnetPool() {
   return *Pool::Create({{"resnet152", 1238.147188, 5.954},
                         {"resnet34", 359.9321833, 8.58},
