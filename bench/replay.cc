@@ -6,7 +6,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "selector/linear_interpolation_policy.h"
+#include "selector/policies/linear_interpolation.h"
 
 namespace carbon::bench {
 namespace {
@@ -60,7 +60,7 @@ PolicyResult ReplayHeuristic(const std::vector<ReplayPeriod>& periods, const sel
     }
     trailing.SetFixedBounds(whole);
   }
-  std::optional<selector::Selection> previous;
+  std::optional<selector::Decision> previous;
   size_t ahead = 0;  // the first period past the forecast horizon
   for (size_t i = 0; i < periods.size(); ++i) {
     const ReplayPeriod& p = periods[i];
@@ -77,11 +77,14 @@ PolicyResult ReplayHeuristic(const std::vector<ReplayPeriod>& periods, const sel
         bounds->high = std::max(bounds->high, periods[j].gco2_per_kwh);
       }
     }
-    const selector::Selection sel = policy.Select(reading, bounds, p.at, pool.all_variants_mask(),
-                                                  previous ? &*previous : nullptr);
-    previous = sel;
-    result.choices.push_back(sel.variant);
-    if (p.requests > 0) charged.route->variant(sel.variant).RecordServed(p.requests, p.requests, p.gco2_per_kwh);
+    selector::Decision decision =
+        policy.Decide({reading, bounds, p.at, pool.all_variants_mask(), previous ? &*previous : nullptr});
+    // The heuristic's decisions are single variants; a period's requests go to the primary one.
+    result.choices.push_back(decision.primary);
+    if (p.requests > 0) {
+      charged.route->variant(decision.primary).RecordServed(p.requests, p.requests, p.gco2_per_kwh);
+    }
+    previous = std::move(decision);
   }
   result.report = telemetry::Report(*charged.route);
   return result;

@@ -5,7 +5,7 @@
 #include <nlohmann/json.hpp>
 
 #include "absl/strings/str_cat.h"
-#include "selector/linear_interpolation_policy.h"
+#include "selector/routing_policy.h"
 #include "telemetry/exposition.h"
 #include "telemetry/latency_histogram.h"
 
@@ -132,9 +132,16 @@ std::string RenderMetrics(const MetricsSources& sources, bool open_metrics) {
                 return route.pool()[v].error_percent;
               });
   per_variant("carbon_sidecar_selected_model_info", MetricType::kGauge,
-              "1 for the model each route sends requests to now, 0 for the others.",
+              "1 for the model each route sends most of its requests to now (the decision's primary "
+              "model), 0 for the others.",
               [](const telemetry::RouteReport&, const RouteView& route, size_t v) {
-                return route.selection.variant == v ? 1.0 : 0.0;
+                return route.decision.primary == v ? 1.0 : 0.0;
+              });
+  per_variant("carbon_sidecar_model_weight_ratio", MetricType::kGauge,
+              "The share of each route's requests its policy sends to each model now (0 to 1; the "
+              "shares of a route sum to 1).",
+              [](const telemetry::RouteReport&, const RouteView& route, size_t v) {
+                return route.decision.WeightOf(v);
               });
   per_variant("carbon_sidecar_baseline_model_info", MetricType::kGauge,
               "1 for each route's baseline model (the one efficiency is measured against), 0 for the "
@@ -231,7 +238,6 @@ std::string RenderMetrics(const MetricsSources& sources, bool open_metrics) {
 std::string RenderSelectionJson(const RoutingSnapshot& snapshot, absl::Time wall_now) {
   using nlohmann::json;
   const SourceStatus& source = snapshot.source();
-  const auto optional_number = [](std::optional<double> v) { return v ? json(*v) : json(nullptr); };
   json intensity = {
       {"provider", source.provider},
       {"source", source.source},
@@ -254,26 +260,29 @@ std::string RenderSelectionJson(const RoutingSnapshot& snapshot, absl::Time wall
   intensity["window"] = source.window ? json{{"low", source.window->low}, {"high", source.window->high}} : json(nullptr);
   json routes = json::array();
   for (const RouteView& route : snapshot.routes()) {
-    const selector::Selection& sel = route.selection;
+    const selector::Decision& d = route.decision;
     json candidates = json::array();
     for (size_t v = 0; v < route.pool().size(); ++v) {
       const selector::Variant& variant = route.pool()[v];
       candidates.push_back({{"model", variant.name},
                             {"energy_mj", variant.energy_mj},
                             {"error_percent", variant.error_percent},
-                            {"ready", (route.ready >> v & 1) != 0}});
+                            {"ready", (route.ready >> v & 1) != 0},
+                            {"weight", d.WeightOf(v)}});
     }
+    json explanation = json::object();
+    for (const selector::ExplanationTerm& term : d.explanation) explanation[std::string(term.name)] = term.value;
     routes.push_back({
         {"route", route.route->config.name},
-        {"model", route.pool()[sel.variant].name},
-        {"reason", selector::SelectionReasonName(sel.reason)},
-        {"intensity_gco2_per_kwh", sel.intensity ? json(sel.intensity->gco2_per_kwh) : json(nullptr)},
-        {"window", sel.bounds ? json{{"low", sel.bounds->low}, {"high", sel.bounds->high}} : json(nullptr)},
-        {"t", optional_number(sel.t)},
-        {"target_energy_mj", optional_number(sel.target_energy_mj)},
-        {"selected_since", sel.since == absl::InfinitePast()
+        {"policy", route.route->policy->kind()},
+        {"model", route.pool()[d.primary].name},
+        {"reason", d.reason},
+        {"explanation", explanation},
+        {"intensity_gco2_per_kwh", d.intensity ? json(d.intensity->gco2_per_kwh) : json(nullptr)},
+        {"window", d.bounds ? json{{"low", d.bounds->low}, {"high", d.bounds->high}} : json(nullptr)},
+        {"selected_since", d.since == absl::InfinitePast()
                                ? json(nullptr)
-                               : json(absl::FormatTime(absl::RFC3339_sec, sel.since, absl::UTCTimeZone()))},
+                               : json(absl::FormatTime(absl::RFC3339_sec, d.since, absl::UTCTimeZone()))},
         {"default", route.pool()[route.route->config.default_variant].name},
         {"baseline", route.pool()[route.route->config.baseline].name},
         {"candidates", candidates},

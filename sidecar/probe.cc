@@ -31,11 +31,18 @@ int RunIntensityProbe(const SidecarConfig& config, std::FILE* out) {
     std::fprintf(out, "window:   none yet\n");
   }
   for (const RouteView& route : snapshot->routes()) {
-    const selector::Selection& sel = route.selection;
-    std::fprintf(out, "route %s: %s (%s", route.route->config.name.c_str(), route.pool()[sel.variant].name.c_str(),
-                 std::string(selector::SelectionReasonName(sel.reason)).c_str());
-    if (sel.t) std::fprintf(out, ", t = %.3f, target %.1f mJ", *sel.t, sel.target_energy_mj.value_or(0));
-    std::fprintf(out, ")\n");
+    const selector::Decision& d = route.decision;
+    std::fprintf(out, "route %s: %s (%s", route.route->config.name.c_str(), route.pool()[d.primary].name.c_str(),
+                 std::string(d.reason).c_str());
+    for (const selector::ExplanationTerm& term : d.explanation) {
+      std::fprintf(out, ", %s = %.3f", std::string(term.name).c_str(), term.value);
+    }
+    if (d.weights.size() > 1) {
+      for (const selector::VariantWeight& w : d.weights) {
+        std::fprintf(out, ", %s %.1f %%", route.pool()[w.variant].name.c_str(), w.weight * 100);
+      }
+    }
+    std::fprintf(out, "; policy %s)\n", std::string(route.route->policy->kind()).c_str());
   }
   std::fprintf(out, "state:    %s\n", std::string(SourceStateName(source.counters.state)).c_str());
   if (!source.last_error.empty()) {

@@ -178,8 +178,8 @@ class RequestRouter {
       return absl::OkStatus();
     }
     const selector::Pool& pool = route->pool();
-    size_t variant = route->selection.variant;
-    std::string_view reason = selector::SelectionReasonName(route->selection.reason);
+    size_t variant = route->Draw();
+    std::string_view reason = route->decision.reason;
     if (!controls_->pin.empty()) {
       auto pinned = pool.IndexOf(controls_->pin);
       if (!pinned) {
@@ -194,7 +194,7 @@ class RequestRouter {
       variant = *pinned;
       reason = "pinned";
     } else if (controls_->max_error_percent) {
-      const size_t floored = selector::ApplyQualityFloor(pool, route->selection,
+      const size_t floored = selector::ApplyQualityFloor(pool, variant, route->decision.aim_energy_mj,
                                                          *controls_->max_error_percent, route->ready);
       if (floored != variant) reason = "quality_floor";
       variant = floored;
@@ -203,7 +203,7 @@ class RequestRouter {
 
     const int64_t dim = scanned->first_input_leading_dim.value_or(1);
     const uint64_t items = route->route->config.batch_dimension && dim > 0 ? static_cast<uint64_t>(dim) : 1;
-    const double intensity = route->selection.intensity ? route->selection.intensity->gco2_per_kwh : -1;
+    const double intensity = route->decision.intensity ? route->decision.intensity->gco2_per_kwh : -1;
     telemetry::VariantLedger* cell = &route->route->ledger->variant(variant);
     if (first_message) {
       first_ = Decision{snapshot, route, variant, reason, static_cast<int64_t>(items), Charge{cell, intensity, 1, items}};
@@ -254,8 +254,8 @@ class RequestRouter {
     ctx->AddInitialMetadata(kModelHeader, v.name);
     ctx->AddInitialMetadata(kRouteHeader, route.route->config.name);
     ctx->AddInitialMetadata(kReasonHeader, std::string(first_->reason));
-    if (route.selection.intensity) {
-      const double c = route.selection.intensity->gco2_per_kwh;
+    if (route.decision.intensity) {
+      const double c = route.decision.intensity->gco2_per_kwh;
       ctx->AddInitialMetadata(kIntensityHeader, ShortestDecimal(c));
       // mJ -> J -> kWh, times g/kWh.
       const double grams = v.energy_mj * 1e-3 / 3.6e6 * c * static_cast<double>(first_->items);

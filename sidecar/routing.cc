@@ -2,6 +2,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/string_view_compat.h"
+#include "selector/policies/linear_interpolation.h"
 #include "sidecar/request_wire.h"
 #include "spdlog/spdlog.h"
 #include "absl/random/random.h"
@@ -14,8 +15,8 @@ namespace carbon::sidecar {
 CompiledRoute::CompiledRoute(RouteConfig route_config, absl::Duration stale_after,
                              std::shared_ptr<const telemetry::RouteLedger> route_ledger)
     : config(std::move(route_config)),
-      policy(*config.pool,
-             selector::PolicySettings{config.default_variant, stale_after, config.min_dwell}),
+      policy(std::make_unique<selector::LinearInterpolationPolicy>(
+          *config.pool, selector::PolicySettings{config.default_variant, stale_after, config.min_dwell})),
       ledger(std::move(route_ledger)) {
   for (const auto& v : config.pool->variants()) {
     const std::string bytes = EncodeModelOverride(v.name);
@@ -102,6 +103,54 @@ std::optional<selector::WindowBounds> ForecastBounds(telemetry::IntensityProvide
   return b;
 }
 
+// The ready mask of `after`: each variant's bit as `before` had it under the same name; variants
+// new to the pool count as ready until the upstream is asked (a reload asks at once).
+uint64_t CarryReady(const selector::Pool& before, uint64_t ready, const selector::Pool& after) {
+  uint64_t out = after.all_variants_mask();
+  for (size_t v = 0; v < after.size(); ++v) {
+    const std::optional<size_t> old = before.IndexOf(after[v].name);
+    if (old && (ready >> *old & 1) == 0) out &= ~(uint64_t{1} << v);
+  }
+  return out;
+}
+
+// `decision` (made for `before`) with its variants renumbered by name for `after`; nullopt when a
+// variant it names is gone, so the new pool starts afresh.
+std::optional<selector::Decision> CarryDecision(const selector::Pool& before, selector::Decision decision,
+                                                const selector::Pool& after) {
+  const auto renumber = [&](size_t v) { return after.IndexOf(before[v].name); };
+  const std::optional<size_t> primary = renumber(decision.primary);
+  if (!primary) return std::nullopt;
+  decision.primary = *primary;
+  for (selector::VariantWeight& w : decision.weights) {
+    const std::optional<size_t> v = renumber(w.variant);
+    if (!v) return std::nullopt;
+    w.variant = *v;
+  }
+  std::sort(decision.weights.begin(), decision.weights.end(),
+            [](const auto& a, const auto& b) { return a.variant < b.variant; });
+  return decision;
+}
+
+// One line per change of a route's decision, with the policy's own explanation.
+void LogDecision(const CompiledRoute& route, const selector::Decision& d, const selector::Decision* previous) {
+  const selector::Pool& pool = *route.config.pool;
+  std::string detail;
+  for (const selector::ExplanationTerm& term : d.explanation) absl::StrAppend(&detail, " ", ToAbsl(term.name), "=", term.value);
+  if (d.weights.size() > 1) {
+    absl::StrAppend(&detail, " weights=");
+    for (size_t k = 0; k < d.weights.size(); ++k) {
+      absl::StrAppend(&detail, k == 0 ? "" : ",", pool[d.weights[k].variant].name, ":", d.weights[k].weight);
+    }
+  }
+  spdlog::info("event=selection route={} model={} previous={} reason={} policy={} intensity_gco2_per_kwh={} "
+               "window_low={} window_high={}{}",
+               route.config.name, pool[d.primary].name, previous ? pool[previous->primary].name : "none",
+               d.reason, route.policy->kind(), d.intensity ? absl::StrCat(d.intensity->gco2_per_kwh) : "none",
+               d.bounds ? absl::StrCat(d.bounds->low) : "none", d.bounds ? absl::StrCat(d.bounds->high) : "none",
+               detail);
+}
+
 }  // namespace
 
 std::string_view SourceStateName(SourceState state) {
@@ -130,7 +179,7 @@ struct SelectionPublisher::State {
   std::unique_ptr<telemetry::IntensityProvider> provider;
   selector::IntensityWindow window{absl::Hours(24)};
   std::vector<std::shared_ptr<const CompiledRoute>> routes;
-  std::vector<std::optional<selector::Selection>> previous;  // per route
+  std::vector<std::optional<selector::Decision>> previous;  // per route
   std::vector<uint64_t> ready;                                // per route
   absl::Status last_poll;                                     // of the provider
   std::optional<selector::WindowBounds> forecast_bounds;      // include_forecast: what is coming
@@ -223,16 +272,16 @@ absl::Status SelectionPublisher::Reload(const SidecarConfig& config) {
   if (!state.ok()) return state.status();
   {
     absl::MutexLock lock(&mu_);
-    // Routes that survive a reload keep their previous selection (so dwell carries over) and what
-    // the upstream said of their variants.
+    // Routes that survive a reload keep, by variant name, their previous decision (so dwell carries
+    // over) and what the upstream said of each variant: a pool whose variants were renamed or
+    // re-sorted (new energies change the order) must not hold them on the wrong model.
     for (size_t i = 0; i < (*state)->routes.size(); ++i) {
       for (size_t j = 0; j < state_->routes.size(); ++j) {
-        if (state_->routes[j]->config.name == (*state)->routes[i]->config.name &&
-            state_->routes[j]->config.pool->variants().size() ==
-                (*state)->routes[i]->config.pool->variants().size()) {
-          (*state)->previous[i] = state_->previous[j];
-          (*state)->ready[i] = state_->ready[j];
-        }
+        if (state_->routes[j]->config.name != (*state)->routes[i]->config.name) continue;
+        const selector::Pool& before = *state_->routes[j]->config.pool;
+        const selector::Pool& after = *(*state)->routes[i]->config.pool;
+        (*state)->ready[i] = CarryReady(before, state_->ready[j], after);
+        if (state_->previous[j]) (*state)->previous[i] = CarryDecision(before, *state_->previous[j], after);
       }
     }
     state_ = *state;
@@ -359,23 +408,16 @@ void SelectionPublisher::Publish(State& s) {
   for (size_t i = 0; i < s.routes.size(); ++i) {
     const CompiledRoute& route = *s.routes[i];
     const uint64_t ready = s.ready[i];
-    selector::Selection sel =
-        route.policy.Select(s.window.latest(), bounds, now, ready, s.previous[i] ? &*s.previous[i] : nullptr);
-    if (!s.previous[i] || s.previous[i]->variant != sel.variant || s.previous[i]->reason != sel.reason) {
-      const auto& pool = *route.config.pool;
-      spdlog::info(
-          "event=selection route={} model={} previous={} reason={} intensity_gco2_per_kwh={} "
-          "window_low={} window_high={} t={}",
-          route.config.name, pool[sel.variant].name,
-          s.previous[i] ? pool[s.previous[i]->variant].name : "none",
-          selector::SelectionReasonName(sel.reason),
-          sel.intensity ? absl::StrCat(sel.intensity->gco2_per_kwh) : "none",
-          sel.bounds ? absl::StrCat(sel.bounds->low) : "none",
-          sel.bounds ? absl::StrCat(sel.bounds->high) : "none",
-          sel.t ? absl::StrCat(*sel.t) : "none");
+    selector::Decision decision = route.policy->Decide(
+        {s.window.latest(), bounds, now, ready, s.previous[i] ? &*s.previous[i] : nullptr});
+    if (!s.previous[i] || s.previous[i]->primary != decision.primary || s.previous[i]->reason != decision.reason ||
+        s.previous[i]->weights.size() != decision.weights.size()) {
+      LogDecision(route, decision, s.previous[i] ? &*s.previous[i] : nullptr);
     }
-    s.previous[i] = sel;
-    views.push_back(RouteView{s.routes[i], sel, ready});
+    std::shared_ptr<const selector::WeightedDraw> draw;
+    if (decision.weights.size() > 1) draw = std::make_shared<const selector::WeightedDraw>(decision.weights);
+    s.previous[i] = decision;
+    views.push_back(RouteView{s.routes[i], std::move(decision), std::move(draw), ready});
   }
   SourceStatus source{std::string(s.intensity.provider),
                       std::string(s.provider->source()),

@@ -16,7 +16,8 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "selector/intensity_window.h"
-#include "selector/linear_interpolation_policy.h"
+#include "selector/routing_policy.h"
+#include "selector/weighted_draw.h"
 #include "selector/snapshot_cell.h"
 #include "sidecar/config.h"
 #include "telemetry/carbon_ledger.h"
@@ -31,18 +32,22 @@ struct CompiledRoute {
                 std::shared_ptr<const telemetry::RouteLedger> route_ledger);
 
   RouteConfig config;
-  selector::LinearInterpolationPolicy policy;
+  std::unique_ptr<const selector::RoutingPolicy> policy;
   std::vector<grpc::Slice> overrides;  // indexed like the pool
   std::shared_ptr<const telemetry::RouteLedger> ledger;
 };
 
-// A route and what the policy currently selects for it.
+// A route and what its policy currently decides for it.
 struct RouteView {
   std::shared_ptr<const CompiledRoute> route;
-  selector::Selection selection;
+  selector::Decision decision;
+  // Serves a decision of several variants; null when one variant takes everything.
+  std::shared_ptr<const selector::WeightedDraw> draw;
   uint64_t ready = 0;  // variants the upstream can serve
 
   const selector::Pool& pool() const { return *route->config.pool; }
+  // The variant for the next request: lock-free and allocation-free.
+  size_t Draw() const { return draw ? draw->Next() : decision.primary; }
 };
 
 // How the intensity source is doing: ok (fresh readings), failing (polls fail but the last reading is

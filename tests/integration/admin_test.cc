@@ -212,8 +212,9 @@ TEST_F(AdminTest, SelectionExplainsTheChoice) {
   EXPECT_EQ(route["route"], "resnet");
   EXPECT_EQ(route["model"], "resnet101");
   EXPECT_EQ(route["reason"], "heuristic");
-  EXPECT_DOUBLE_EQ(route["t"].get<double>(), 0.5);
-  EXPECT_NEAR(route["target_energy_mj"].get<double>(), 799.04, 0.01);
+  EXPECT_EQ(route["policy"], "linear-interpolation");
+  EXPECT_DOUBLE_EQ(route["explanation"]["t"].get<double>(), 0.5);
+  EXPECT_NEAR(route["explanation"]["target_energy_mj"].get<double>(), 799.04, 0.01);
   EXPECT_EQ(route["window"]["low"], 100);
   EXPECT_EQ(route["window"]["high"], 300);
   EXPECT_EQ(route["candidates"].size(), 4u);

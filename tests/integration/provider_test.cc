@@ -432,7 +432,7 @@ TEST_F(ProviderTest, PublisherKeepsTheLastGoodValueThenGoesStaleThenRecovers) {
   const auto status = [&] { return (*publisher)->snapshots().Load()->source(); };
   const auto model = [&] {
     const auto& route = (*publisher)->snapshots().Load()->routes()[0];
-    return route.pool()[route.selection.variant].name;
+    return route.pool()[route.decision.primary].name;
   };
   EXPECT_EQ(model(), "resnet152");
   EXPECT_EQ(status().counters.state, sidecar::SourceState::kOk);

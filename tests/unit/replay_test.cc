@@ -127,12 +127,12 @@ TEST(ReplayTest, ChoosesExactlyWhatTheSidecarChooses) {
     config.intensity.trace_start = periods[i].at;
     auto publisher = sidecar::SelectionPublisher::Create(config);
     ASSERT_TRUE(publisher.ok()) << publisher.status();
-    const auto& sel = (*publisher)->snapshots().Load()->Find("resnet")->selection;
-    heuristic_choices += sel.reason == selector::SelectionReason::kHeuristic;
-    if (sel.variant != replay.choices[i]) {
+    const auto& sel = (*publisher)->snapshots().Load()->Find("resnet")->decision;
+    heuristic_choices += sel.reason == "heuristic";
+    if (sel.primary != replay.choices[i]) {
       ++differences;
       ADD_FAILURE() << "period " << i << " (" << absl::FormatTime(periods[i].at) << "): sidecar "
-                    << pool[sel.variant].name << ", replay " << pool[replay.choices[i]].name;
+                    << pool[sel.primary].name << ", replay " << pool[replay.choices[i]].name;
     }
   }
   EXPECT_EQ(differences, 0u);

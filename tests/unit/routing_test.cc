@@ -1,6 +1,8 @@
 #include "sidecar/routing.h"
 
+#include <atomic>
 #include <filesystem>
+#include <thread>
 #include <fstream>
 
 #include <gmock/gmock.h>
@@ -30,7 +32,7 @@ SidecarConfig BaseConfig() {
 
 std::string VariantOf(const SelectionPublisher& publisher, const std::string& route_name) {
   const RouteView* route = publisher.snapshots().Load()->Find(route_name);
-  return route == nullptr ? "<no route>" : route->pool()[route->selection.variant].name;
+  return route == nullptr ? "<no route>" : route->pool()[route->decision.primary].name;
 }
 
 TEST(RoutingSnapshotTest, FindsRoutesByNameOnly) {
@@ -76,7 +78,7 @@ TEST(SelectionPublisherTest, ReadinessAnswersShapeTheChoice) {
   answers = {false, false, false, false};
   (*publisher)->RefreshNow();
   const RouteView* route = (*publisher)->snapshots().Load()->Find("resnet");
-  EXPECT_EQ(route->selection.reason, selector::SelectionReason::kNoReadyVariant);
+  EXPECT_EQ(route->decision.reason, selector::reasons::kNoReadyVariant);
 }
 
 TEST(SelectionPublisherTest, ZeroReadinessIntervalNeverAsks) {
@@ -107,13 +109,13 @@ TEST(SelectionPublisherTest, AnEndedTraceGoesStaleAndTheDefaultTakesOver) {
   ASSERT_TRUE(publisher.ok()) << publisher.status();
   const auto reason = [&] {
     (*publisher)->RefreshNow();
-    return (*publisher)->snapshots().Load()->Find("resnet")->selection.reason;
+    return (*publisher)->snapshots().Load()->Find("resnet")->decision.reason;
   };
   const absl::Time end = absl::Now() + absl::Seconds(10);
-  while (reason() != selector::SelectionReason::kStaleIntensity && absl::Now() < end) {
+  while (reason() != selector::reasons::kStaleIntensity && absl::Now() < end) {
     absl::SleepFor(absl::Milliseconds(1));
   }
-  EXPECT_EQ(reason(), selector::SelectionReason::kStaleIntensity);
+  EXPECT_EQ(reason(), selector::reasons::kStaleIntensity);
   EXPECT_EQ(VariantOf(**publisher, "resnet"), "resnet50");  // the default
   std::filesystem::remove_all(dir);
 }
@@ -131,17 +133,17 @@ TEST(SelectionPublisherTest, AForecastWidensTheWindow) {
   config.intensity.fixed_bounds.reset();
   auto flat = SelectionPublisher::Create(config);
   ASSERT_TRUE(flat.ok());
-  EXPECT_EQ((*flat)->snapshots().Load()->Find("resnet")->selection.reason,
-            selector::SelectionReason::kDegenerateWindow);
+  EXPECT_EQ((*flat)->snapshots().Load()->Find("resnet")->decision.reason,
+            selector::reasons::kDegenerateWindow);
 
   config.intensity.include_forecast = true;
   config.intensity.forecast_horizon = absl::Hours(2);
   auto widened = SelectionPublisher::Create(config);
   ASSERT_TRUE(widened.ok());
   const RouteView* route = (*widened)->snapshots().Load()->Find("resnet");
-  ASSERT_TRUE(route->selection.bounds.has_value());
-  EXPECT_EQ(route->selection.bounds->low, 100);
-  EXPECT_EQ(route->selection.bounds->high, 300);
+  ASSERT_TRUE(route->decision.bounds.has_value());
+  EXPECT_EQ(route->decision.bounds->low, 100);
+  EXPECT_EQ(route->decision.bounds->high, 300);
   EXPECT_EQ(VariantOf(**widened, "resnet"), "resnet101");  // t = 0.5
   std::filesystem::remove_all(dir);
 }
@@ -177,6 +179,70 @@ TEST(SelectionPublisherTest, BackgroundPollingPublishesWithoutBeingAsked) {
   EXPECT_EQ(VariantOf(**publisher, "resnet"), "resnet34");  // C = 300, the high
   (*publisher)->Stop();
   std::filesystem::remove_all(dir);
+}
+
+TEST(SelectionPublisherTest, AReorderedPoolKeepsDwellAndReadinessByVariantName) {
+  // Three variants; C = 100 at the window's low: the largest energy wins. "mid" is not ready.
+  const auto pool = [](double small, double mid, double large) {
+    return std::make_shared<const selector::Pool>(
+        *selector::Pool::Create({{"small", small, 9}, {"mid", mid, 8}, {"large", large, 7}}));
+  };
+  SidecarConfig config = BaseConfig();
+  config.intensity.gco2_per_kwh = 100;
+  config.routes[0].pool = pool(100, 200, 300);
+  config.routes[0].baseline = config.routes[0].default_variant = 0;
+  config.routes[0].min_dwell = absl::Hours(1);
+  bool answer = true;  // then: the upstream cannot be asked, so what was known must carry over
+  auto publisher = SelectionPublisher::Create(config, [&](const std::vector<std::string>& names) {
+    std::vector<std::optional<bool>> out;
+    for (const auto& n : names) out.push_back(answer ? std::optional<bool>(n != "mid") : std::nullopt);
+    return out;
+  });
+  ASSERT_TRUE(publisher.ok());
+  EXPECT_EQ(VariantOf(**publisher, "resnet"), "large");
+
+  // New energies re-sort the pool: large is now the cheapest (index 0) and mid the dearest
+  // (index 2), which the heuristic now wants. Dwell must keep "large", by name.
+  answer = false;
+  config.routes[0].pool = pool(200, 400, 50);
+  std::atomic<bool> reloading{true};
+  std::atomic<int> bad_names{0};
+  std::vector<std::thread> readers;
+  for (int r = 0; r < 2; ++r) {
+    readers.emplace_back([&] {
+      while (reloading) {
+        const auto& snapshot = (*publisher)->snapshots().Load();
+        const RouteView* route = snapshot->Find("resnet");
+        const std::string& name = route->pool()[route->Draw()].name;
+        if (name != "small" && name != "mid" && name != "large") ++bad_names;
+      }
+    });
+  }
+  ASSERT_TRUE((*publisher)->Reload(config).ok());
+  reloading = false;
+  for (auto& t : readers) t.join();
+  EXPECT_EQ(bad_names, 0);
+  const RouteView* route = (*publisher)->snapshots().Load()->Find("resnet");
+  EXPECT_EQ(route->pool()[route->decision.primary].name, "large");
+  EXPECT_EQ(route->decision.reason, selector::reasons::kMinimumDwell);
+  // Readiness followed the names: mid (now index 2) is still not ready, the others are.
+  EXPECT_EQ(route->ready, 0b011u);
+  EXPECT_EQ(route->pool()[2].name, "mid");
+}
+
+TEST(SelectionPublisherTest, AVariantGoneFromThePoolStartsTheRouteAfresh) {
+  SidecarConfig config = BaseConfig();
+  config.intensity.gco2_per_kwh = 100;
+  config.routes[0].min_dwell = absl::Hours(1);
+  auto publisher = SelectionPublisher::Create(config);
+  ASSERT_TRUE(publisher.ok());
+  EXPECT_EQ(VariantOf(**publisher, "resnet"), "resnet152");
+  config.routes[0].pool = std::make_shared<const selector::Pool>(
+      *selector::Pool::Create({{"resnet34", 359.9, 8.58}, {"resnet50", 420.6, 7.138}, {"resnet101", 803.1, 6.454}}));
+  ASSERT_TRUE((*publisher)->Reload(config).ok());
+  const RouteView* route = (*publisher)->snapshots().Load()->Find("resnet");
+  EXPECT_EQ(route->pool()[route->decision.primary].name, "resnet101");
+  EXPECT_EQ(route->decision.reason, "heuristic");
 }
 
 }  // namespace

@@ -3,7 +3,9 @@
 
 #include "gtest/gtest.h"
 #include "selector/intensity_window.h"
-#include "selector/linear_interpolation_policy.h"
+#include "selector/policies/linear_interpolation.h"
+#include "selector/routing_policy.h"
+#include "selector/weighted_draw.h"
 #include "selector/pool.h"
 #include "selector/snapshot_cell.h"
 
@@ -11,6 +13,12 @@ namespace carbon::selector {
 namespace {
 
 const absl::Time kNow = absl::FromUnixSeconds(1685577600);  // 2023-06-01T00:00Z
+
+// One decision of `policy` from these inputs.
+Decision Decide(const RoutingPolicy& policy, std::optional<IntensityReading> reading,
+                std::optional<WindowBounds> bounds, absl::Time now, uint64_t ready, const Decision* previous) {
+  return policy.Decide({reading, bounds, now, ready, previous});
+}
 
 // The paper's Table 1 (docs/design.md §1).
 Pool ResnetPool() {
@@ -22,11 +30,11 @@ Pool ResnetPool() {
 
 class PolicyTest : public ::testing::Test {
  protected:
-  Selection SelectAt(double c, WindowBounds bounds = {100, 300}) {
-    return policy_.Select(IntensityReading{c, kNow}, bounds, kNow, pool_.all_variants_mask(),
+  Decision SelectAt(double c, WindowBounds bounds = {100, 300}) {
+    return Decide(policy_, IntensityReading{c, kNow}, bounds, kNow, pool_.all_variants_mask(),
                           nullptr);
   }
-  std::string NameAt(double c) { return pool_[SelectAt(c).variant].name; }
+  std::string NameAt(double c) { return pool_[SelectAt(c).primary].name; }
 
   Pool pool_ = ResnetPool();
   LinearInterpolationPolicy policy_{pool_, PolicySettings{*pool_.IndexOf("resnet50"),
@@ -65,10 +73,10 @@ TEST_F(PolicyTest, DesignTestVectors) {
   EXPECT_EQ(NameAt(200), "resnet101");
   EXPECT_EQ(NameAt(250), "resnet50");
   EXPECT_EQ(NameAt(150), "resnet101");
-  Selection mid = SelectAt(200);
-  EXPECT_EQ(mid.reason, SelectionReason::kHeuristic);
-  EXPECT_NEAR(*mid.t, 0.5, 1e-12);
-  EXPECT_NEAR(*mid.target_energy_mj, 799.04, 0.01);
+  Decision mid = SelectAt(200);
+  EXPECT_EQ(mid.reason, LinearInterpolationPolicy::kReason);
+  EXPECT_NEAR(*mid.Explained("t"), 0.5, 1e-12);
+  EXPECT_NEAR(*mid.Explained("target_energy_mj"), 799.04, 0.01);
 }
 
 TEST_F(PolicyTest, Resnet101To152BoundaryNear149_54) {
@@ -85,7 +93,7 @@ TEST_F(PolicyTest, Resnet34WinsOnlyBelowT0345) {
 TEST_F(PolicyTest, HigherIntensityNeverPicksHigherEnergy) {
   double previous_energy = 1e300;
   for (double c = 50; c <= 350; c += 0.25) {
-    const double energy = pool_[SelectAt(c).variant].energy_mj;
+    const double energy = pool_[SelectAt(c).primary].energy_mj;
     EXPECT_LE(energy, previous_energy) << "at C=" << c;
     previous_energy = energy;
   }
@@ -93,9 +101,9 @@ TEST_F(PolicyTest, HigherIntensityNeverPicksHigherEnergy) {
 
 TEST_F(PolicyTest, ClampsOutsideTheWindow) {
   EXPECT_EQ(NameAt(20), "resnet152");
-  EXPECT_DOUBLE_EQ(*SelectAt(20).t, 1.0);
+  EXPECT_DOUBLE_EQ(*SelectAt(20).Explained("t"), 1.0);
   EXPECT_EQ(NameAt(900), "resnet34");
-  EXPECT_DOUBLE_EQ(*SelectAt(900).t, 0.0);
+  EXPECT_DOUBLE_EQ(*SelectAt(900).Explained("t"), 0.0);
 }
 
 TEST_F(PolicyTest, TieGoesToLowerEnergy) {
@@ -107,54 +115,55 @@ TEST_F(PolicyTest, TieGoesToLowerEnergy) {
   EXPECT_EQ(NearestByEnergy(pool, 250, 0b101), 2u);
   EXPECT_EQ(NearestByEnergy(pool, 250, 0), std::nullopt);
   // t = 0.25 puts the target exactly between small and mid.
-  Selection s = policy.Select(IntensityReading{250, kNow}, WindowBounds{100, 300}, kNow,
+  Decision s = Decide(policy, IntensityReading{250, kNow}, WindowBounds{100, 300}, kNow,
                               pool.all_variants_mask(), nullptr);
-  EXPECT_EQ(pool[s.variant].name, "small");
+  EXPECT_EQ(pool[s.primary].name, "small");
 }
 
 TEST_F(PolicyTest, DegenerateWindowUsesDefault) {
-  Selection s = SelectAt(200, {200, 200.5});
-  EXPECT_EQ(s.reason, SelectionReason::kDegenerateWindow);
-  EXPECT_EQ(pool_[s.variant].name, "resnet50");
-  EXPECT_EQ(SelectAt(200, {200, 201}).reason, SelectionReason::kHeuristic);
+  Decision s = SelectAt(200, {200, 200.5});
+  EXPECT_EQ(s.reason, reasons::kDegenerateWindow);
+  EXPECT_EQ(pool_[s.primary].name, "resnet50");
+  EXPECT_EQ(SelectAt(200, {200, 201}).reason, LinearInterpolationPolicy::kReason);
 }
 
 TEST_F(PolicyTest, NoOrStaleIntensityUsesDefault) {
-  Selection none = policy_.Select(std::nullopt, WindowBounds{100, 300}, kNow, 0b1111, nullptr);
-  EXPECT_EQ(none.reason, SelectionReason::kNoIntensity);
-  EXPECT_EQ(pool_[none.variant].name, "resnet50");
-  Selection stale = policy_.Select(IntensityReading{100, kNow - absl::Hours(2) - absl::Seconds(1)},
+  Decision none = Decide(policy_, std::nullopt, WindowBounds{100, 300}, kNow, 0b1111, nullptr);
+  EXPECT_EQ(none.reason, reasons::kNoIntensity);
+  EXPECT_EQ(pool_[none.primary].name, "resnet50");
+  Decision stale = Decide(policy_, IntensityReading{100, kNow - absl::Hours(2) - absl::Seconds(1)},
                                    WindowBounds{100, 300}, kNow, 0b1111, nullptr);
-  EXPECT_EQ(stale.reason, SelectionReason::kStaleIntensity);
-  EXPECT_EQ(pool_[stale.variant].name, "resnet50");
-  Selection fresh = policy_.Select(IntensityReading{100, kNow - absl::Hours(2)},
+  EXPECT_EQ(stale.reason, reasons::kStaleIntensity);
+  EXPECT_EQ(pool_[stale.primary].name, "resnet50");
+  Decision fresh = Decide(policy_, IntensityReading{100, kNow - absl::Hours(2)},
                                    WindowBounds{100, 300}, kNow, 0b1111, nullptr);
-  EXPECT_EQ(pool_[fresh.variant].name, "resnet152");
+  EXPECT_EQ(pool_[fresh.primary].name, "resnet152");
 }
 
 TEST_F(PolicyTest, NotReadyVariantsAreLeftOut) {
   const uint64_t without_152 = pool_.all_variants_mask() & ~(uint64_t{1} << 3);
-  Selection s = policy_.Select(IntensityReading{100, kNow}, WindowBounds{100, 300}, kNow,
+  Decision s = Decide(policy_, IntensityReading{100, kNow}, WindowBounds{100, 300}, kNow,
                                without_152, nullptr);
-  EXPECT_EQ(pool_[s.variant].name, "resnet101");
-  Selection none = policy_.Select(IntensityReading{100, kNow}, WindowBounds{100, 300}, kNow, 0,
+  EXPECT_EQ(pool_[s.primary].name, "resnet101");
+  Decision none = Decide(policy_, IntensityReading{100, kNow}, WindowBounds{100, 300}, kNow, 0,
                                   nullptr);
-  EXPECT_EQ(none.reason, SelectionReason::kNoReadyVariant);
-  EXPECT_EQ(pool_[none.variant].name, "resnet50");
+  EXPECT_EQ(none.reason, reasons::kNoReadyVariant);
+  EXPECT_EQ(pool_[none.primary].name, "resnet50");
 }
 
 TEST_F(PolicyTest, QualityFloor) {
   const uint64_t all = pool_.all_variants_mask();
-  Selection dirty = SelectAt(300);  // resnet34, error 8.58
-  EXPECT_EQ(pool_[ApplyQualityFloor(pool_, dirty, 9.0, all)].name, "resnet34");
-  EXPECT_EQ(pool_[ApplyQualityFloor(pool_, dirty, 7.5, all)].name, "resnet50");
-  EXPECT_EQ(pool_[ApplyQualityFloor(pool_, dirty, 7.0, all)].name, "resnet101");
-  EXPECT_EQ(pool_[ApplyQualityFloor(pool_, dirty, 5.954, all)].name, "resnet152");
+  Decision dirty = SelectAt(300);  // resnet34, error 8.58
+  EXPECT_EQ(pool_[ApplyQualityFloor(pool_, dirty.primary, dirty.aim_energy_mj, 9.0, all)].name, "resnet34");
+  EXPECT_EQ(pool_[ApplyQualityFloor(pool_, dirty.primary, dirty.aim_energy_mj, 7.5, all)].name, "resnet50");
+  EXPECT_EQ(pool_[ApplyQualityFloor(pool_, dirty.primary, dirty.aim_energy_mj, 7.0, all)].name, "resnet101");
+  EXPECT_EQ(pool_[ApplyQualityFloor(pool_, dirty.primary, dirty.aim_energy_mj, 5.954, all)].name, "resnet152");
   // Nothing qualifies: the most accurate.
-  EXPECT_EQ(pool_[ApplyQualityFloor(pool_, dirty, 1.0, all)].name, "resnet152");
-  EXPECT_EQ(pool_[ApplyQualityFloor(pool_, dirty, 1.0, 0b0111)].name, "resnet101");
+  EXPECT_EQ(pool_[ApplyQualityFloor(pool_, dirty.primary, dirty.aim_energy_mj, 1.0, all)].name, "resnet152");
+  EXPECT_EQ(pool_[ApplyQualityFloor(pool_, dirty.primary, dirty.aim_energy_mj, 1.0, 0b0111)].name, "resnet101");
   // A clean grid already exceeds the floor.
-  EXPECT_EQ(pool_[ApplyQualityFloor(pool_, SelectAt(100), 7.0, all)].name, "resnet152");
+  const Decision clean = SelectAt(100);
+  EXPECT_EQ(pool_[ApplyQualityFloor(pool_, clean.primary, clean.aim_energy_mj, 7.0, all)].name, "resnet152");
 }
 
 TEST_F(PolicyTest, MinimumDwellHoldsTheVariant) {
@@ -162,21 +171,90 @@ TEST_F(PolicyTest, MinimumDwellHoldsTheVariant) {
       pool_, PolicySettings{*pool_.IndexOf("resnet50"), absl::Hours(2), absl::Minutes(30)});
   const uint64_t all = pool_.all_variants_mask();
   const WindowBounds bounds{100, 300};
-  Selection first = dwelling.Select(IntensityReading{100, kNow}, bounds, kNow, all, nullptr);
-  EXPECT_EQ(pool_[first.variant].name, "resnet152");
+  Decision first = Decide(dwelling, IntensityReading{100, kNow}, bounds, kNow, all, nullptr);
+  EXPECT_EQ(pool_[first.primary].name, "resnet152");
   EXPECT_EQ(first.since, kNow);
 
   const absl::Time t1 = kNow + absl::Minutes(10);
-  Selection held = dwelling.Select(IntensityReading{300, t1}, bounds, t1, all, &first);
-  EXPECT_EQ(pool_[held.variant].name, "resnet152");
-  EXPECT_EQ(held.reason, SelectionReason::kMinimumDwell);
+  Decision held = Decide(dwelling, IntensityReading{300, t1}, bounds, t1, all, &first);
+  EXPECT_EQ(pool_[held.primary].name, "resnet152");
+  EXPECT_EQ(held.reason, reasons::kMinimumDwell);
   EXPECT_EQ(held.since, kNow);
 
   const absl::Time t2 = kNow + absl::Minutes(30);
-  Selection moved = dwelling.Select(IntensityReading{300, t2}, bounds, t2, all, &held);
-  EXPECT_EQ(pool_[moved.variant].name, "resnet34");
-  EXPECT_EQ(moved.reason, SelectionReason::kHeuristic);
+  Decision moved = Decide(dwelling, IntensityReading{300, t2}, bounds, t2, all, &held);
+  EXPECT_EQ(pool_[moved.primary].name, "resnet34");
+  EXPECT_EQ(moved.reason, LinearInterpolationPolicy::kReason);
   EXPECT_EQ(moved.since, t2);
+}
+
+// Counts what `draw` serves over n requests, by variant.
+std::vector<int64_t> Drawn(const WeightedDraw& draw, size_t variants, int n) {
+  std::vector<int64_t> counts(variants, 0);
+  for (int i = 0; i < n; ++i) ++counts[draw.Next()];
+  return counts;
+}
+
+TEST(WeightedDrawTest, OneVariantTakesEverything) {
+  WeightedDraw draw({{2, 1.0}});
+  EXPECT_EQ(Drawn(draw, 4, 100), (std::vector<int64_t>{0, 0, 100, 0}));
+}
+
+TEST(WeightedDrawTest, EveryPrefixIsWithinOneRequestOfTheWeights) {
+  // Random weight sets of 2 to 6 variants, rounded to thousandths as the draw does.
+  uint32_t state = 2024;
+  const auto next = [&state] { return state = state * 1103515245u + 12345u, (state >> 8) % 1000 + 1; };
+  for (int round = 0; round < 200; ++round) {
+    const size_t k = 2 + round % 5;
+    std::vector<VariantWeight> weights;
+    uint32_t total = 0;
+    for (size_t v = 0; v < k; ++v) total += static_cast<uint32_t>(weights.emplace_back(VariantWeight{v, double(next())}).weight);
+    for (auto& w : weights) w.weight /= total;
+    WeightedDraw draw(weights);
+    std::vector<double> share(k, 0);
+    for (const auto& [variant, thousandths] : draw.shares()) share[variant] = thousandths / 1000.0;
+    std::vector<int64_t> counts(k, 0);
+    for (int n = 1; n <= 2500; ++n) {
+      ++counts[draw.Next()];
+      for (size_t v = 0; v < k; ++v) {
+        ASSERT_LT(std::abs(static_cast<double>(counts[v]) - n * share[v]), 1.0)
+            << "round " << round << ", variant " << v << " after " << n << " requests";
+      }
+    }
+    for (size_t v = 0; v < k; ++v) EXPECT_NEAR(share[v], weights[v].weight, 0.0015) << round;
+  }
+}
+
+TEST(WeightedDrawTest, ThreadsDrawingTogetherStillMatchTheWeights) {
+  WeightedDraw draw({{0, 0.25}, {3, 0.75}});
+  constexpr int kThreads = 4, kEach = 10'000;
+  std::vector<std::vector<int64_t>> per_thread(kThreads);
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] { per_thread[t] = Drawn(draw, 4, kEach); });
+  }
+  for (auto& t : threads) t.join();
+  std::vector<int64_t> total(4, 0);
+  for (const auto& c : per_thread) {
+    for (size_t v = 0; v < 4; ++v) total[v] += c[v];
+  }
+  // 40,000 requests took 40,000 distinct positions of the sequence: exact to one request.
+  EXPECT_NEAR(total[0], 10'000, 1);
+  EXPECT_NEAR(total[3], 30'000, 1);
+  EXPECT_EQ(total[1] + total[2], 0);
+}
+
+TEST(WeightedDrawTest, WeightsThatSumToNothingGoToTheFirstVariant) {
+  WeightedDraw draw({{1, 0.0}, {2, 0.0}});
+  EXPECT_EQ(Drawn(draw, 3, 10), (std::vector<int64_t>{0, 10, 0}));
+}
+
+TEST(WeightedDrawTest, ATinyWeightIsRoundedAwayAndTheRestSumsToAPeriod) {
+  WeightedDraw draw({{0, 0.0001}, {1, 0.4999}, {2, 0.5}});
+  uint32_t sum = 0;
+  for (const auto& s : draw.shares()) sum += s.second;
+  EXPECT_EQ(sum, WeightedDraw::kPeriod);
+  EXPECT_EQ(Drawn(draw, 3, 1000)[0], 0);
 }
 
 TEST(IntensityWindowTest, TrailingMinMax) {
