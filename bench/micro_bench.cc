@@ -10,6 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "inference/grpc_service.pb.h"
 #include "spdlog/spdlog.h"
+#include "telemetry/providers/kinds.h"
 #include "sidecar/admin_endpoints.h"
 #include "sidecar/request_bytes.h"
 #include "sidecar/request_wire.h"
@@ -26,8 +27,7 @@ double Fastest(const std::vector<double>& v) { return *std::min_element(v.begin(
 sidecar::SidecarConfig ConfigWith(size_t routes, size_t variants) {
   sidecar::SidecarConfig c;
   c.upstream.target = "127.0.0.1:1";
-  c.intensity.provider = "static";
-  c.intensity.gco2_per_kwh = 200;
+  c.intensity.provider = telemetry::StaticIntensity(200);
   c.intensity.fixed_bounds = selector::WindowBounds{100, 300};
   for (size_t r = 0; r < routes; ++r) {
     std::vector<selector::Variant> vs;

@@ -295,90 +295,77 @@ std::string RenderSelectionJson(const RoutingSnapshot& snapshot, absl::Time wall
   return doc.dump(2, ' ', false, json::error_handler_t::replace) + "\n";
 }
 
+namespace {
+
+std::string Duration(absl::Duration d) { return absl::FormatDuration(d); }
+
+// The provider's own options, as its spec renders them, with the keys every provider has.
+nlohmann::json ProviderJson(const telemetry::ProviderSpec& spec) {
+  nlohmann::json j = spec.Render();
+  j["provider"] = spec.kind();
+  if (!spec.region.empty()) j["region"] = spec.region;
+  return j;
+}
+
+nlohmann::json IntensityJson(const IntensityConfig& i) {
+  nlohmann::json j = i.provider ? ProviderJson(*i.provider) : nlohmann::json::object();
+  j["refresh"] = Duration(i.refresh);
+  j["max_backoff"] = Duration(i.max_backoff);
+  j["stale_after"] = Duration(i.stale_after);
+  j["window"] = Duration(i.window);
+  j["include_forecast"] = i.include_forecast;
+  if (i.include_forecast) j["forecast_horizon"] = Duration(i.forecast_horizon);
+  if (i.fixed_bounds) j["window_bounds"] = {{"low", i.fixed_bounds->low}, {"high", i.fixed_bounds->high}};
+  return j;
+}
+
+nlohmann::json RouteJson(const RouteConfig& r) {
+  nlohmann::json variants = nlohmann::json::array();
+  for (const auto& v : r.pool->variants()) {
+    variants.push_back({{"name", v.name}, {"energy_mj", v.energy_mj}, {"error_percent", v.error_percent}});
+  }
+  const std::shared_ptr<const selector::PolicySpec> policy = r.policy ? r.policy : selector::DefaultPolicySpec();
+  nlohmann::json policy_json = policy->Render();
+  policy_json["kind"] = policy->kind();
+  return {{"name", r.name},
+          {"pool", r.pool_source},
+          {"variants", variants},
+          {"baseline", (*r.pool)[r.baseline].name},
+          {"default", (*r.pool)[r.default_variant].name},
+          {"policy", policy_json},
+          {"min_dwell", Duration(r.min_dwell)},
+          {"batch_dimension", r.batch_dimension}};
+}
+
+// Paths only: what the files hold is never shown.
+nlohmann::json TlsJson(const std::optional<TlsConfig>& t, const char* ca_key) {
+  if (!t) return nullptr;
+  nlohmann::json j = {{"refresh_interval", Duration(t->refresh_interval)}};
+  if (!t->cert_file.empty()) j["cert_file"] = t->cert_file;
+  if (!t->key_file.empty()) j["key_file"] = t->key_file;
+  if (!t->ca_file.empty()) j[ca_key] = t->ca_file;
+  if (!t->server_name.empty()) j["server_name"] = t->server_name;
+  return j;
+}
+
+}  // namespace
+
 std::string RenderConfigJson(const SidecarConfig& config) {
   using nlohmann::json;
-  const auto duration = [](absl::Duration d) { return absl::FormatDuration(d); };
-  const IntensityConfig& i = config.intensity;
-  // One provider's options; secrets appear only as where they are read from.
-  const auto provider = [&duration](const ProviderConfig& p) {
-    json j = {{"provider", p.provider}};
-    if (!p.region.empty()) j["region"] = p.region;
-    if (p.provider == "static") j["gco2_per_kwh"] = p.gco2_per_kwh;
-    if (p.provider == "trace") {
-      j["file"] = p.trace_path;
-      j["time_column"] = p.trace_time_column;
-      j["value_column"] = p.trace_value_column;
-      j["speedup"] = p.trace_speedup;
-      j["loop"] = p.trace_loop;
-      if (p.trace_start) j["start"] = absl::FormatTime(absl::RFC3339_sec, *p.trace_start, absl::UTCTimeZone());
-    }
-    if (p.provider == "uk-carbon-intensity" || p.provider == "electricity-maps" || p.provider == "watttime" ||
-        p.provider == "carbon-aware-sdk") {
-      j["base_url"] = p.base_url.empty() ? json("(the service's public address)") : json(p.base_url);
-      j["connect_timeout"] = duration(p.connect_timeout);
-      j["timeout"] = duration(p.timeout);
-      j["max_response_bytes"] = p.max_response_bytes;
-      if (!p.ca_file.empty()) j["ca_file"] = p.ca_file;
-      if (p.region_id != 0) j["region_id"] = p.region_id;
-      if (!p.postcode.empty()) j["postcode"] = p.postcode;
-      if (!p.zone.empty()) j["zone"] = p.zone;
-      if (!p.location.empty()) j["location"] = p.location;
-      if (!p.token_env.empty()) j["token_env"] = p.token_env;
-      if (!p.token_file.empty()) j["token_file"] = p.token_file;
-      if (!p.username.empty()) j["username"] = p.username;
-      if (!p.password_env.empty()) j["password_env"] = p.password_env;
-      if (!p.password_file.empty()) j["password_file"] = p.password_file;
-    }
-    return j;
-  };
-  json intensity = provider(i);
-  intensity["refresh"] = duration(i.refresh);
-  intensity["max_backoff"] = duration(i.max_backoff);
-  intensity["stale_after"] = duration(i.stale_after);
-  intensity["window"] = duration(i.window);
-  intensity["include_forecast"] = i.include_forecast;
-  if (i.include_forecast) intensity["forecast_horizon"] = duration(i.forecast_horizon);
-  if (i.fixed_bounds) intensity["window_bounds"] = {{"low", i.fixed_bounds->low}, {"high", i.fixed_bounds->high}};
-  if (i.provider == "fallback") {
-    intensity["providers"] = json::array();
-    for (const ProviderConfig& p : i.fallback) intensity["providers"].push_back(provider(p));
-  }
   json routes = json::array();
-  for (const RouteConfig& r : config.routes) {
-    json variants = json::array();
-    for (const auto& v : r.pool->variants()) {
-      variants.push_back({{"name", v.name}, {"energy_mj", v.energy_mj}, {"error_percent", v.error_percent}});
-    }
-    routes.push_back({{"name", r.name},
-                      {"pool", r.pool_source},
-                      {"variants", variants},
-                      {"baseline", (*r.pool)[r.baseline].name},
-                      {"default", (*r.pool)[r.default_variant].name},
-                      {"min_dwell", duration(r.min_dwell)},
-                      {"batch_dimension", r.batch_dimension}});
-  }
-  // Paths only: what the files hold is never shown.
-  const auto tls = [&duration](const std::optional<TlsConfig>& t, const char* ca_key) {
-    if (!t) return json(nullptr);
-    json j = {{"refresh_interval", duration(t->refresh_interval)}};
-    if (!t->cert_file.empty()) j["cert_file"] = t->cert_file;
-    if (!t->key_file.empty()) j["key_file"] = t->key_file;
-    if (!t->ca_file.empty()) j[ca_key] = t->ca_file;
-    if (!t->server_name.empty()) j["server_name"] = t->server_name;
-    return j;
-  };
+  for (const RouteConfig& r : config.routes) routes.push_back(RouteJson(r));
   json doc = {{"path", config.path},
               {"listen", config.listen},
-              {"tls", tls(config.tls, "client_ca_file")},
+              {"tls", TlsJson(config.tls, "client_ca_file")},
               {"admin", {{"listen", config.admin_listen}}},
               {"upstream",
                {{"target", config.upstream.target},
                 {"max_message_bytes", config.upstream.max_message_bytes},
-                {"readiness_interval", duration(config.upstream.readiness_interval)},
-                {"tls", tls(config.upstream.tls, "ca_file")}}},
-              {"drain_timeout", duration(config.drain_timeout)},
+                {"readiness_interval", Duration(config.upstream.readiness_interval)},
+                {"tls", TlsJson(config.upstream.tls, "ca_file")}}},
+              {"drain_timeout", Duration(config.drain_timeout)},
               {"memory_limit_bytes", config.memory_limit_bytes},
-              {"intensity", intensity},
+              {"intensity", IntensityJson(config.intensity)},
               {"routes", routes}};
   return doc.dump(2, ' ', false, json::error_handler_t::replace) + "\n";
 }

@@ -8,6 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_join.h"
+#include "common/string_view_compat.h"
 #include "sidecar/tls.h"
 #include "yaml-cpp/yaml.h"
 
@@ -32,10 +33,10 @@ std::string Describe(const YAML::Node& node) {
 
 // Reads one YAML mapping field by field, remembering which keys were read, so that unknown
 // (misspelt) keys and duplicates are reported with their location rather than ignored.
-class MapReader {
+class MapReader final : public ConfigBlock {
  public:
-  MapReader(const YAML::Node& node, const std::string& file, std::string where)
-      : node_(node), file_(file), where_(std::move(where)) {
+  MapReader(const YAML::Node& node, const std::string& file, std::string where, std::string base_dir = "")
+      : node_(node), file_(file), where_(std::move(where)), base_dir_(std::move(base_dir)) {
     if (!node.IsMap()) {
       Fail(node, absl::StrCat(where_, " must be a mapping, got ", Describe(node)));
       return;
@@ -51,12 +52,13 @@ class MapReader {
     }
   }
 
-  const absl::Status& status() const { return status_; }
+  const absl::Status& status() const override { return status_; }
   const YAML::Node& node() const { return node_; }
   const std::string& file() const { return file_; }
 
   // The child node, or an undefined node (and an error if `required`).
-  YAML::Node Get(const std::string& key, bool required) {
+  YAML::Node Get(std::string_view key_view, bool required) {
+    const std::string key(key_view);
     allowed_.push_back(key);
     if (!status_.ok() || !node_.IsMap()) return YAML::Node(YAML::NodeType::Undefined);
     YAML::Node child = node_[key];
@@ -66,7 +68,7 @@ class MapReader {
     return child;
   }
 
-  bool String(const std::string& key, std::string* out, bool required = false) {
+  bool String(std::string_view key, std::string* out, bool required = false) override {
     YAML::Node n = Get(key, required);
     if (!n.IsDefined() || !status_.ok()) return false;
     if (!n.IsScalar() || n.Scalar().empty()) {
@@ -76,7 +78,7 @@ class MapReader {
     return true;
   }
 
-  bool Number(const std::string& key, double* out, bool required = false) {
+  bool Number(std::string_view key, double* out, bool required = false) override {
     YAML::Node n = Get(key, required);
     if (!n.IsDefined() || !status_.ok()) return false;
     double v;
@@ -87,7 +89,7 @@ class MapReader {
     return true;
   }
 
-  bool Integer(const std::string& key, int64_t* out, bool required = false) {
+  bool Integer(std::string_view key, int64_t* out, bool required = false) override {
     YAML::Node n = Get(key, required);
     if (!n.IsDefined() || !status_.ok()) return false;
     int64_t v;
@@ -98,7 +100,7 @@ class MapReader {
     return true;
   }
 
-  bool Bool(const std::string& key, bool* out) {
+  bool Bool(std::string_view key, bool* out) override {
     YAML::Node n = Get(key, false);
     if (!n.IsDefined() || !status_.ok()) return false;
     bool v;
@@ -109,7 +111,7 @@ class MapReader {
     return true;
   }
 
-  bool Duration(const std::string& key, absl::Duration* out, bool allow_zero) {
+  bool Duration(std::string_view key, absl::Duration* out, bool allow_zero) override {
     YAML::Node n = Get(key, false);
     if (!n.IsDefined() || !status_.ok()) return false;
     absl::Duration d;
@@ -122,7 +124,7 @@ class MapReader {
     return true;
   }
 
-  bool Time(const std::string& key, std::optional<absl::Time>* out) {
+  bool Time(std::string_view key, std::optional<absl::Time>* out) override {
     YAML::Node n = Get(key, false);
     if (!n.IsDefined() || !status_.ok()) return false;
     absl::Time t;
@@ -135,8 +137,30 @@ class MapReader {
     return true;
   }
 
+  bool Blocks(std::string_view key, std::vector<std::unique_ptr<ConfigBlock>>* out, bool required) override {
+    YAML::Node list = Get(key, required);
+    if (!list.IsDefined() || !status_.ok()) return false;
+    if (!list.IsSequence() || list.size() == 0) {
+      return Fail(list, absl::StrCat(Path(key), " must be a non-empty list of mappings"));
+    }
+    for (size_t i = 0; i < list.size(); ++i) {
+      out->push_back(std::make_unique<MapReader>(list[i], file_, absl::StrCat(Path(key), "[", i, "]"), base_dir_));
+    }
+    return true;
+  }
+
+  bool Fail(std::string_view key, std::string_view message) override {
+    const YAML::Node at = key.empty() || !node_.IsMap() ? YAML::Node(YAML::NodeType::Undefined) : node_[std::string(key)];
+    return Fail(at.IsDefined() ? at : node_, message);
+  }
+
+  bool FailWith(const absl::Status& located) override {
+    if (status_.ok()) status_ = located;
+    return false;
+  }
+
   // Reports keys that no getter asked for.
-  absl::Status Finish() {
+  absl::Status Finish() override {
     if (!status_.ok() || !node_.IsMap()) return status_;
     for (const auto& kv : node_) {
       const std::string key = kv.first.Scalar();
@@ -149,19 +173,22 @@ class MapReader {
     return status_;
   }
 
-  bool Fail(const YAML::Node& at, absl::string_view message) {
-    if (status_.ok()) status_ = ErrorAt(file_, at.Mark(), message);
+  bool Fail(const YAML::Node& at, std::string_view message) {
+    if (status_.ok()) status_ = ErrorAt(file_, at.Mark(), ToAbsl(message));
     return false;
   }
 
-  std::string Path(const std::string& key) const {
-    return where_ == "the config" ? key : absl::StrCat(where_, ".", key);
+  std::string Path(std::string_view key) const override {
+    return where_ == "the config" ? std::string(key) : absl::StrCat(where_, ".", ToAbsl(key));
   }
+
+  std::string Resolve(const std::string& path) const override;
 
  private:
   YAML::Node node_;
   const std::string& file_;
   std::string where_;
+  std::string base_dir_;
   std::vector<std::string> allowed_;
   absl::Status status_;
 };
@@ -189,6 +216,8 @@ std::string Resolve(const std::string& base_dir, const std::string& path) {
   if (path.empty() || std::filesystem::path(path).is_absolute()) return path;
   return (std::filesystem::path(base_dir) / path).lexically_normal().string();
 }
+
+std::string MapReader::Resolve(const std::string& path) const { return sidecar::Resolve(base_dir_, path); }
 
 absl::StatusOr<selector::Pool> ReadPool(const YAML::Node& variants_node, const std::string& file,
                                         const std::string& where) {
@@ -241,92 +270,7 @@ absl::Status ReadTls(const YAML::Node& node, const std::string& file, const std:
   return absl::OkStatus();
 }
 
-constexpr char kKnownProviders[] = "static, trace, uk-carbon-intensity, electricity-maps, watttime, carbon-aware-sdk";
-
-// Checks that a named secret can be read now, so that a missing token stops start-up (or a
-// reload) with its location rather than failing every poll.
-void CheckSecret(MapReader& m, const std::string& what, const std::string& env_key, const std::string& file_key,
-                 const std::string& env, const std::string& file) {
-  if (!m.status().ok()) return;
-  if (env.empty() == file.empty()) {
-    m.Fail(m.node(), absl::StrCat(m.Path(what), " needs exactly one of '", env_key, "' (an environment variable) or '",
-                                  file_key, "' (a file)"));
-    return;
-  }
-  auto secret = ReadSecret(env, file);
-  if (!secret.ok()) m.Fail(m.node()[env.empty() ? file_key : env_key], secret.status().message());
-}
-
-// The options of one provider, from the mapping that names it.
-void ReadProvider(MapReader& m, const std::string& base_dir, bool top_level, ProviderConfig* out) {
-  m.String("provider", &out->provider, true);
-  m.String("region", &out->region);
-  if (!m.status().ok()) return;
-  const YAML::Node provider_node = m.node()["provider"];
-  const std::string& p = out->provider;
-  const bool web = p == "uk-carbon-intensity" || p == "electricity-maps" || p == "watttime" || p == "carbon-aware-sdk";
-  if (p == "static") {
-    if (m.Number("gco2_per_kwh", &out->gco2_per_kwh, true) && out->gco2_per_kwh < 0) {
-      m.Fail(m.node()["gco2_per_kwh"], absl::StrCat(m.Path("gco2_per_kwh"), " must not be negative"));
-    }
-  } else if (p == "trace") {
-    if (m.String("file", &out->trace_path, true)) out->trace_path = Resolve(base_dir, out->trace_path);
-    m.String("time_column", &out->trace_time_column);
-    m.String("value_column", &out->trace_value_column);
-    if (m.Number("speedup", &out->trace_speedup) && !(out->trace_speedup > 0)) {
-      m.Fail(m.node()["speedup"], absl::StrCat(m.Path("speedup"), " must be positive"));
-    }
-    m.Bool("loop", &out->trace_loop);
-    m.Time("start", &out->trace_start);
-  } else if (web) {
-    m.String("base_url", &out->base_url, /*required=*/p == "carbon-aware-sdk");
-    m.Duration("connect_timeout", &out->connect_timeout, false);
-    m.Duration("timeout", &out->timeout, false);
-    if (m.Integer("max_response_bytes", &out->max_response_bytes) && out->max_response_bytes <= 0) {
-      m.Fail(m.node()["max_response_bytes"], absl::StrCat(m.Path("max_response_bytes"), " must be positive"));
-    }
-    if (m.String("ca_file", &out->ca_file)) {
-      out->ca_file = Resolve(base_dir, out->ca_file);
-      if (!std::ifstream(out->ca_file)) {
-        m.Fail(m.node()["ca_file"], absl::StrCat(m.Path("ca_file"), " '", out->ca_file, "' cannot be read"));
-      }
-    }
-    if (p == "uk-carbon-intensity") {
-      int64_t id = 0;
-      if (m.Integer("region_id", &id) && (id < 1 || id > 17)) {
-        m.Fail(m.node()["region_id"], absl::StrCat(m.Path("region_id"),
-                                                   " must be a region of the API, 1 to 17 (11: South West England)"));
-      }
-      out->region_id = static_cast<int>(id);
-      m.String("postcode", &out->postcode);
-      if (out->region_id != 0 && !out->postcode.empty()) {
-        m.Fail(m.node()["postcode"], absl::StrCat(m.Path("postcode"), " and region_id exclude each other"));
-      }
-    } else if (p == "electricity-maps") {
-      m.String("zone", &out->zone, true);
-      m.String("token_env", &out->token_env);
-      m.String("token_file", &out->token_file);
-      if (m.status().ok() && !out->token_file.empty()) out->token_file = Resolve(base_dir, out->token_file);
-      CheckSecret(m, "token", "token_env", "token_file", out->token_env, out->token_file);
-    } else if (p == "watttime") {
-      if (m.status().ok() && out->region.empty()) {
-        m.Fail(m.node(), absl::StrCat(m.Path("region"), " (the WattTime region, e.g. CAISO_NORTH) is required"));
-      }
-      m.String("username", &out->username, true);
-      m.String("password_env", &out->password_env);
-      m.String("password_file", &out->password_file);
-      if (m.status().ok() && !out->password_file.empty()) out->password_file = Resolve(base_dir, out->password_file);
-      CheckSecret(m, "password", "password_env", "password_file", out->password_env, out->password_file);
-    } else {
-      m.String("location", &out->location, true);
-    }
-  } else if (!(top_level && p == "fallback")) {
-    m.Fail(provider_node, absl::StrCat(m.Path("provider"), " '", p, "' is not known (known providers: ",
-                                       kKnownProviders, top_level ? ", fallback" : "", ")"));
-  }
-}
-
-absl::Status ReadIntensity(MapReader& m, const std::string& base_dir, IntensityConfig* out) {
+absl::Status ReadIntensity(MapReader& m, IntensityConfig* out) {
   m.Duration("refresh", &out->refresh, /*allow_zero=*/false);
   m.Duration("max_backoff", &out->max_backoff, false);
   m.Duration("stale_after", &out->stale_after, false);
@@ -344,21 +288,9 @@ absl::Status ReadIntensity(MapReader& m, const std::string& base_dir, IntensityC
     if (!(wb.high > wb.low)) return ErrorAt(m.file(), bounds.Mark(), "intensity.window_bounds: high must exceed low");
     out->fixed_bounds = wb;
   }
-  ReadProvider(m, base_dir, /*top_level=*/true, out);
-  if (m.status().ok() && out->provider == "fallback") {
-    YAML::Node list = m.Get("providers", true);
-    if (!m.status().ok()) return m.Finish();
-    if (!list.IsSequence() || list.size() == 0) {
-      return ErrorAt(m.file(), list.Mark(), "intensity.providers must be a non-empty list of providers");
-    }
-    for (size_t i = 0; i < list.size(); ++i) {
-      MapReader member(list[i], m.file(), absl::StrCat("intensity.providers[", i, "]"));
-      ProviderConfig p;
-      ReadProvider(member, base_dir, /*top_level=*/false, &p);
-      if (auto s = member.Finish(); !s.ok()) return s;
-      out->fallback.push_back(std::move(p));
-    }
-  }
+  // The provider's own keys sit in the same mapping: its reader asks for them, so that Finish
+  // knows every key that belongs.
+  out->provider = telemetry::ReadProviderSpec(m);
   return m.Finish();
 }
 
@@ -374,7 +306,14 @@ absl::Status ReadRoute(const YAML::Node& node, size_t index, const std::string& 
   r.String("default", &default_variant, true);
   r.Duration("min_dwell", &out->min_dwell, /*allow_zero=*/true);
   r.Bool("batch_dimension", &out->batch_dimension);
+  YAML::Node policy = r.Get("policy", false);
   if (auto s = r.Finish(); !s.ok()) return s;
+  out->policy = selector::DefaultPolicySpec();
+  if (policy.IsDefined()) {
+    MapReader p(policy, file, absl::StrCat("routes[", index, "].policy"), base_dir);
+    out->policy = selector::ReadPolicySpec(p);
+    if (auto s = p.Finish(); !s.ok()) return s;
+  }
 
   if (has_pool_file == inline_variants.IsDefined()) {
     return ErrorAt(file, node.Mark(),
@@ -413,26 +352,6 @@ absl::Status ReadRoute(const YAML::Node& node, size_t index, const std::string& 
 }
 
 }  // namespace
-
-absl::StatusOr<std::string> ReadSecret(const std::string& env, const std::string& file) {
-  std::string secret;
-  if (!env.empty()) {
-    const char* value = std::getenv(env.c_str());
-    if (value == nullptr || *value == '\0') {
-      return absl::NotFoundError(absl::StrCat("environment variable ", env, " is not set"));
-    }
-    secret = value;
-  } else {
-    std::ifstream in(file);
-    if (!in) return absl::NotFoundError(absl::StrCat("secret file '", file, "' cannot be read"));
-    std::stringstream text;
-    text << in.rdbuf();
-    secret = text.str();
-    while (!secret.empty() && (secret.back() == '\n' || secret.back() == '\r')) secret.pop_back();
-    if (secret.empty()) return absl::InvalidArgumentError(absl::StrCat("secret file '", file, "' is empty"));
-  }
-  return secret;
-}
 
 absl::StatusOr<selector::Pool> LoadPoolFile(const std::string& path) {
   auto root = ParseYamlFile(path);
@@ -503,8 +422,8 @@ absl::StatusOr<SidecarConfig> LoadConfig(const std::string& path) {
       }
     }
 
-    MapReader i(intensity, path, "intensity");
-    if (auto s = ReadIntensity(i, base_dir, &config.intensity); !s.ok()) return s;
+    MapReader i(intensity, path, "intensity", base_dir);
+    if (auto s = ReadIntensity(i, &config.intensity); !s.ok()) return s;
 
     if (!routes.IsSequence() || routes.size() == 0) {
       return ErrorAt(path, routes.Mark(), "routes must be a non-empty list");

@@ -9,7 +9,9 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "selector/intensity_window.h"
+#include "selector/policy_spec.h"
 #include "selector/pool.h"
+#include "telemetry/providers/provider_spec.h"
 
 namespace carbon::sidecar {
 
@@ -34,39 +36,10 @@ struct UpstreamConfig {
   std::optional<TlsConfig> tls;  // absent: plaintext (h2c)
 };
 
-// One intensity source and its options (docs/providers.md).
-struct ProviderConfig {
-  // static | trace | uk-carbon-intensity | electricity-maps | watttime | carbon-aware-sdk, or, at
-  // the top level only, fallback.
-  std::string provider;
-  // A label for logs and metrics; also the WattTime region.
-  std::string region;
-  // static
-  double gco2_per_kwh = 0;
-  // trace
-  std::string trace_path;  // a CSV file, or a directory whose *.csv files are read in name order
-  std::string trace_time_column;
-  std::string trace_value_column;
-  double trace_speedup = 1;
-  bool trace_loop = true;
-  std::optional<absl::Time> trace_start;
-  // web providers
-  std::string base_url;  // empty: the service's public address
-  int region_id = 0;     // uk-carbon-intensity: 1-17, or 0 for national (or with postcode)
-  std::string postcode;  // uk-carbon-intensity: outward postcode, e.g. BS1
-  std::string zone;      // electricity-maps
-  std::string location;  // carbon-aware-sdk
-  // Secrets are named, never written in the config: an environment variable or a file.
-  std::string token_env, token_file;        // electricity-maps
-  std::string username;                     // watttime
-  std::string password_env, password_file;  // watttime
-  absl::Duration connect_timeout = absl::Seconds(5);
-  absl::Duration timeout = absl::Seconds(10);
-  int64_t max_response_bytes = 4 * 1024 * 1024;
-  std::string ca_file;  // empty: the system CA bundle
-};
-
-struct IntensityConfig : ProviderConfig {
+// Where the grid's intensity comes from and how it is used.
+struct IntensityConfig {
+  // The provider and its options (docs/providers.md); read through the provider registry.
+  std::shared_ptr<const telemetry::ProviderSpec> provider;
   absl::Duration refresh = absl::Minutes(5);
   // A failing provider is retried sooner than `refresh`, backing off exponentially up to this.
   absl::Duration max_backoff = absl::Minutes(5);
@@ -76,12 +49,10 @@ struct IntensityConfig : ProviderConfig {
   // Widen the window with the provider's forecast for the next `forecast_horizon`.
   bool include_forecast = false;
   absl::Duration forecast_horizon = absl::Hours(24);
-  // provider: fallback — tried in order.
-  std::vector<ProviderConfig> fallback;
-};
 
-// Reads a secret named by an environment variable or a file (trailing newline trimmed).
-absl::StatusOr<std::string> ReadSecret(const std::string& env, const std::string& file);
+  std::string_view provider_kind() const { return provider ? provider->kind() : "none"; }
+  std::string region() const { return provider ? provider->region : ""; }
+};
 
 struct RouteConfig {
   std::string name;         // the model name clients send
@@ -90,6 +61,8 @@ struct RouteConfig {
   size_t baseline = 0;
   size_t default_variant = 0;
   absl::Duration min_dwell = absl::ZeroDuration();
+  // The route's policy; null: the default (linear-interpolation).
+  std::shared_ptr<const selector::PolicySpec> policy;
   // Whether the first input's shape[0] counts inferences per request.
   bool batch_dimension = false;
 };

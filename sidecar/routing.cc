@@ -2,21 +2,18 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/string_view_compat.h"
-#include "selector/policies/linear_interpolation.h"
 #include "sidecar/request_wire.h"
 #include "spdlog/spdlog.h"
 #include "absl/random/random.h"
-#include "telemetry/http_providers.h"
-#include "telemetry/static_provider.h"
-#include "telemetry/trace_provider.h"
+#include "telemetry/http_client.h"
 
 namespace carbon::sidecar {
 
 CompiledRoute::CompiledRoute(RouteConfig route_config, absl::Duration stale_after,
                              std::shared_ptr<const telemetry::RouteLedger> route_ledger)
     : config(std::move(route_config)),
-      policy(std::make_unique<selector::LinearInterpolationPolicy>(
-          *config.pool, selector::PolicySettings{config.default_variant, stale_after, config.min_dwell})),
+      policy((config.policy ? config.policy : selector::DefaultPolicySpec())
+                 ->Build(*config.pool, {config.default_variant, stale_after, config.min_dwell})),
       ledger(std::move(route_ledger)) {
   for (const auto& v : config.pool->variants()) {
     const std::string bytes = EncodeModelOverride(v.name);
@@ -35,46 +32,6 @@ const RouteView* RoutingSnapshot::Find(std::string_view model_name) const {
 }
 
 namespace {
-
-absl::StatusOr<std::unique_ptr<telemetry::IntensityProvider>> MakeOneProvider(const ProviderConfig& config,
-                                                                             absl::Duration max_age) {
-  if (config.provider == "static") {
-    return std::unique_ptr<telemetry::IntensityProvider>(std::make_unique<telemetry::StaticProvider>(config.gco2_per_kwh));
-  }
-  if (config.provider == "trace") {
-    auto readings = telemetry::LoadIntensityTrace(
-        config.trace_path, {config.trace_time_column, config.trace_value_column});
-    if (!readings.ok()) return readings.status();
-    auto trace = telemetry::TraceProvider::Create(*std::move(readings), config.trace_speedup,
-                                                  config.trace_loop, config.trace_start);
-    if (!trace.ok()) return trace.status();
-    return std::unique_ptr<telemetry::IntensityProvider>(*std::move(trace));
-  }
-  telemetry::WebProviderOptions web;
-  web.base_url = config.base_url;
-  web.http.connect_timeout = config.connect_timeout;
-  web.http.timeout = config.timeout;
-  web.http.max_response_bytes = config.max_response_bytes;
-  web.http.ca_file = config.ca_file;
-  web.max_age = max_age;
-  if (config.provider == "uk-carbon-intensity") {
-    return telemetry::MakeUkCarbonIntensityProvider(std::move(web), {config.region_id, config.postcode});
-  }
-  if (config.provider == "electricity-maps") {
-    auto token = ReadSecret(config.token_env, config.token_file);
-    if (!token.ok()) return token.status();
-    return telemetry::MakeElectricityMapsProvider(std::move(web), config.zone, *std::move(token));
-  }
-  if (config.provider == "watttime") {
-    auto password = ReadSecret(config.password_env, config.password_file);
-    if (!password.ok()) return password.status();
-    return telemetry::MakeWattTimeProvider(std::move(web), config.region, config.username, *std::move(password));
-  }
-  if (config.provider == "carbon-aware-sdk") {
-    return telemetry::MakeCarbonAwareSdkProvider(std::move(web), config.location);
-  }
-  return absl::InvalidArgumentError(absl::StrCat("unknown intensity provider '", config.provider, "'"));
-}
 
 // Whole days and hours of the jitter: ±10 % of the refresh, so sidecars started together spread
 // their polls.
@@ -163,14 +120,8 @@ std::string_view SourceStateName(SourceState state) {
 }
 
 absl::StatusOr<std::unique_ptr<telemetry::IntensityProvider>> MakeProvider(const IntensityConfig& config) {
-  if (config.provider != "fallback") return MakeOneProvider(config, config.stale_after);
-  std::vector<std::unique_ptr<telemetry::IntensityProvider>> chain;
-  for (const ProviderConfig& member : config.fallback) {
-    auto p = MakeOneProvider(member, config.stale_after);
-    if (!p.ok()) return p.status();
-    chain.push_back(*std::move(p));
-  }
-  return std::unique_ptr<telemetry::IntensityProvider>(std::make_unique<telemetry::FallbackProvider>(std::move(chain)));
+  if (config.provider == nullptr) return absl::InvalidArgumentError("no intensity provider is configured");
+  return config.provider->Build({config.stale_after});
 }
 
 struct SelectionPublisher::State {
@@ -419,9 +370,9 @@ void SelectionPublisher::Publish(State& s) {
     s.previous[i] = decision;
     views.push_back(RouteView{s.routes[i], std::move(decision), std::move(draw), ready});
   }
-  SourceStatus source{std::string(s.intensity.provider),
+  SourceStatus source{std::string(s.intensity.provider_kind()),
                       std::string(s.provider->source()),
-                      s.intensity.region,
+                      s.intensity.region(),
                       s.window.latest(),
                       bounds,
                       now,

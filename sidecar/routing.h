@@ -94,8 +94,8 @@ class RoutingSnapshot {
   absl::flat_hash_map<std::string_view, size_t> by_name_;  // keys point into routes_
 };
 
-// Builds the provider that `intensity.provider` names; web providers refuse readings older than
-// `stale_after`. Secrets are read here, so a reload picks up a rotated token.
+// Builds the configured provider; web providers refuse readings older than `stale_after`. Secrets
+// are read here, so a reload picks up a rotated token.
 absl::StatusOr<std::unique_ptr<telemetry::IntensityProvider>> MakeProvider(const IntensityConfig& config);
 
 // Answers, per variant name, whether the upstream can serve it now (nullopt: cannot tell).

@@ -1,4 +1,5 @@
 #include "selector/policies/linear_interpolation.h"
+#include "selector/policies/kinds.h"
 
 #include <algorithm>
 
@@ -29,5 +30,23 @@ Decision LinearInterpolationPolicy::Decide(const PolicyInputs& inputs) const {
   if (unusable) d.aim_energy_mj = pool_[d.primary].energy_mj;
   return d;
 }
+
+namespace {
+
+// The heuristic has no options of its own: `default`, `min_dwell` and the intensity's
+// `stale_after` come to every policy in PolicySettings.
+class LinearInterpolationSpec final : public PolicySpec {
+ public:
+  std::string_view kind() const override { return LinearInterpolationPolicy::kKind; }
+  std::unique_ptr<const RoutingPolicy> Build(const Pool& pool, const PolicySettings& settings) const override {
+    return std::make_unique<LinearInterpolationPolicy>(pool, settings);
+  }
+};
+
+}  // namespace
+
+std::unique_ptr<PolicySpec> MakeLinearInterpolationSpec() { return std::make_unique<LinearInterpolationSpec>(); }
+
+std::unique_ptr<PolicySpec> ReadLinearInterpolationPolicy(ConfigBlock&) { return MakeLinearInterpolationSpec(); }
 
 }  // namespace carbon::selector

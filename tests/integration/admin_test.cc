@@ -17,6 +17,7 @@
 #include "absl/strings/str_split.h"
 #include "bench/fake_upstream.h"
 #include "inference/grpc_service.grpc.pb.h"
+#include "telemetry/providers/kinds.h"
 #include "sidecar/server.h"
 #include "tests/support/paper_pool.h"
 #include "tests/support/static_sidecar_config.h"
@@ -243,9 +244,10 @@ TEST_F(AdminTest, ConfigHealthAndReadiness) {
 TEST(ConfigJsonTest, SecretsShowOnlyWhereTheyComeFrom) {
   setenv("CARBON_ADMIN_TEST_TOKEN", "very-secret-value", 1);
   SidecarConfig config = Config(1, 200);
-  config.intensity.provider = "electricity-maps";
-  config.intensity.zone = "GB";
-  config.intensity.token_env = "CARBON_ADMIN_TEST_TOKEN";
+  auto em = std::make_shared<telemetry::ElectricityMapsSpec>();
+  em->zone = "GB";
+  em->token_env = "CARBON_ADMIN_TEST_TOKEN";
+  config.intensity.provider = em;
   const std::string json = RenderConfigJson(config);
   EXPECT_THAT(json, HasSubstr("\"token_env\": \"CARBON_ADMIN_TEST_TOKEN\""));
   EXPECT_THAT(json, ::testing::Not(HasSubstr("very-secret-value")));

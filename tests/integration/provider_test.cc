@@ -14,6 +14,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "telemetry/providers/kinds.h"
 #include "sidecar/admin_endpoints.h"
 #include "sidecar/routing.h"
 #include "telemetry/http_providers.h"
@@ -405,10 +406,11 @@ Reply LiveLatest(double value) {
 sidecar::SidecarConfig ConfigFor(const std::string& base_url) {
   sidecar::SidecarConfig c;
   c.upstream.target = "127.0.0.1:1";
-  c.intensity.provider = "electricity-maps";
-  c.intensity.base_url = base_url;
-  c.intensity.zone = "GB";
-  c.intensity.token_env = "CARBON_TEST_TOKEN";
+  auto em = std::make_shared<telemetry::ElectricityMapsSpec>();
+  em->web.base_url = base_url;
+  em->zone = "GB";
+  em->token_env = "CARBON_TEST_TOKEN";
+  c.intensity.provider = em;
   c.intensity.refresh = absl::Hours(1);
   c.intensity.fixed_bounds = selector::WindowBounds{100, 300};
   sidecar::RouteConfig route;
@@ -498,12 +500,9 @@ TEST_F(ProviderTest, FallbackChainSwitchesAndSwitchesBack) {
   server_.On("/v3/carbon-intensity/latest", Reply{500, "{}"});
   server_.On("/v3/carbon-intensity/history", Reply{500, "{}"});
   sidecar::SidecarConfig config = ConfigFor(server_.url());
-  sidecar::ProviderConfig primary = config.intensity;
-  sidecar::ProviderConfig backup;
-  backup.provider = "static";
-  backup.gco2_per_kwh = 250;
-  config.intensity.provider = "fallback";
-  config.intensity.fallback = {primary, backup};
+  auto chain = std::make_shared<telemetry::FallbackSpec>();
+  chain->members = {config.intensity.provider, telemetry::StaticIntensity(250)};
+  config.intensity.provider = chain;
   auto publisher = sidecar::SelectionPublisher::Create(config);
   ASSERT_TRUE(publisher.ok()) << publisher.status();
   const auto source = [&] { return (*publisher)->snapshots().Load()->source(); };

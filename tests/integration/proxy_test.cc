@@ -16,6 +16,7 @@
 #include "absl/synchronization/notification.h"
 #include "bench/fake_upstream.h"
 #include "inference/grpc_service.grpc.pb.h"
+#include "telemetry/providers/kinds.h"
 #include "sidecar/request_wire.h"
 #include "sidecar/server.h"
 #include "tests/support/paper_pool.h"
@@ -532,8 +533,11 @@ TEST_F(ProxyTest, ReloadChangesTheSelection) {
   EXPECT_EQ(resp.model_name(), "resnet152");
 
   SidecarConfig broken = clean;
-  broken.intensity.provider = "trace";
-  broken.intensity.trace_path = "/nonexistent/trace.csv";
+  {
+    auto trace = std::make_shared<telemetry::TraceSpec>();
+    trace->path = "/nonexistent/trace.csv";
+    broken.intensity.provider = trace;
+  }
   EXPECT_FALSE(sidecar_->Reload(broken).ok());
   auto ctx3 = Context();
   ASSERT_TRUE(stub_->ModelInfer(ctx3.get(), InferRequest("resnet", 10), &resp).ok());

@@ -3,6 +3,7 @@
 #include <string>
 
 #include "absl/strings/str_cat.h"
+#include "telemetry/providers/kinds.h"
 #include "sidecar/config.h"
 #include "tests/support/paper_pool.h"
 
@@ -21,9 +22,7 @@ inline sidecar::SidecarConfig StaticSidecarConfig(int upstream_port, double inte
   c.upstream.target = absl::StrCat("127.0.0.1:", upstream_port);
   c.upstream.max_message_bytes = 4 * 1024 * 1024;
   c.upstream.readiness_interval = absl::ZeroDuration();
-  c.intensity.provider = "static";
-  c.intensity.region = "test-region";
-  c.intensity.gco2_per_kwh = intensity;
+  c.intensity.provider = telemetry::StaticIntensity(intensity, "test-region");
   c.intensity.refresh = absl::Hours(1);
   c.intensity.fixed_bounds = selector::WindowBounds{100, 300};
   sidecar::RouteConfig route;

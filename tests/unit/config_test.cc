@@ -8,11 +8,19 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include "telemetry/providers/kinds.h"
+
 namespace carbon::sidecar {
 namespace {
 
 using ::testing::HasSubstr;
 using ::testing::StartsWith;
+
+// The provider the config names, as the spec of its kind (throws std::bad_cast otherwise).
+template <typename SpecType>
+const SpecType& Spec(const SidecarConfig& config) {
+  return dynamic_cast<const SpecType&>(*config.intensity.provider);
+}
 
 // A fresh directory per test, holding the config and the files it names.
 class ConfigTest : public ::testing::Test {
@@ -95,13 +103,14 @@ TEST_F(ConfigTest, ReadsEveryField) {
   EXPECT_EQ(config->upstream.max_message_bytes, 1048576);
   EXPECT_EQ(config->drain_timeout, absl::Seconds(5));
   const IntensityConfig& i = config->intensity;
-  EXPECT_EQ(i.provider, "trace");
-  EXPECT_EQ(i.region, "GB-SW");
-  EXPECT_EQ(i.trace_path, Path("trace.csv"));  // relative to the config's directory
-  EXPECT_EQ(i.trace_speedup, 60);
-  EXPECT_FALSE(i.trace_loop);
-  ASSERT_TRUE(i.trace_start.has_value());
-  EXPECT_EQ(*i.trace_start, absl::FromUnixSeconds(1685578200));
+  EXPECT_EQ(i.provider_kind(), "trace");
+  EXPECT_EQ(i.region(), "GB-SW");
+  const auto& trace = Spec<telemetry::TraceSpec>(*config);
+  EXPECT_EQ(trace.path, Path("trace.csv"));  // relative to the config's directory
+  EXPECT_EQ(trace.speedup, 60);
+  EXPECT_FALSE(trace.loop);
+  ASSERT_TRUE(trace.start.has_value());
+  EXPECT_EQ(*trace.start, absl::FromUnixSeconds(1685578200));
   EXPECT_EQ(i.refresh, absl::Seconds(10));
   EXPECT_EQ(i.stale_after, absl::Hours(1));
   EXPECT_EQ(i.window, absl::Hours(12));
@@ -144,7 +153,8 @@ routes:
   EXPECT_EQ(config->intensity.stale_after, absl::Hours(2));
   EXPECT_EQ(config->intensity.window, absl::Hours(24));
   EXPECT_FALSE(config->intensity.fixed_bounds.has_value());
-  EXPECT_EQ(config->intensity.gco2_per_kwh, 200);
+  EXPECT_EQ(Spec<telemetry::StaticSpec>(*config).gco2_per_kwh, 200);
+  EXPECT_EQ(config->routes[0].policy->kind(), "linear-interpolation");  // the default
   EXPECT_EQ(config->routes[0].min_dwell, absl::ZeroDuration());
 }
 
@@ -234,6 +244,20 @@ TEST_F(ConfigTest, EveryMistakeNamesFileLineAndColumn) {
   }
 }
 
+TEST_F(ConfigTest, RoutesNameTheirPolicyByKind) {
+  const std::string head = "upstream: { target: a }\nintensity: { provider: static, gco2_per_kwh: 1 }\nroutes:\n";
+  const std::string route = "  - name: r\n    pool: pools/resnet.yaml\n    baseline: resnet50\n    default: resnet50\n";
+  auto named = LoadConfig(Write("named.yaml", head + route + "    policy: { kind: linear-interpolation }\n"));
+  ASSERT_TRUE(named.ok()) << named.status();
+  EXPECT_EQ(named->routes[0].policy->kind(), "linear-interpolation");
+  EXPECT_EQ(ErrorOf(head + route + "    policy: { kind: crystal-ball }\n"),
+            Path("sidecar.yaml") + ":8:21: routes[0].policy.kind 'crystal-ball' is not known (known policies: "
+                                   "linear-interpolation)");
+  EXPECT_EQ(ErrorOf(head + route + "    policy: { kind: linear-interpolation, horizon: 24h }\n"),
+            Path("sidecar.yaml") + ":8:43: unknown key 'horizon' in routes[0].policy (known keys: kind)");
+  EXPECT_THAT(ErrorOf(head + route + "    policy: {}\n"), HasSubstr(":8:13: routes[0].policy is missing required key 'kind'"));
+}
+
 TEST_F(ConfigTest, ErrorsInAPoolFileNameThePoolFile) {
   Write("pools/resnet.yaml", "variants:\n  - { name: resnet34, energy_mj: -1, error_percent: 8 }\n");
   const std::string error = ErrorOf(kValid);
@@ -249,7 +273,7 @@ TEST_F(ConfigTest, MissingTraceFileIsReportedAtLoad) {
   // The trace is read when the provider is made, not by LoadConfig; the path is still resolved.
   auto config = LoadConfig(Write("sidecar.yaml", kValid));
   ASSERT_TRUE(config.ok());
-  EXPECT_EQ(config->intensity.trace_path, Path("trace.csv"));
+  EXPECT_EQ(Spec<telemetry::TraceSpec>(*config).path, Path("trace.csv"));
 }
 
 TEST_F(ConfigTest, WebProvidersAndTheirSecrets) {
@@ -260,13 +284,13 @@ TEST_F(ConfigTest, WebProvidersAndTheirSecrets) {
   auto uk = LoadConfig(Write("uk.yaml", head + "  provider: uk-carbon-intensity\n  region_id: 11\n"
                                                "  timeout: 3s\n  max_response_bytes: 100000\n"));
   ASSERT_TRUE(uk.ok()) << uk.status();
-  EXPECT_EQ(uk->intensity.region_id, 11);
-  EXPECT_EQ(uk->intensity.timeout, absl::Seconds(3));
-  EXPECT_EQ(uk->intensity.max_response_bytes, 100000);
+  EXPECT_EQ(Spec<telemetry::UkCarbonIntensitySpec>(*uk).region_id, 11);
+  EXPECT_EQ(Spec<telemetry::UkCarbonIntensitySpec>(*uk).web.timeout, absl::Seconds(3));
+  EXPECT_EQ(Spec<telemetry::UkCarbonIntensitySpec>(*uk).web.max_response_bytes, 100000);
   auto em = LoadConfig(Write("em.yaml", head + "  provider: electricity-maps\n  zone: GB\n  token_file: token.txt\n"));
   ASSERT_TRUE(em.ok()) << em.status();
-  EXPECT_EQ(em->intensity.token_file, Path("token.txt"));
-  auto secret = ReadSecret("", em->intensity.token_file);
+  EXPECT_EQ(Spec<telemetry::ElectricityMapsSpec>(*em).token_file, Path("token.txt"));
+  auto secret = telemetry::ReadSecret("", Spec<telemetry::ElectricityMapsSpec>(*em).token_file);
   ASSERT_TRUE(secret.ok());
   EXPECT_EQ(*secret, "from-a-file");
   auto chain = LoadConfig(Write("chain.yaml", head + "  provider: fallback\n  providers:\n"
@@ -274,9 +298,10 @@ TEST_F(ConfigTest, WebProvidersAndTheirSecrets) {
                                                      "    - { provider: electricity-maps, zone: GB, token_env: CARBON_CONFIG_TEST_TOKEN }\n"
                                                      "    - { provider: static, gco2_per_kwh: 250 }\n"));
   ASSERT_TRUE(chain.ok()) << chain.status();
-  ASSERT_EQ(chain->intensity.fallback.size(), 3u);
-  EXPECT_EQ(chain->intensity.fallback[0].postcode, "BS1");
-  EXPECT_EQ(chain->intensity.fallback[2].gco2_per_kwh, 250);
+  const auto& members = Spec<telemetry::FallbackSpec>(*chain).members;
+  ASSERT_EQ(members.size(), 3u);
+  EXPECT_EQ(dynamic_cast<const telemetry::UkCarbonIntensitySpec&>(*members[0]).postcode, "BS1");
+  EXPECT_EQ(dynamic_cast<const telemetry::StaticSpec&>(*members[2]).gco2_per_kwh, 250);
 
   const struct {
     std::string intensity;

@@ -5,6 +5,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include "telemetry/providers/kinds.h"
 #include "sidecar/routing.h"
 #include "telemetry/trace_provider.h"
 #include "tests/support/paper_pool.h"
@@ -108,12 +109,12 @@ TEST(ReplayTest, ChoosesExactlyWhatTheSidecarChooses) {
 
   sidecar::SidecarConfig config;
   config.upstream.target = "127.0.0.1:1";
-  config.intensity.provider = "trace";
-  config.intensity.trace_path = dir;
-  config.intensity.trace_time_column = "from";
-  config.intensity.trace_value_column = "regions.intensity.forecast";
-  config.intensity.trace_loop = false;
-  config.intensity.trace_speedup = 1e-9;  // the clock stands at `start`
+  auto trace = std::make_shared<telemetry::TraceSpec>();
+  trace->path = dir;
+  trace->time_column = "from";
+  trace->value_column = "regions.intensity.forecast";
+  trace->loop = false;
+  trace->speedup = 1e-9;  // the clock stands at `start`
   config.intensity.stale_after = absl::Hours(1000);
   config.intensity.window = absl::Hours(24);
   sidecar::RouteConfig route;
@@ -124,7 +125,8 @@ TEST(ReplayTest, ChoosesExactlyWhatTheSidecarChooses) {
   config.routes.push_back(route);
   size_t differences = 0, heuristic_choices = 0;
   for (size_t i = 0; i < periods.size(); i += 3) {
-    config.intensity.trace_start = periods[i].at;
+    trace->start = periods[i].at;
+    config.intensity.provider = trace;
     auto publisher = sidecar::SelectionPublisher::Create(config);
     ASSERT_TRUE(publisher.ok()) << publisher.status();
     const auto& sel = (*publisher)->snapshots().Load()->Find("resnet")->decision;

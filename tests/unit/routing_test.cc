@@ -1,3 +1,4 @@
+#include "telemetry/providers/kinds.h"
 #include "sidecar/routing.h"
 
 #include <atomic>
@@ -17,8 +18,7 @@ namespace {
 SidecarConfig BaseConfig() {
   SidecarConfig c;
   c.upstream.target = "127.0.0.1:1";
-  c.intensity.provider = "static";
-  c.intensity.gco2_per_kwh = 200;
+  c.intensity.provider = telemetry::StaticIntensity(200);
   c.intensity.refresh = absl::Hours(1);
   c.intensity.fixed_bounds = selector::WindowBounds{100, 300};
   RouteConfig route;
@@ -58,7 +58,7 @@ TEST(CompiledRouteTest, OverridesAreTheEncodedVariantNames) {
 
 TEST(SelectionPublisherTest, ReadinessAnswersShapeTheChoice) {
   SidecarConfig config = BaseConfig();
-  config.intensity.gco2_per_kwh = 100;  // cleanest: resnet152 when it is ready
+  config.intensity.provider = telemetry::StaticIntensity(100);  // cleanest: resnet152 when it is ready
   std::vector<std::optional<bool>> answers = {true, true, false, false};
   auto publisher = SelectionPublisher::Create(
       config, [&](const std::vector<std::string>& names) {
@@ -100,10 +100,13 @@ TEST(SelectionPublisherTest, AnEndedTraceGoesStaleAndTheDefaultTakesOver) {
   std::filesystem::create_directories(dir);
   std::ofstream(dir / "trace.csv") << "t,v\n2023-06-01 00:00:00,100\n2023-06-01 00:30:00,300\n";
   SidecarConfig config = BaseConfig();
-  config.intensity.provider = "trace";
-  config.intensity.trace_path = (dir / "trace.csv").string();
-  config.intensity.trace_loop = false;
-  config.intensity.trace_speedup = 1e6;  // a simulated hour every 3.6 ms
+  {
+    auto trace = std::make_shared<telemetry::TraceSpec>();
+    trace->path = (dir / "trace.csv").string();
+    trace->loop = false;
+    trace->speedup = 1e6;  // a simulated hour every 3.6 ms
+    config.intensity.provider = trace;
+  }
   config.intensity.stale_after = absl::Hours(1);
   auto publisher = SelectionPublisher::Create(config);
   ASSERT_TRUE(publisher.ok()) << publisher.status();
@@ -127,9 +130,12 @@ TEST(SelectionPublisherTest, AForecastWidensTheWindow) {
   std::ofstream(dir / "trace.csv") << "t,v\n2023-06-01 00:00:00,200\n2023-06-01 00:30:00,300\n"
                                       "2023-06-01 01:00:00,100\n";
   SidecarConfig config = BaseConfig();
-  config.intensity.provider = "trace";
-  config.intensity.trace_path = (dir / "trace.csv").string();
-  config.intensity.trace_loop = false;
+  {
+    auto trace = std::make_shared<telemetry::TraceSpec>();
+    trace->path = (dir / "trace.csv").string();
+    trace->loop = false;
+    config.intensity.provider = trace;
+  }
   config.intensity.fixed_bounds.reset();
   auto flat = SelectionPublisher::Create(config);
   ASSERT_TRUE(flat.ok());
@@ -153,8 +159,11 @@ TEST(SelectionPublisherTest, AFailedReloadChangesNothing) {
   ASSERT_TRUE(publisher.ok());
   const auto before = (*publisher)->snapshots().Load();
   SidecarConfig broken = BaseConfig();
-  broken.intensity.provider = "trace";
-  broken.intensity.trace_path = "/nonexistent.csv";
+  {
+    auto trace = std::make_shared<telemetry::TraceSpec>();
+    trace->path = "/nonexistent.csv";
+    broken.intensity.provider = trace;
+  }
   EXPECT_EQ((*publisher)->Reload(broken).code(), absl::StatusCode::kNotFound);
   EXPECT_EQ((*publisher)->snapshots().Load(), before);
 }
@@ -164,9 +173,12 @@ TEST(SelectionPublisherTest, BackgroundPollingPublishesWithoutBeingAsked) {
   const auto dir = std::filesystem::path(::testing::TempDir()) / ("routing_bg_" + std::to_string(getpid()));
   std::filesystem::create_directories(dir);
   std::ofstream(dir / "trace.csv") << "t,v\n2023-06-01 00:00:00,100\n2023-06-01 00:30:00,300\n";
-  config.intensity.provider = "trace";
-  config.intensity.trace_path = (dir / "trace.csv").string();
-  config.intensity.trace_speedup = 3600;  // 30 simulated minutes in half a second
+  {
+    auto trace = std::make_shared<telemetry::TraceSpec>();
+    trace->path = (dir / "trace.csv").string();
+    trace->speedup = 3600;  // 30 simulated minutes in half a second
+    config.intensity.provider = trace;
+  }
   config.intensity.refresh = absl::Milliseconds(20);
   auto publisher = SelectionPublisher::Create(config);
   ASSERT_TRUE(publisher.ok());
@@ -188,7 +200,7 @@ TEST(SelectionPublisherTest, AReorderedPoolKeepsDwellAndReadinessByVariantName) 
         *selector::Pool::Create({{"small", small, 9}, {"mid", mid, 8}, {"large", large, 7}}));
   };
   SidecarConfig config = BaseConfig();
-  config.intensity.gco2_per_kwh = 100;
+  config.intensity.provider = telemetry::StaticIntensity(100);
   config.routes[0].pool = pool(100, 200, 300);
   config.routes[0].baseline = config.routes[0].default_variant = 0;
   config.routes[0].min_dwell = absl::Hours(1);
@@ -232,7 +244,7 @@ TEST(SelectionPublisherTest, AReorderedPoolKeepsDwellAndReadinessByVariantName) 
 
 TEST(SelectionPublisherTest, AVariantGoneFromThePoolStartsTheRouteAfresh) {
   SidecarConfig config = BaseConfig();
-  config.intensity.gco2_per_kwh = 100;
+  config.intensity.provider = telemetry::StaticIntensity(100);
   config.routes[0].min_dwell = absl::Hours(1);
   auto publisher = SelectionPublisher::Create(config);
   ASSERT_TRUE(publisher.ok());

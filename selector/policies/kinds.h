@@ -1,0 +1,13 @@
+#pragma once
+
+// The readers of the policy kinds registry.cc lists: one declaration per kind.
+#include <memory>
+
+#include "selector/policy_spec.h"
+
+namespace carbon::selector {
+
+std::unique_ptr<PolicySpec> ReadLinearInterpolationPolicy(ConfigBlock& block);
+std::unique_ptr<PolicySpec> MakeLinearInterpolationSpec();
+
+}  // namespace carbon::selector
