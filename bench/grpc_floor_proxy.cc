@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "absl/flags/flag.h"
+#include "common/command_line.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "absl/synchronization/mutex.h"
@@ -87,7 +88,10 @@ class ForwardedCall {
 }  // namespace
 
 int main(int argc, char** argv) {
-  absl::SetProgramUsageMessage("the least a gRPC C++ unary proxy can cost (a benchmark yardstick)");
+  carbon::SetUsage(
+      "the least a gRPC C++ unary proxy can cost (a benchmark yardstick).\n"
+      "Usage: grpc-floor-proxy [--listen HOST:PORT] [--upstream HOST:PORT] [--threads N]",
+      __FILE__);
   absl::ParseCommandLine(argc, argv);
   absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);  // as carbon-sidecar does
   grpc::ChannelArguments channel_args;

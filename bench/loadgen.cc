@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "absl/flags/flag.h"
+#include "common/command_line.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "absl/strings/str_cat.h"
@@ -221,7 +222,10 @@ class LoadGenerator {
 }  // namespace
 
 int main(int argc, char** argv) {
-  absl::SetProgramUsageMessage("gRPC ModelInfer load generator (closed or open loop), JSON out");
+  carbon::SetUsage(
+      "gRPC ModelInfer load generator (closed or open loop), JSON out.\n"
+      "Usage: loadgen [--target HOST:PORT] [--concurrency N | --rate PER_SECOND] [--stream] [flags below]",
+      __FILE__);
   absl::ParseCommandLine(argc, argv);
   // Debian builds Abseil with deadlock detection on; gRPC's locks are absl::Mutex, so every lock
   // would walk a cycle graph (about 3 % of the proxy's CPU in a perf profile). Off in production.

@@ -9,6 +9,7 @@
 #include <fstream>
 
 #include "absl/flags/flag.h"
+#include "common/command_line.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "absl/strings/str_cat.h"
@@ -57,7 +58,10 @@ std::optional<absl::Time> FlagTime(const std::string& text) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  absl::SetProgramUsageMessage("replays carbon-sidecar's heuristic over recorded traces");
+  carbon::SetUsage(
+      "replays carbon-sidecar's policies over recorded traces (docs/EVALUATION.md).\n"
+      "Usage: replay [--out_dir DIR] [flags below]",
+      __FILE__);
   absl::ParseCommandLine(argc, argv);
   using carbon::bench::PolicyResult;
 

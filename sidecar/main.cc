@@ -7,6 +7,7 @@
 #include <thread>
 
 #include "absl/flags/flag.h"
+#include "common/command_line.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
@@ -26,7 +27,10 @@ ABSL_FLAG(bool, probe_intensity, false,
           "choice, and exit (non-zero on failure).");
 
 int main(int argc, char** argv) {
-  absl::SetProgramUsageMessage("carbon-aware gRPC sidecar for KServe v2 / Triton inference servers");
+  carbon::SetUsage(
+      "carbon-aware gRPC sidecar for KServe v2 / Triton inference servers.\n"
+      "Usage: carbon-sidecar [--config FILE] [--log_level LEVEL] [--check_config | --probe_intensity]",
+      __FILE__);
   absl::ParseCommandLine(argc, argv);
   // Debian builds Abseil with deadlock detection on; gRPC's locks are absl::Mutex, so every lock
   // would walk a cycle graph (about 3 % of the proxy's CPU in a perf profile). Off in production.
