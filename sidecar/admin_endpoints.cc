@@ -22,12 +22,8 @@ namespace {
 using telemetry::Label;
 using telemetry::MetricType;
 
-// Status code names as gRPC spells them, for the `code` label.
-constexpr const char* kCodeNames[telemetry::kGrpcCodes] = {
-    "OK",        "CANCELLED",         "UNKNOWN",        "INVALID_ARGUMENT",    "DEADLINE_EXCEEDED",
-    "NOT_FOUND", "ALREADY_EXISTS",    "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION",
-    "ABORTED",   "OUT_OF_RANGE",      "UNIMPLEMENTED",  "INTERNAL",            "UNAVAILABLE",
-    "DATA_LOSS", "UNAUTHENTICATED"};
+// Status code names as gRPC spells them, for the `code` label (Abseil's codes are gRPC's).
+std::string CodeName(size_t code) { return absl::StatusCodeToString(static_cast<absl::StatusCode>(code)); }
 
 double UnixSeconds(absl::Time t) { return absl::ToDoubleSeconds(t - absl::UnixEpoch()); }
 
@@ -64,7 +60,7 @@ std::string RenderMetrics(const MetricsSources& sources, bool open_metrics) {
         const uint64_t n = code == 0 ? t.requests : t.failed[code];
         // OK always, so the series exists from the start; other codes once they happen.
         if (code != 0 && n == 0) continue;
-        w.Sample({{"route", route.route->config.name}, {"model", route.pool()[v].name}, {"code", kCodeNames[code]}},
+        w.Sample({{"route", route.route->config.name}, {"model", route.pool()[v].name}, {"code", CodeName(code)}},
                  static_cast<double>(n));
       }
     }
@@ -217,7 +213,7 @@ std::string RenderMetrics(const MetricsSources& sources, bool open_metrics) {
   for (size_t code = 0; code < telemetry::kGrpcCodes; ++code) {
     const uint64_t n = sources.proxy.passthrough[code].load(std::memory_order_relaxed);
     if (code != 0 && n == 0) continue;
-    w.Sample({{"code", kCodeNames[code]}}, static_cast<double>(n));
+    w.Sample({{"code", CodeName(code)}}, static_cast<double>(n));
   }
   w.Family("carbon_sidecar_invalid_requests_total", MetricType::kCounter,
            "Requests refused with INVALID_ARGUMENT before reaching the upstream, by reason.");

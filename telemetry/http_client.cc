@@ -41,25 +41,17 @@ size_t OnBody(char* data, size_t size, size_t count, void* user) {
   return n;
 }
 
-size_t OnHeader(char* data, size_t size, size_t count, void* user) {
-  auto* t = static_cast<Transfer*>(user);
-  const size_t n = size * count;
-  absl::string_view line(data, n);
-  if (absl::StartsWithIgnoreCase(line, "retry-after:")) {
-    absl::string_view value = absl::StripAsciiWhitespace(line.substr(12));
-    int64_t seconds;
-    absl::Time when;
-    std::string err;
-    if (absl::SimpleAtoi(value, &seconds) && seconds >= 0) {
-      t->response->retry_after = absl::Seconds(seconds);
-    } else if (absl::ParseTime("%a, %d %b %Y %H:%M:%S GMT", std::string(value), &when, &err)) {
-      t->response->retry_after = std::max(absl::ZeroDuration(), when - absl::Now());
-    }
-  }
-  return n;
-}
-
 }  // namespace
+
+std::string UrlEscape(std::string_view text) {
+  GlobalInitOnce();
+  // libcurl ignores the handle (7.82 and later) and leaves only A-Z a-z 0-9 - . _ ~ as they are.
+  char* escaped = curl_easy_escape(nullptr, text.data(), static_cast<int>(text.size()));
+  if (escaped == nullptr) return "";
+  std::string out(escaped);
+  curl_free(escaped);
+  return out;
+}
 
 std::string RedactUrl(const std::string& url) {
   std::string out = url.substr(0, url.find_first_of("?#"));
@@ -112,8 +104,6 @@ absl::StatusOr<HttpResponse> HttpClient::Get(const HttpRequest& request) {
   }
   curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION, OnBody);
   curl_easy_setopt(curl, CURLOPT_WRITEDATA, &transfer);
-  curl_easy_setopt(curl, CURLOPT_HEADERFUNCTION, OnHeader);
-  curl_easy_setopt(curl, CURLOPT_HEADERDATA, &transfer);
   const CURLcode rc = curl_easy_perform(curl);
   curl_slist_free_all(headers);
   // Credentials must not linger in the handle between polls.
@@ -128,6 +118,11 @@ absl::StatusOr<HttpResponse> HttpClient::Get(const HttpRequest& request) {
   }
   if (rc != CURLE_OK) return absl::UnavailableError(absl::StrCat(where, ": ", curl_easy_strerror(rc)));
   curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &response.status);
+  // libcurl reads Retry-After in seconds or as an HTTP date (then relative to now); 0 when absent.
+  curl_off_t retry_after = 0;
+  if (curl_easy_getinfo(curl, CURLINFO_RETRY_AFTER, &retry_after) == CURLE_OK && retry_after > 0) {
+    response.retry_after = absl::Seconds(retry_after);
+  }
   return response;
 }
 

@@ -3,6 +3,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -49,6 +50,10 @@ class HttpClient {
   HttpOptions options_;
   void* curl_;  // CURL*, reused so connections are kept alive between polls
 };
+
+// `text` percent-encoded for a URL's path segment or query value (RFC 3986 unreserved characters
+// stay as they are).
+std::string UrlEscape(std::string_view text);
 
 // The URL without its query string and user info, for messages and logs.
 std::string RedactUrl(const std::string& url);

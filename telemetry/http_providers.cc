@@ -14,18 +14,6 @@ namespace {
 
 using nlohmann::json;
 
-std::string UrlEncode(const std::string& s) {
-  std::string out;
-  for (unsigned char c : s) {
-    if (std::isalnum(c) || c == '-' || c == '_' || c == '.' || c == '~') {
-      out.push_back(static_cast<char>(c));
-    } else {
-      absl::StrAppend(&out, "%", absl::Hex(c, absl::kZeroPad2));
-    }
-  }
-  return out;
-}
-
 std::string TrimSlash(std::string url) {
   while (!url.empty() && url.back() == '/') url.pop_back();
   return url;
@@ -145,7 +133,7 @@ class UkCarbonIntensityProvider final : public WebProvider {
   bool regional() const { return uk_.region_id != 0 || !uk_.postcode.empty(); }
   std::string RegionalPath(const std::string& prefix) const {
     return uk_.postcode.empty() ? absl::StrCat(prefix, "/regionid/", uk_.region_id)
-                                : absl::StrCat(prefix, "/postcode/", UrlEncode(uk_.postcode));
+                                : absl::StrCat(prefix, "/postcode/", UrlEscape(uk_.postcode));
   }
   std::string kind_name(const std::string& path) const { return absl::StrCat(ToAbsl(kind()), " ", path); }
 
@@ -202,7 +190,7 @@ class ElectricityMapsProvider final : public WebProvider {
 
   absl::StatusOr<IntensityReading> Latest() override {
     const std::string what = absl::StrCat(ToAbsl(kind()), " latest");
-    auto doc = GetJson(absl::StrCat("/v3/carbon-intensity/latest?zone=", UrlEncode(zone_)), Auth());
+    auto doc = GetJson(absl::StrCat("/v3/carbon-intensity/latest?zone=", UrlEscape(zone_)), Auth());
     if (!doc.ok()) return doc.status();
     auto r = Point(*doc, what);
     if (!r.ok()) return r.status();
@@ -211,7 +199,7 @@ class ElectricityMapsProvider final : public WebProvider {
 
   absl::StatusOr<std::vector<IntensityReading>> History(absl::Time from, absl::Time to) override {
     const std::string what = absl::StrCat(ToAbsl(kind()), " history");
-    auto doc = GetJson(absl::StrCat("/v3/carbon-intensity/history?zone=", UrlEncode(zone_)), Auth());
+    auto doc = GetJson(absl::StrCat("/v3/carbon-intensity/history?zone=", UrlEscape(zone_)), Auth());
     if (!doc.ok()) return doc.status();
     if (!doc->is_object() || !doc->contains("history") || !(*doc)["history"].is_array()) {
       return absl::InvalidArgumentError(absl::StrCat(what, ": reply has no \"history\" list"));
@@ -226,7 +214,7 @@ class ElectricityMapsProvider final : public WebProvider {
 
   absl::StatusOr<std::vector<IntensityReading>> Forecast(absl::Time from, absl::Time to) override {
     const std::string what = absl::StrCat(ToAbsl(kind()), " forecast");
-    auto doc = GetJson(absl::StrCat("/v3/carbon-intensity/forecast?zone=", UrlEncode(zone_)), Auth());
+    auto doc = GetJson(absl::StrCat("/v3/carbon-intensity/forecast?zone=", UrlEscape(zone_)), Auth());
     if (!doc.ok()) return doc.status();
     if (!doc->is_object() || !doc->contains("forecast") || !(*doc)["forecast"].is_array()) {
       return absl::InvalidArgumentError(absl::StrCat(what, ": reply has no \"forecast\" list"));
@@ -272,7 +260,7 @@ class WattTimeProvider final : public WebProvider {
 
   absl::StatusOr<IntensityReading> Latest() override {
     const std::string what = absl::StrCat(ToAbsl(kind()), " forecast");
-    auto doc = Authorized(absl::StrCat("/v3/forecast?region=", UrlEncode(region_),
+    auto doc = Authorized(absl::StrCat("/v3/forecast?region=", UrlEscape(region_),
                                        "&signal_type=co2_moer&horizon_hours=0"));
     if (!doc.ok()) return doc.status();
     auto points = Points(*doc, what);
@@ -283,8 +271,8 @@ class WattTimeProvider final : public WebProvider {
 
   absl::StatusOr<std::vector<IntensityReading>> History(absl::Time from, absl::Time to) override {
     const std::string what = absl::StrCat(ToAbsl(kind()), " historical");
-    auto doc = Authorized(absl::StrCat("/v3/historical?region=", UrlEncode(region_), "&signal_type=co2_moer&start=",
-                                       UrlEncode(Iso(from)), "&end=", UrlEncode(Iso(to))));
+    auto doc = Authorized(absl::StrCat("/v3/historical?region=", UrlEscape(region_), "&signal_type=co2_moer&start=",
+                                       UrlEscape(Iso(from)), "&end=", UrlEscape(Iso(to))));
     if (!doc.ok()) return doc.status();
     auto points = Points(*doc, what);
     if (!points.ok()) return points.status();
@@ -293,7 +281,7 @@ class WattTimeProvider final : public WebProvider {
 
   absl::StatusOr<std::vector<IntensityReading>> Forecast(absl::Time from, absl::Time to) override {
     const int hours = static_cast<int>(std::clamp<int64_t>(absl::ToInt64Hours(to - from) + 1, 1, 72));
-    auto doc = Authorized(absl::StrCat("/v3/forecast?region=", UrlEncode(region_),
+    auto doc = Authorized(absl::StrCat("/v3/forecast?region=", UrlEscape(region_),
                                        "&signal_type=co2_moer&horizon_hours=", hours));
     if (!doc.ok()) return doc.status();
     auto points = Points(*doc, absl::StrCat(ToAbsl(kind()), " forecast"));
@@ -381,8 +369,8 @@ class CarbonAwareSdkProvider final : public WebProvider {
 
   absl::StatusOr<std::vector<IntensityReading>> Forecast(absl::Time from, absl::Time to) override {
     const std::string what = absl::StrCat(ToAbsl(kind()), " forecasts/current");
-    auto doc = GetJson(absl::StrCat("/emissions/forecasts/current?location=", UrlEncode(location_),
-                                    "&dataStartAt=", UrlEncode(Iso(from)), "&dataEndAt=", UrlEncode(Iso(to))),
+    auto doc = GetJson(absl::StrCat("/emissions/forecasts/current?location=", UrlEscape(location_),
+                                    "&dataStartAt=", UrlEscape(Iso(from)), "&dataEndAt=", UrlEscape(Iso(to))),
                        {});
     if (!doc.ok()) return doc.status();
     if (!doc->is_array() || doc->empty() || !(*doc)[0].is_object() || !(*doc)[0].contains("forecastData") ||
@@ -403,8 +391,8 @@ class CarbonAwareSdkProvider final : public WebProvider {
  private:
   absl::StatusOr<std::vector<IntensityReading>> ByLocation(absl::Time from, absl::Time to) {
     const std::string what = absl::StrCat(ToAbsl(kind()), " bylocation");
-    auto doc = GetJson(absl::StrCat("/emissions/bylocation?location=", UrlEncode(location_), "&time=",
-                                    UrlEncode(Iso(from)), "&toTime=", UrlEncode(Iso(to))),
+    auto doc = GetJson(absl::StrCat("/emissions/bylocation?location=", UrlEscape(location_), "&time=",
+                                    UrlEscape(Iso(from)), "&toTime=", UrlEscape(Iso(to))),
                        {});
     if (!doc.ok()) return doc.status();
     if (!doc->is_array()) return absl::InvalidArgumentError(absl::StrCat(what, ": reply is not a list"));

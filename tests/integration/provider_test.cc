@@ -347,6 +347,11 @@ TEST_F(ProviderTest, EveryBadReplyIsAClearStatus) {
        absl::StatusCode::kUnavailable, "HTTP 500"},
       {"rate limited", {429, "slow down", "text/plain", {{"Retry-After", "120"}}}, absl::StatusCode::kResourceExhausted,
        "HTTP 429"},
+      // An HTTP date an hour ahead (libcurl reads it against the wall clock).
+      {"rate limited until", {429, "slow down", "text/plain",
+                              {{"Retry-After", absl::FormatTime("%a, %d %b %Y %H:%M:%S GMT",
+                                                                absl::Now() + absl::Hours(1), absl::UTCTimeZone())}}},
+       absl::StatusCode::kResourceExhausted, "HTTP 429"},
       {"truncated JSON", {200, good.substr(0, good.size() / 2)}, absl::StatusCode::kInvalidArgument, "is not JSON"},
       {"HTML", {200, "<!DOCTYPE html><html><body>Maintenance</body></html>", "text/html"},
        absl::StatusCode::kInvalidArgument, "is not JSON (starts with \"<!DOCTYPE html>"},
@@ -370,6 +375,11 @@ TEST_F(ProviderTest, EveryBadReplyIsAClearStatus) {
     EXPECT_THAT(std::string(r.status().message()), HasSubstr(c.message)) << c.what;
     if (std::string(c.what) == "rate limited") {
       EXPECT_EQ(telemetry::RetryAfter(r.status()), absl::Seconds(120));
+    }
+    if (std::string(c.what) == "rate limited until") {
+      ASSERT_TRUE(telemetry::RetryAfter(r.status()).has_value());
+      EXPECT_GT(*telemetry::RetryAfter(r.status()), absl::Minutes(58));
+      EXPECT_LE(*telemetry::RetryAfter(r.status()), absl::Hours(1));
     }
   }
   // An infinite value either does not parse or is refused; it never becomes a reading.
