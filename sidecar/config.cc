@@ -445,4 +445,32 @@ absl::StatusOr<SidecarConfig> LoadConfig(const std::string& path) {
   return config;
 }
 
+// A restart-only setting by its key and the member that holds it.
+#define CARBON_RESTART_ONLY(key, member)                                                           \
+  RestartOnlySetting {                                                                             \
+    key, [](const SidecarConfig& a, const SidecarConfig& b) { return a.member == b.member; },      \
+        [](const SidecarConfig& running, SidecarConfig* next) { next->member = running.member; }   \
+  }
+
+const RestartOnlySetting kRestartOnlySettings[7] = {
+    CARBON_RESTART_ONLY("listen", listen),
+    CARBON_RESTART_ONLY("admin", admin_listen),
+    CARBON_RESTART_ONLY("tls", tls),
+    CARBON_RESTART_ONLY("upstream.target", upstream.target),
+    CARBON_RESTART_ONLY("upstream.max_message_bytes", upstream.max_message_bytes),
+    CARBON_RESTART_ONLY("upstream.tls", upstream.tls),
+    CARBON_RESTART_ONLY("memory_limit_bytes", memory_limit_bytes),
+};
+#undef CARBON_RESTART_ONLY
+
+SidecarConfig ConfigForReload(const SidecarConfig& running, const SidecarConfig& next,
+                              std::vector<std::string>* changed) {
+  SidecarConfig applied = next;
+  for (const RestartOnlySetting& setting : kRestartOnlySettings) {
+    if (!setting.same(running, next)) changed->emplace_back(setting.key);
+    setting.keep(running, &applied);
+  }
+  return applied;
+}
+
 }  // namespace carbon::sidecar

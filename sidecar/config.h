@@ -4,6 +4,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -84,6 +85,25 @@ struct SidecarConfig {
   IntensityConfig intensity;
   std::vector<RouteConfig> routes;
 };
+
+// How a reload (SIGHUP) treats each setting, declared here beside the schema. Restart-only settings
+// are built into the running process at start (the listeners, the upstream channel, the memory
+// quota): a reload that changes one keeps the running value and says so. The others are applied.
+// LoadConfig reads exactly the keys of these two lists (config_test checks that no key it accepts
+// is missing from both), so a new key has to be placed in one of them.
+inline constexpr std::string_view kReloadableKeys[] = {"drain_timeout", "intensity", "routes",
+                                                       "upstream.readiness_interval"};
+struct RestartOnlySetting {
+  std::string_view key;
+  bool (*same)(const SidecarConfig& a, const SidecarConfig& b);
+  void (*keep)(const SidecarConfig& running, SidecarConfig* next);
+};
+extern const RestartOnlySetting kRestartOnlySettings[7];
+
+// The config a reload puts in force: `next`, with every restart-only setting as `running` has it.
+// `changed` receives the keys of the restart-only settings `next` would have changed.
+SidecarConfig ConfigForReload(const SidecarConfig& running, const SidecarConfig& next,
+                              std::vector<std::string>* changed);
 
 // Reads and validates a sidecar config. Every problem is INVALID_ARGUMENT with a message of the
 // form "file:line:column: what is wrong", naming the pool file when the problem is in one.

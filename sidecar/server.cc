@@ -5,6 +5,7 @@
 #include <grpcpp/resource_quota.h>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "common/string_view_compat.h"
 #include "sidecar/tls.h"
 #include "spdlog/spdlog.h"
@@ -114,22 +115,17 @@ absl::Status SidecarServer::Reload(const SidecarConfig& config) {
     absl::MutexLock lock(&config_mu_);
     current = config_;
   }
-  if (config.listen != current.listen || config.admin_listen != current.admin_listen ||
-      config.upstream.target != current.upstream.target ||
-      config.upstream.max_message_bytes != current.upstream.max_message_bytes || config.tls != current.tls ||
-      config.upstream.tls != current.upstream.tls || config.memory_limit_bytes != current.memory_limit_bytes) {
+  std::vector<std::string> restart_only;
+  const SidecarConfig applied = ConfigForReload(current, config, &restart_only);
+  if (!restart_only.empty()) {
     // Rotated certificates need no restart: the files named are re-read (tls.refresh_interval).
-    spdlog::warn("event=reload_needs_restart detail=\"listen, admin, tls, upstream and memory_limit_bytes "
-                 "changes take effect on restart; keeping listen={} admin={} upstream={}\"",
-                 current.listen, current.admin_listen, current.upstream.target);
+    spdlog::warn("event=reload_needs_restart keys={} detail=\"these take effect on restart; the running "
+                 "values are kept\"",
+                 absl::StrJoin(restart_only, ","));
   }
-  if (absl::Status s = publisher_->Reload(config); !s.ok()) return s;
+  if (absl::Status s = publisher_->Reload(applied); !s.ok()) return s;
   absl::MutexLock lock(&config_mu_);
-  config_.path = config.path;
-  config_.intensity = config.intensity;
-  config_.routes = config.routes;
-  config_.drain_timeout = config.drain_timeout;
-  config_.upstream.readiness_interval = config.upstream.readiness_interval;
+  config_ = applied;
   return absl::OkStatus();
 }
 

@@ -33,8 +33,8 @@ class SidecarServer {
   absl::Duration drain_timeout() const;
   SelectionPublisher& publisher() { return *publisher_; }
 
-  // Applies a new config's routes and intensity settings. Changing `listen`, `admin`, `tls`,
-  // `upstream` or the message limit needs a restart: such changes are reported and the old values kept.
+  // Applies a new config. Restart-only settings (kRestartOnlySettings in config.h) keep their
+  // running values; a change to one is logged.
   absl::Status Reload(const SidecarConfig& config);
   // Loads `path` and applies it; counts the result for /metrics either way.
   absl::Status ReloadFromFile(const std::string& path);

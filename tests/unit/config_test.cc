@@ -244,6 +244,58 @@ TEST_F(ConfigTest, EveryMistakeNamesFileLineAndColumn) {
   }
 }
 
+// The keys a mapping accepts, as the unknown-key error lists them.
+std::vector<std::string> KnownKeys(const std::string& error) {
+  const size_t open = error.find("(known keys: ");
+  if (open == std::string::npos) return {};
+  const std::string list = error.substr(open + 13, error.rfind(')') - open - 13);
+  std::vector<std::string> keys;
+  for (size_t at = 0; at <= list.size();) {
+    const size_t comma = std::min(list.find(", ", at), list.size());
+    keys.push_back(list.substr(at, comma - at));
+    at = comma + 2;
+  }
+  return keys;
+}
+
+TEST_F(ConfigTest, EveryKeyIsDeclaredReloadableOrRestartOnly) {
+  std::string valid = kValid;
+  const auto declared = [](const std::string& key) {
+    int lists = 0;
+    for (std::string_view k : kReloadableKeys) lists += k == key;
+    for (const RestartOnlySetting& s : kRestartOnlySettings) lists += s.key == key;
+    return lists;
+  };
+  const std::vector<std::string> top = KnownKeys(ErrorOf(valid + "zzz: 1\n"));
+  ASSERT_GE(top.size(), 8u) << ErrorOf(valid + "zzz: 1\n");
+  for (const std::string& key : top) {
+    if (key == "upstream") continue;
+    EXPECT_EQ(declared(key), 1) << key;
+  }
+  std::string bad_upstream = valid;
+  bad_upstream.replace(bad_upstream.find("  target: 127.0.0.1:9011"), 0, "  zzz: 1\n");
+  const std::vector<std::string> upstream = KnownKeys(ErrorOf(bad_upstream));
+  ASSERT_GE(upstream.size(), 4u) << ErrorOf(bad_upstream);
+  for (const std::string& key : upstream) EXPECT_EQ(declared("upstream." + key), 1) << key;
+}
+
+TEST_F(ConfigTest, AReloadKeepsRestartOnlySettingsAndAppliesTheRest) {
+  auto running = LoadConfig(Write("sidecar.yaml", kValid));
+  ASSERT_TRUE(running.ok()) << running.status();
+  SidecarConfig next = *running;
+  next.listen = "127.0.0.1:9999";
+  next.memory_limit_bytes = 0;
+  next.drain_timeout = absl::Seconds(1);
+  next.routes[0].min_dwell = absl::Minutes(3);
+  std::vector<std::string> changed;
+  const SidecarConfig applied = ConfigForReload(*running, next, &changed);
+  EXPECT_EQ(changed, (std::vector<std::string>{"listen", "memory_limit_bytes"}));
+  EXPECT_EQ(applied.listen, running->listen);
+  EXPECT_EQ(applied.memory_limit_bytes, running->memory_limit_bytes);
+  EXPECT_EQ(applied.drain_timeout, absl::Seconds(1));
+  EXPECT_EQ(applied.routes[0].min_dwell, absl::Minutes(3));
+}
+
 TEST_F(ConfigTest, RoutesNameTheirPolicyByKind) {
   const std::string head = "upstream: { target: a }\nintensity: { provider: static, gco2_per_kwh: 1 }\nroutes:\n";
   const std::string route = "  - name: r\n    pool: pools/resnet.yaml\n    baseline: resnet50\n    default: resnet50\n";
