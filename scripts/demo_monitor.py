@@ -4,6 +4,7 @@ intensity, window, model in use, requests per model, grams so far, efficiency vs
 a summary and a plot of intensity and model choice over the run."""
 import argparse
 import datetime
+import math
 import os
 import re
 import shutil
@@ -28,6 +29,15 @@ def scrape(url):
 
 def value(samples, name, **want):
     return sum(v for labels, v in samples.get(name, []) if all(labels.get(k) == w for k, w in want.items()))
+
+
+def efficiency_text(samples, route):
+    """The paper's efficiency where it means something (a gain bought with extra grams); otherwise
+    "better" when the route beats the baseline on both accuracy and carbon, else "—"."""
+    eff = value(samples, "carbon_sidecar_carbon_emission_efficiency", route=route)
+    if not math.isnan(eff):
+        return f"{eff:.4g}"
+    return "better" if value(samples, "carbon_sidecar_beats_baseline", route=route) == 1 else "—"
 
 
 def main():
@@ -64,9 +74,9 @@ def main():
             counts = " ".join(f"{name.replace('resnet', 'r')}:{value(m, 'carbon_sidecar_requests_total', route=args.route, model=name, code='OK'):.0f}"
                               for name in models)
             grams = value(m, "carbon_sidecar_emissions_grams_total", route=args.route)
-            eff = value(m, "carbon_sidecar_carbon_emission_efficiency", route=args.route)
+            eff = efficiency_text(m, args.route)
             model = selected[0] if selected else "-"
-            print(f"{sim_text:<17} {c:>8.0f} {low:>5.0f}-{high:<5.0f} {model:<10} {counts:<44} {grams:>8.4f} {eff:>9.4g}",
+            print(f"{sim_text:<17} {c:>8.0f} {low:>5.0f}-{high:<5.0f} {model:<10} {counts:<44} {grams:>8.4f} {eff:>9}",
                   flush=True)
             if sim:
                 rows.append((sim, c, models.index(model) if model in models else -1, models))
@@ -90,7 +100,10 @@ def main():
         print(f"  against {baseline[0]}: relative quality improvement "
               f"{value(last, 'carbon_sidecar_relative_quality_improvement_percent', route=args.route):.2f} %, extra "
               f"{value(last, 'carbon_sidecar_extra_emissions_grams', route=args.route):+.4f} g CO2, efficiency "
-              f"{value(last, 'carbon_sidecar_carbon_emission_efficiency', route=args.route):.4g} %/g")
+              f"{efficiency_text(last, args.route)} %/g")
+        if value(last, "carbon_sidecar_beats_baseline", route=args.route) == 1:
+            print(f"  more accurate than {baseline[0]} and fewer grams: better on both counts (efficiency "
+                  "measures a gain bought with extra carbon, so there is none to show)")
     if args.out_dir and rows and shutil.which("gnuplot"):
         os.makedirs(args.out_dir, exist_ok=True)
         data = os.path.join(args.out_dir, "demo.dat")

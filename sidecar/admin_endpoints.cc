@@ -105,9 +105,14 @@ std::string RenderMetrics(const MetricsSources& sources, bool open_metrics) {
   };
   per_route_vs_baseline("carbon_sidecar_carbon_emission_efficiency",
                         "Relative quality improvement (percent) over the baseline model per extra gram "
-                        "of CO2, since start (Jung's carbon-emission efficiency). NaN until it differs "
-                        "from the baseline.",
+                        "of CO2, since start (Jung's carbon-emission efficiency). NaN while the route "
+                        "has emitted no more than the baseline would have: the ratio measures a gain "
+                        "bought with extra carbon.",
                         [](const telemetry::RouteReport& rep) { return rep.efficiency; });
+  per_route_vs_baseline("carbon_sidecar_beats_baseline",
+                        "1 when the route, since start, is both more accurate than the baseline model "
+                        "and emitted fewer grams than the baseline would have; else 0.",
+                        [](const telemetry::RouteReport& rep) { return rep.beats_baseline ? 1.0 : 0.0; });
   per_route_vs_baseline("carbon_sidecar_relative_quality_improvement_percent",
                         "Reduction of the mean top-1 error relative to the baseline model, in percent, "
                         "since start.",
@@ -266,6 +271,15 @@ std::string RenderSelectionJson(const RoutingSnapshot& snapshot, absl::Time wall
                             {"ready", (route.ready >> v & 1) != 0},
                             {"weight", d.WeightOf(v)}});
     }
+    const telemetry::RouteReport report = telemetry::Report(*route.route->ledger);
+    const auto finite_or_null = [](double v) { return std::isfinite(v) ? json(v) : json(nullptr); };
+    json ledger = {{"inferences", report.items},
+                   {"grams", report.grams},
+                   {"mean_error_percent", report.items > 0 ? json(report.mean_error_percent) : json(nullptr)},
+                   {"extra_grams", report.extra_grams},
+                   {"relative_quality_improvement_percent", report.relative_quality_improvement_percent},
+                   {"efficiency", finite_or_null(report.efficiency)},
+                   {"beats_baseline", report.beats_baseline}};
     json explanation = json::object();
     for (const selector::ExplanationTerm& term : d.explanation) explanation[std::string(term.name)] = term.value;
     routes.push_back({
@@ -282,6 +296,7 @@ std::string RenderSelectionJson(const RoutingSnapshot& snapshot, absl::Time wall
         {"default", route.pool()[route.route->config.default_variant].name},
         {"baseline", route.pool()[route.route->config.baseline].name},
         {"candidates", candidates},
+        {"ledger", ledger},
     });
   }
   json doc = {{"generated_at", absl::FormatTime(absl::RFC3339_sec, wall_now, absl::UTCTimeZone())},

@@ -78,8 +78,9 @@ RouteReport Report(const RouteLedger& route) {
     r.relative_quality_improvement_percent = (baseline_error - r.mean_error_percent) / baseline_error * 100;
   }
   r.extra_grams = r.grams - r.counterfactual_grams[route.baseline()];
-  r.efficiency = r.extra_grams != 0 ? r.relative_quality_improvement_percent / r.extra_grams
-                                    : std::numeric_limits<double>::quiet_NaN();
+  r.efficiency = r.extra_grams > 0 ? r.relative_quality_improvement_percent / r.extra_grams
+                                   : std::numeric_limits<double>::quiet_NaN();
+  r.beats_baseline = r.relative_quality_improvement_percent > 0 && r.extra_grams < 0;
   return r;
 }
 

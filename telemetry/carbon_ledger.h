@@ -104,7 +104,12 @@ struct RouteReport {
   // Against the baseline variant:
   double relative_quality_improvement_percent = 0;  // (err_b - mean) / err_b × 100
   double extra_grams = 0;                            // grams - counterfactual_grams[baseline]
-  double efficiency = 0;  // relative_quality_improvement_percent / extra_grams; NaN when extra is 0
+  // Jung's carbon-emission efficiency, relative_quality_improvement_percent / extra_grams: a gain
+  // bought with extra carbon. NaN while extra_grams <= 0, where the ratio means nothing (near zero
+  // it explodes; below zero a gain over a saving is negative, a loss over a saving positive).
+  double efficiency = 0;
+  // More accurate than the baseline and fewer grams than it would have emitted: better on both.
+  bool beats_baseline = false;
 };
 
 // Per-variant figures of one served variant, for callers that need them directly.

@@ -69,6 +69,37 @@ TEST(CarbonLedgerTest, OnlyTheBaselineGivesNoEfficiency) {
   EXPECT_TRUE(std::isnan(r.efficiency));
 }
 
+TEST(CarbonLedgerTest, NoEfficiencyWithoutExtraCarbonAndBeatingTheBaselineIsSaidApart) {
+  CarbonLedger ledger;
+  // The large models at clean hours, resnet34 at a dirty one: a lower mean error than resnet50's,
+  // and fewer grams than resnet50 would have emitted at the same hours.
+  auto route = ledger.Route("both", PaperResnetPool(), kR50);
+  route->variant(kR101).RecordServed(1, 1, 10);
+  route->variant(kR34).RecordServed(1, 1, 500);
+  route->variant(kR152).RecordServed(1, 1, 10);
+  const RouteReport better = Report(*route);
+  ASSERT_LT(better.extra_grams, 0);
+  ASSERT_GT(better.relative_quality_improvement_percent, 0);
+  EXPECT_TRUE(std::isnan(better.efficiency));  // the paper's ratio would be negative
+  EXPECT_TRUE(better.beats_baseline);
+
+  // Worse and cleaner (resnet34 only): a loss over a saving would read as a positive efficiency.
+  auto frugal = ledger.Route("frugal", PaperResnetPool(), kR50);
+  frugal->variant(kR34).RecordServed(1, 1, 300);
+  const RouteReport worse = Report(*frugal);
+  ASSERT_LT(worse.extra_grams, 0);
+  ASSERT_LT(worse.relative_quality_improvement_percent, 0);
+  EXPECT_TRUE(std::isnan(worse.efficiency));
+  EXPECT_FALSE(worse.beats_baseline);
+
+  // A gain bought with extra carbon has an efficiency and does not beat the baseline on carbon.
+  auto large = ledger.Route("large", PaperResnetPool(), kR50);
+  large->variant(kR152).RecordServed(1, 1, 300);
+  const RouteReport bought = Report(*large);
+  EXPECT_GT(bought.efficiency, 0);
+  EXPECT_FALSE(bought.beats_baseline);
+}
+
 TEST(CarbonLedgerTest, FailuresAreCountedByCodeAndNotCharged) {
   CarbonLedger ledger;
   auto route = ledger.Route("resnet", PaperResnetPool(), kR50);
