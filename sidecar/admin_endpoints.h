@@ -32,8 +32,8 @@ std::string RenderMetrics(const MetricsSources& sources, bool open_metrics);
 // energy, the chosen variant and why, and every candidate with its energy, error and readiness.
 std::string RenderSelectionJson(const RoutingSnapshot& snapshot, absl::Time wall_now);
 
-// /v1/config: the effective config. Nothing in it is secret today; provider credentials, when
-// they come, are shown only as where they are read from.
+// /v1/config: the effective config, rendered from the parsed settings. Provider secrets appear only
+// as where they are read from (an environment variable or a file), never as their values.
 std::string RenderConfigJson(const SidecarConfig& config);
 
 // /readyz: ready when the upstream answered the last readiness questions (or was never asked) —

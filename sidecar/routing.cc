@@ -33,8 +33,8 @@ const RouteView* RoutingSnapshot::Find(std::string_view model_name) const {
 
 namespace {
 
-// Whole days and hours of the jitter: ±10 % of the refresh, so sidecars started together spread
-// their polls.
+// ±10 % of `d`, so that sidecars started together spread their polls instead of calling the
+// provider in step.
 absl::Duration Jittered(absl::Duration d) {
   thread_local absl::BitGen gen;
   return d * absl::Uniform(gen, 0.9, 1.1);

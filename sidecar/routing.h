@@ -108,7 +108,6 @@ using ReadinessProbe =
 // provider or upstream never delays a request. Thread-safe.
 class SelectionPublisher {
  public:
-  // Without a readiness probe every variant counts as ready.
   // Without a readiness probe every variant counts as ready. `ledger` (which must outlive the
   // publisher) gives each route its counters; null: a ledger of the publisher's own.
   static absl::StatusOr<std::unique_ptr<SelectionPublisher>> Create(

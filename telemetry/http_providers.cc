@@ -373,31 +373,34 @@ class CarbonAwareSdkProvider final : public WebProvider {
                                     "&dataStartAt=", UrlEscape(Iso(from)), "&dataEndAt=", UrlEscape(Iso(to))),
                        {});
     if (!doc.ok()) return doc.status();
-    if (!doc->is_array() || doc->empty() || !(*doc)[0].is_object() || !(*doc)[0].contains("forecastData") ||
-        !(*doc)[0]["forecastData"].is_array()) {
+    auto points = ForecastPoints(*doc, what);
+    if (!points.ok()) return points.status();
+    return PlausibleForecast(*std::move(points), from, to);
+  }
+
+  // The forecast points of a /emissions/forecasts/current reply ([{"forecastData": [{timestamp,
+  // value}, …]}]); points without a readable time or value are skipped.
+  static absl::StatusOr<std::vector<IntensityReading>> ForecastPoints(const json& doc, const std::string& what) {
+    if (!doc.is_array() || doc.empty() || !doc[0].is_object() || !doc[0].contains("forecastData") ||
+        !doc[0]["forecastData"].is_array()) {
       return absl::InvalidArgumentError(absl::StrCat(what, ": reply has no forecastData"));
     }
     std::vector<IntensityReading> out;
-    for (const json& p : (*doc)[0]["forecastData"]) {
+    for (const json& p : doc[0]["forecastData"]) {
       const auto value = p.is_object() && p.contains("value") ? NumberAt(p["value"]) : std::nullopt;
       const auto at = p.is_object() && p.contains("timestamp") && p["timestamp"].is_string()
                           ? ParseApiTime(p["timestamp"].get<std::string>())
                           : std::nullopt;
       if (value && at) out.push_back({*value, *at});
     }
-    return PlausibleForecast(std::move(out), from, to);
+    return out;
   }
 
- private:
-  absl::StatusOr<std::vector<IntensityReading>> ByLocation(absl::Time from, absl::Time to) {
-    const std::string what = absl::StrCat(ToAbsl(kind()), " bylocation");
-    auto doc = GetJson(absl::StrCat("/emissions/bylocation?location=", UrlEscape(location_), "&time=",
-                                    UrlEscape(Iso(from)), "&toTime=", UrlEscape(Iso(to))),
-                       {});
-    if (!doc.ok()) return doc.status();
-    if (!doc->is_array()) return absl::InvalidArgumentError(absl::StrCat(what, ": reply is not a list"));
+  // The entries of a /emissions/bylocation reply ([{location, time, rating, duration}, …]), oldest first.
+  static absl::StatusOr<std::vector<IntensityReading>> ByLocationPoints(const json& doc, const std::string& what) {
+    if (!doc.is_array()) return absl::InvalidArgumentError(absl::StrCat(what, ": reply is not a list"));
     std::vector<IntensityReading> out;
-    for (const json& p : *doc) {
+    for (const json& p : doc) {
       const auto value = p.is_object() && p.contains("rating") ? NumberAt(p["rating"]) : std::nullopt;
       const auto at = p.is_object() && p.contains("time") && p["time"].is_string()
                           ? ParseApiTime(p["time"].get<std::string>())
@@ -407,6 +410,16 @@ class CarbonAwareSdkProvider final : public WebProvider {
     }
     std::sort(out.begin(), out.end(), [](const auto& a, const auto& b) { return a.at < b.at; });
     return out;
+  }
+
+ private:
+  absl::StatusOr<std::vector<IntensityReading>> ByLocation(absl::Time from, absl::Time to) {
+    const std::string what = absl::StrCat(ToAbsl(kind()), " bylocation");
+    auto doc = GetJson(absl::StrCat("/emissions/bylocation?location=", UrlEscape(location_), "&time=",
+                                    UrlEscape(Iso(from)), "&toTime=", UrlEscape(Iso(to))),
+                       {});
+    if (!doc.ok()) return doc.status();
+    return ByLocationPoints(*doc, what);
   }
 
   std::string location_;
@@ -428,6 +441,8 @@ absl::Status ParseEveryProviderReply(const std::string& body) {
     for (const json& p : (*doc)["history"]) last.Update(ElectricityMapsProvider::Point(p, "history").status());
   }
   last.Update(WattTimeProvider::Points(*doc, "watttime").status());
+  last.Update(CarbonAwareSdkProvider::ByLocationPoints(*doc, "carbon-aware-sdk").status());
+  last.Update(CarbonAwareSdkProvider::ForecastPoints(*doc, "carbon-aware-sdk").status());
   return last;
 }
 

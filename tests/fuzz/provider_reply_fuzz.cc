@@ -1,6 +1,6 @@
 // libFuzzer harness: every web provider's reply parser (UK Carbon Intensity national/regional,
-// current/forecast; Electricity Maps latest/history; WattTime data) on arbitrary bodies, plus the
-// reading checks. Nothing may crash or throw, whatever the JSON.
+// current/forecast; Electricity Maps latest/history; WattTime data; Carbon Aware SDK bylocation and
+// forecasts/current) on arbitrary bodies, plus the time parser. Nothing may crash or throw, whatever the JSON.
 #include <cstddef>
 #include <cstdint>
 #include <string>
