@@ -53,11 +53,8 @@ PolicyResult ReplayHeuristic(const std::vector<ReplayPeriod>& periods, const sel
       pool, selector::PolicySettings{default_variant, absl::InfiniteDuration(), absl::ZeroDuration()});
   selector::IntensityWindow trailing(window.span);
   if (window.kind == WindowMode::Kind::kWholeTrace && !periods.empty()) {
-    selector::WindowBounds whole{periods.front().gco2_per_kwh, periods.front().gco2_per_kwh};
-    for (const auto& p : periods) {
-      whole.low = std::min(whole.low, p.gco2_per_kwh);
-      whole.high = std::max(whole.high, p.gco2_per_kwh);
-    }
+    std::optional<selector::WindowBounds> whole;
+    for (const auto& p : periods) whole = selector::Widened(whole, selector::WindowBounds{p.gco2_per_kwh, p.gco2_per_kwh});
     trailing.SetFixedBounds(whole);
   }
   std::optional<selector::Decision> previous;
@@ -73,8 +70,7 @@ PolicyResult ReplayHeuristic(const std::vector<ReplayPeriod>& periods, const sel
       ahead = std::max(ahead, i + 1);
       while (ahead < periods.size() && periods[ahead].at <= p.at + window.span) ++ahead;
       for (size_t j = i + 1; j < ahead; ++j) {
-        bounds->low = std::min(bounds->low, periods[j].gco2_per_kwh);
-        bounds->high = std::max(bounds->high, periods[j].gco2_per_kwh);
+        bounds = selector::Widened(bounds, selector::WindowBounds{periods[j].gco2_per_kwh, periods[j].gco2_per_kwh});
       }
     }
     selector::Decision decision =

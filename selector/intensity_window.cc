@@ -1,6 +1,14 @@
 #include "selector/intensity_window.h"
 
+#include <algorithm>
+
 namespace carbon::selector {
+
+std::optional<WindowBounds> Widened(std::optional<WindowBounds> bounds, std::optional<WindowBounds> more) {
+  if (!bounds) return more;
+  if (!more) return bounds;
+  return WindowBounds{std::min(bounds->low, more->low), std::max(bounds->high, more->high)};
+}
 
 bool IntensityWindow::Add(const IntensityReading& reading) {
   if (latest_ && reading.at < latest_->at) return false;

@@ -19,6 +19,10 @@ struct WindowBounds {
   double high = 0;
 };
 
+// `bounds` widened to take in `more` (a forecast's range, or one more reading as {C, C}); either
+// may be absent.
+std::optional<WindowBounds> Widened(std::optional<WindowBounds> bounds, std::optional<WindowBounds> more);
+
 // Trailing minimum and maximum of intensity over a span of time (docs/design.md §1: C_low and C_high),
 // or fixed bounds when an operator sets them. Readings must arrive in time order; amortised O(1)
 // per reading. Not thread-safe: one owner feeds it and publishes what it computes.

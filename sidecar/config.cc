@@ -8,6 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_join.h"
+#include "common/host_port.h"
 #include "common/string_view_compat.h"
 #include "sidecar/tls.h"
 #include "yaml-cpp/yaml.h"
@@ -205,13 +206,6 @@ absl::StatusOr<YAML::Node> ParseYamlFile(const std::string& path) {
   }
 }
 
-bool LooksLikeHostPort(const std::string& address) {
-  const size_t colon = address.rfind(':');
-  int port;
-  return colon != std::string::npos && colon > 0 &&
-         absl::SimpleAtoi(absl::string_view(address).substr(colon + 1), &port) && port >= 0 && port <= 65535;
-}
-
 std::string Resolve(const std::string& base_dir, const std::string& path) {
   if (path.empty() || std::filesystem::path(path).is_absolute()) return path;
   return (std::filesystem::path(base_dir) / path).lexically_normal().string();
@@ -390,7 +384,7 @@ absl::StatusOr<SidecarConfig> LoadConfig(const std::string& path) {
 
     if (admin.IsDefined()) {
       MapReader a(admin, path, "admin");
-      if (a.String("listen", &config.admin_listen, true) && !LooksLikeHostPort(config.admin_listen)) {
+      if (a.String("listen", &config.admin_listen, true) && !ParseHostPort(config.admin_listen).ok()) {
         return ErrorAt(path, admin["listen"].Mark(),
                        absl::StrCat("admin.listen must be host:port, such as 127.0.0.1:9464, got '",
                                     config.admin_listen, "'"));

@@ -15,6 +15,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/synchronization/mutex.h"
 #include "common/happens_before.h"
+#include "common/number_text.h"
 #include "common/string_view_compat.h"
 #include "sidecar/request_bytes.h"
 #include "telemetry/latency_histogram.h"
@@ -58,14 +59,6 @@ MethodKind Classify(std::string_view method) {
 }
 
 std::string_view View(grpc::string_ref s) { return {s.data(), s.size()}; }
-
-// The shortest text that reads back as exactly `v` (absl::StrCat keeps only six digits, too few
-// for grams of a single inference).
-std::string ShortestDecimal(double v) {
-  char buf[32];
-  const auto result = std::to_chars(buf, buf + sizeof buf, v);
-  return std::string(buf, result.ptr);
-}
 
 grpc::Status ToGrpc(const absl::Status& s) {
   return grpc::Status(static_cast<grpc::StatusCode>(s.code()), std::string(s.message()));
@@ -257,8 +250,7 @@ class RequestRouter {
     if (route.decision.intensity) {
       const double c = route.decision.intensity->gco2_per_kwh;
       ctx->AddInitialMetadata(kIntensityHeader, ShortestDecimal(c));
-      // mJ -> J -> kWh, times g/kWh.
-      const double grams = v.energy_mj * 1e-3 / 3.6e6 * c * static_cast<double>(first_->items);
+      const double grams = telemetry::GramsFor(v, c * static_cast<double>(first_->items));
       ctx->AddInitialMetadata(kGramsHeader, ShortestDecimal(grams));
     }
   }

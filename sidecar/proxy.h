@@ -32,8 +32,7 @@ struct ProxyCounters {
   std::atomic<uint64_t> bad_controls{0};  // bad x-carbon-pin-model / x-carbon-max-error-percent
 
   void CountPassthrough(grpc::StatusCode code) {
-    const auto c = static_cast<size_t>(code);
-    passthrough[c < passthrough.size() ? c : 2].fetch_add(1, std::memory_order_relaxed);
+    passthrough[telemetry::GrpcCodeIndex(static_cast<int>(code))].fetch_add(1, std::memory_order_relaxed);
   }
 };
 

@@ -51,12 +51,8 @@ std::optional<selector::WindowBounds> ForecastBounds(telemetry::IntensityProvide
                   ToStd(forecast.status().message()));
     return std::nullopt;
   }
-  if (forecast->empty()) return std::nullopt;
-  selector::WindowBounds b{forecast->front().gco2_per_kwh, forecast->front().gco2_per_kwh};
-  for (const auto& r : *forecast) {
-    b.low = std::min(b.low, r.gco2_per_kwh);
-    b.high = std::max(b.high, r.gco2_per_kwh);
-  }
+  std::optional<selector::WindowBounds> b;
+  for (const auto& r : *forecast) b = selector::Widened(b, selector::WindowBounds{r.gco2_per_kwh, r.gco2_per_kwh});
   return b;
 }
 
@@ -351,9 +347,7 @@ void SelectionPublisher::Publish(State& s) {
   std::optional<selector::WindowBounds> bounds = s.window.Bounds(now);
   if (s.forecast_bounds && !s.intensity.fixed_bounds) {
     // docs/design.md §1: the trailing window, widened by what the forecast says is coming.
-    bounds = bounds ? selector::WindowBounds{std::min(bounds->low, s.forecast_bounds->low),
-                                             std::max(bounds->high, s.forecast_bounds->high)}
-                    : s.forecast_bounds;
+    bounds = selector::Widened(bounds, s.forecast_bounds);
   }
   std::vector<RouteView> views;
   for (size_t i = 0; i < s.routes.size(); ++i) {

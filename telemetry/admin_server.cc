@@ -4,6 +4,7 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "common/host_port.h"
 #include "common/string_view_compat.h"
 
 namespace carbon::telemetry {
@@ -13,20 +14,6 @@ namespace {
 // proxy needs.
 constexpr size_t kAdminThreads = 2;
 
-absl::Status SplitHostPort(const std::string& listen, std::string* host, int* port) {
-  const size_t colon = listen.rfind(':');
-  if (colon == std::string::npos || colon == 0 ||
-      !absl::SimpleAtoi(ToAbsl(std::string_view(listen).substr(colon + 1)), port) || *port < 0 ||
-      *port > 65535) {
-    return absl::InvalidArgumentError(absl::StrCat("admin listen address '", listen,
-                                                   "' is not host:port"));
-  }
-  *host = listen.substr(0, colon);
-  // [::1]:9464 → ::1
-  if (host->size() > 2 && host->front() == '[' && host->back() == ']') *host = host->substr(1, host->size() - 2);
-  return absl::OkStatus();
-}
-
 }  // namespace
 
 AdminServer::AdminServer() : server_(std::make_unique<httplib::Server>()) {}
@@ -35,9 +22,12 @@ AdminServer::~AdminServer() { Stop(); }
 
 absl::StatusOr<std::unique_ptr<AdminServer>> AdminServer::Start(
     const std::string& listen, std::map<std::string, AdminHandler> handlers) {
-  std::string host;
-  int port = 0;
-  if (absl::Status s = SplitHostPort(listen, &host, &port); !s.ok()) return s;
+  auto address = ParseHostPort(listen);
+  if (!address.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("admin listen address ", address.status().message()));
+  }
+  const std::string& host = address->host;
+  const int port = address->port;
   std::unique_ptr<AdminServer> admin(new AdminServer());
   httplib::Server& server = *admin->server_;
   server.new_task_queue = [] { return new httplib::ThreadPool(kAdminThreads); };

@@ -28,8 +28,7 @@ void VariantLedger::RecordServed(uint64_t requests, uint64_t items, double gco2_
 }
 
 void VariantLedger::RecordFailed(int code, uint64_t requests) {
-  const size_t c = code >= 0 && static_cast<size_t>(code) < kGrpcCodes ? static_cast<size_t>(code) : 2;
-  failed_[c].fetch_add(requests, std::memory_order_relaxed);
+  failed_[GrpcCodeIndex(code)].fetch_add(requests, std::memory_order_relaxed);
 }
 
 VariantTotals VariantLedger::Totals() const {

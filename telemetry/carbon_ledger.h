@@ -21,6 +21,12 @@ inline constexpr size_t kLedgerShards = 16;
 // gRPC status codes 0 (OK) … 16 (UNAUTHENTICATED).
 inline constexpr size_t kGrpcCodes = 17;
 
+// The counter index of gRPC status code `code`: itself for 0 … 16, UNKNOWN (2) for anything else,
+// as gRPC treats codes it does not know.
+inline size_t GrpcCodeIndex(int code) {
+  return code >= 0 && static_cast<size_t>(code) < kGrpcCodes ? static_cast<size_t>(code) : 2;
+}
+
 // The shard the calling thread records into.
 size_t ThisThreadShard();
 

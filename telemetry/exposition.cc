@@ -1,8 +1,9 @@
 #include "telemetry/exposition.h"
 
-#include <charconv>
 #include <cmath>
 #include <vector>
+
+#include "common/number_text.h"
 
 namespace carbon::telemetry {
 namespace {
@@ -38,9 +39,7 @@ void AppendNumber(std::string* out, double v) {
   } else if (std::isinf(v)) {
     out->append(v > 0 ? "+Inf" : "-Inf");
   } else {
-    char buf[32];
-    const auto result = std::to_chars(buf, buf + sizeof buf, v);
-    out->append(buf, result.ptr);
+    out->append(ShortestDecimal(v));
   }
 }
 

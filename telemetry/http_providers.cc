@@ -74,8 +74,7 @@ class WebProvider : public IntensityProvider {
                                                          absl::Time to) {
     std::vector<IntensityReading> out;
     for (const auto& r : in) {
-      if (r.at >= from && r.at <= to && std::isfinite(r.gco2_per_kwh) && r.gco2_per_kwh >= 0 &&
-          r.gco2_per_kwh <= kMaxPlausibleGco2PerKwh) {
+      if (r.at >= from && r.at <= to && IsPlausibleIntensity(r.gco2_per_kwh)) {
         out.push_back(r);
       }
     }
@@ -160,7 +159,7 @@ class UkCarbonIntensityProvider final : public WebProvider {
           !period.contains("intensity") || !period["intensity"].is_object()) {
         return absl::InvalidArgumentError(absl::StrCat(what, ": a half-hour lacks \"from\" or \"intensity\""));
       }
-      const auto at = ParseApiTime(period["from"].get<std::string>());
+      const auto at = ParseTimestamp(period["from"].get<std::string>());
       if (!at) return absl::InvalidArgumentError(absl::StrCat(what, ": cannot read time ", period["from"].dump()));
       const json& intensity = period["intensity"];
       // National periods carry `actual` once measured; until then (and always, regionally) the forecast.
@@ -234,7 +233,7 @@ class ElectricityMapsProvider final : public WebProvider {
     if (!p.is_object()) return absl::InvalidArgumentError(absl::StrCat(what, ": reply is not an object"));
     const auto value = p.contains("carbonIntensity") ? NumberAt(p["carbonIntensity"]) : std::nullopt;
     if (!value) return absl::UnavailableError(absl::StrCat(what, ": carbonIntensity is missing or not a number"));
-    const auto at = p.contains("datetime") && p["datetime"].is_string() ? ParseApiTime(p["datetime"].get<std::string>())
+    const auto at = p.contains("datetime") && p["datetime"].is_string() ? ParseTimestamp(p["datetime"].get<std::string>())
                                                                         : std::nullopt;
     if (!at) return absl::InvalidArgumentError(absl::StrCat(what, ": datetime is missing or unreadable"));
     return IntensityReading{*value, *at};
@@ -331,7 +330,7 @@ class WattTimeProvider final : public WebProvider {
     for (const json& p : doc["data"]) {
       const auto value = p.is_object() && p.contains("value") ? NumberAt(p["value"]) : std::nullopt;
       const auto at = p.is_object() && p.contains("point_time") && p["point_time"].is_string()
-                          ? ParseApiTime(p["point_time"].get<std::string>())
+                          ? ParseTimestamp(p["point_time"].get<std::string>())
                           : std::nullopt;
       if (!value || !at) return absl::InvalidArgumentError(absl::StrCat(what, ": a data point lacks value or point_time"));
       out.push_back({*value * kGramsPerKwhPerLbsPerMwh, *at});
@@ -389,7 +388,7 @@ class CarbonAwareSdkProvider final : public WebProvider {
     for (const json& p : doc[0]["forecastData"]) {
       const auto value = p.is_object() && p.contains("value") ? NumberAt(p["value"]) : std::nullopt;
       const auto at = p.is_object() && p.contains("timestamp") && p["timestamp"].is_string()
-                          ? ParseApiTime(p["timestamp"].get<std::string>())
+                          ? ParseTimestamp(p["timestamp"].get<std::string>())
                           : std::nullopt;
       if (value && at) out.push_back({*value, *at});
     }
@@ -403,7 +402,7 @@ class CarbonAwareSdkProvider final : public WebProvider {
     for (const json& p : doc) {
       const auto value = p.is_object() && p.contains("rating") ? NumberAt(p["rating"]) : std::nullopt;
       const auto at = p.is_object() && p.contains("time") && p["time"].is_string()
-                          ? ParseApiTime(p["time"].get<std::string>())
+                          ? ParseTimestamp(p["time"].get<std::string>())
                           : std::nullopt;
       if (!value || !at) return absl::InvalidArgumentError(absl::StrCat(what, ": an entry lacks rating or time"));
       out.push_back({*value, *at});

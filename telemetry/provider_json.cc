@@ -18,16 +18,6 @@ absl::StatusOr<nlohmann::json> ParseJsonBody(const std::string& body, const std:
   return doc;
 }
 
-std::optional<absl::Time> ParseApiTime(std::string_view text) {
-  const std::string s(text);
-  absl::Time t;
-  std::string err;
-  for (const char* format : {absl::RFC3339_full, "%Y-%m-%dT%H:%M%Ez", "%Y-%m-%dT%H:%MZ"}) {
-    if (absl::ParseTime(format, s, absl::UTCTimeZone(), &t, &err)) return t;
-  }
-  return std::nullopt;
-}
-
 std::optional<double> NumberAt(const nlohmann::json& v) {
   if (!v.is_number()) return std::nullopt;
   return v.get<double>();
@@ -35,7 +25,7 @@ std::optional<double> NumberAt(const nlohmann::json& v) {
 
 absl::Status CheckReading(const selector::IntensityReading& r, absl::Time now, absl::Duration max_age,
                           const std::string& what) {
-  if (!std::isfinite(r.gco2_per_kwh) || r.gco2_per_kwh < 0 || r.gco2_per_kwh > kMaxPlausibleGco2PerKwh) {
+  if (!IsPlausibleIntensity(r.gco2_per_kwh)) {
     return absl::OutOfRangeError(absl::StrCat(what, ": intensity ", r.gco2_per_kwh,
                                               " gCO2/kWh is not plausible (expected 0 to ",
                                               kMaxPlausibleGco2PerKwh, ")"));

@@ -1,5 +1,6 @@
 #pragma once
 
+#include <cmath>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -9,6 +10,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "selector/intensity_window.h"
+#include "telemetry/timestamp.h"
 
 namespace carbon::telemetry {
 
@@ -18,15 +20,16 @@ namespace carbon::telemetry {
 // Parses a response body; INVALID_ARGUMENT ("… is not JSON: …") for anything else, HTML included.
 absl::StatusOr<nlohmann::json> ParseJsonBody(const std::string& body, const std::string& what);
 
-// Times as the services write them: RFC 3339 with or without fractions or offset, and the UK API's
-// minute-precision "2018-01-20T12:00Z".
-std::optional<absl::Time> ParseApiTime(std::string_view text);
-
 // The number at `v` if it is one (not a string, not null).
 std::optional<double> NumberAt(const nlohmann::json& v);
 
 // Highest intensity accepted, gCO2/kWh: the dirtiest grids average well under 1,200.
 inline constexpr double kMaxPlausibleGco2PerKwh = 3000;
+
+// Whether a grid could have this intensity: finite, not negative, at most kMaxPlausibleGco2PerKwh.
+inline bool IsPlausibleIntensity(double gco2_per_kwh) {
+  return std::isfinite(gco2_per_kwh) && gco2_per_kwh >= 0 && gco2_per_kwh <= kMaxPlausibleGco2PerKwh;
+}
 
 // Refuses a reading that is not finite, negative, implausibly high, more than an hour in the future,
 // or older than `max_age` at `now`.

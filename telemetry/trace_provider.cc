@@ -11,18 +11,10 @@
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "common/string_view_compat.h"
+#include "telemetry/timestamp.h"
 
 namespace carbon::telemetry {
 namespace {
-
-bool ParseTraceTime(absl::string_view text, absl::Time* out) {
-  std::string err;
-  const std::string s(text);
-  for (const char* format : {"%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%MZ", absl::RFC3339_full}) {
-    if (absl::ParseTime(format, s, absl::UTCTimeZone(), out, &err)) return true;
-  }
-  return false;
-}
 
 absl::Status CsvError(const std::string& file, size_t line, absl::string_view message) {
   return absl::InvalidArgumentError(absl::StrCat(file, ":", line, ": ", message));
@@ -65,9 +57,9 @@ absl::StatusOr<std::vector<IntensityReading>> ParseIntensityCsv(std::string_view
                                                   std::max(*time_col, *value_col) + 1, " columns"));
     }
     IntensityReading r;
-    if (!ParseTraceTime(absl::StripAsciiWhitespace(cells[*time_col]), &r.at)) {
-      return CsvError(file, line_no, absl::StrCat("cannot read time '", cells[*time_col], "'"));
-    }
+    const std::optional<absl::Time> at = ParseTimestamp(ToStd(absl::StripAsciiWhitespace(cells[*time_col])));
+    if (!at) return CsvError(file, line_no, absl::StrCat("cannot read time '", cells[*time_col], "'"));
+    r.at = *at;
     if (!absl::SimpleAtod(cells[*value_col], &r.gco2_per_kwh) || !std::isfinite(r.gco2_per_kwh) ||
         r.gco2_per_kwh < 0) {
       return CsvError(file, line_no,

@@ -11,6 +11,6 @@
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const std::string body(reinterpret_cast<const char*>(data), size);
   (void)carbon::telemetry::ParseEveryProviderReply(body);
-  (void)carbon::telemetry::ParseApiTime(body);
+  (void)carbon::telemetry::ParseTimestamp(body);
   return 0;
 }
