@@ -17,14 +17,10 @@ ABSL_FLAG(std::vector<std::string>, service_time, {},
           "Per-model service time, e.g. resnet152=5ms,resnet34=1ms.");
 
 int main(int argc, char** argv) {
-  carbon::SetUsage(
+  carbon::StartBinary(
       "a fake KServe v2 / Triton inference server for the demo, the tests and the benchmarks.\n"
       "Usage: fake-upstream [--listen HOST:PORT] [--models a,b,c] [--service_time model=5ms,...]",
-      __FILE__);
-  absl::ParseCommandLine(argc, argv);
-  // Debian builds Abseil with deadlock detection on; gRPC's locks are absl::Mutex, so every lock
-  // would walk a cycle graph (about 3 % of the proxy's CPU in a perf profile). Off in production.
-  absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
+      __FILE__, argc, argv);
   sigset_t signals;
   sigemptyset(&signals);
   sigaddset(&signals, SIGTERM);

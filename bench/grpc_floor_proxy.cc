@@ -88,12 +88,10 @@ class ForwardedCall {
 }  // namespace
 
 int main(int argc, char** argv) {
-  carbon::SetUsage(
+  carbon::StartBinary(
       "the least a gRPC C++ unary proxy can cost (a benchmark yardstick).\n"
       "Usage: grpc-floor-proxy [--listen HOST:PORT] [--upstream HOST:PORT] [--threads N]",
-      __FILE__);
-  absl::ParseCommandLine(argc, argv);
-  absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);  // as carbon-sidecar does
+      __FILE__, argc, argv);
   grpc::ChannelArguments channel_args;
   channel_args.SetMaxReceiveMessageSize(-1);
   channel_args.SetMaxSendMessageSize(-1);

@@ -222,14 +222,10 @@ class LoadGenerator {
 }  // namespace
 
 int main(int argc, char** argv) {
-  carbon::SetUsage(
+  carbon::StartBinary(
       "gRPC ModelInfer load generator (closed or open loop), JSON out.\n"
       "Usage: loadgen [--target HOST:PORT] [--concurrency N | --rate PER_SECOND] [--stream] [flags below]",
-      __FILE__);
-  absl::ParseCommandLine(argc, argv);
-  // Debian builds Abseil with deadlock detection on; gRPC's locks are absl::Mutex, so every lock
-  // would walk a cycle graph (about 3 % of the proxy's CPU in a perf profile). Off in production.
-  absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
+      __FILE__, argc, argv);
   LoadGenerator gen;
   const absl::Duration warmup = absl::GetFlag(FLAGS_warmup);
   const absl::Duration duration = absl::GetFlag(FLAGS_duration);

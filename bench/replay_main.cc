@@ -58,11 +58,10 @@ std::optional<absl::Time> FlagTime(const std::string& text) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  carbon::SetUsage(
+  carbon::StartBinary(
       "replays carbon-sidecar's policies over recorded traces (docs/EVALUATION.md).\n"
       "Usage: replay [--out_dir DIR] [flags below]",
-      __FILE__);
-  absl::ParseCommandLine(argc, argv);
+      __FILE__, argc, argv);
   using carbon::bench::PolicyResult;
 
   auto intensity = carbon::telemetry::LoadIntensityTrace(

@@ -3,10 +3,12 @@
 #include <string>
 #include <string_view>
 
+#include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "absl/flags/usage_config.h"
 #include "absl/strings/match.h"
 #include "absl/strings/string_view.h"
+#include "absl/synchronization/mutex.h"
 
 namespace carbon {
 
@@ -23,6 +25,16 @@ inline void SetUsage(std::string_view usage, std::string_view main_file) {
   config.contains_helpshort_flags = in_main;
   absl::SetFlagsUsageConfig(config);
   absl::SetProgramUsageMessage(absl::string_view(usage.data(), usage.size()));
+}
+
+// What every binary of the project does first: its usage text (see SetUsage), the command line
+// parsed (--help answered), and Abseil's mutex deadlock detection off: Debian builds Abseil with it
+// on, and gRPC's locks are absl::Mutex, so every lock would walk a cycle graph (about 3 % of the
+// proxy's CPU in a perf profile).
+inline void StartBinary(std::string_view usage, std::string_view main_file, int argc, char** argv) {
+  SetUsage(usage, main_file);
+  absl::ParseCommandLine(argc, argv);
+  absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
 }
 
 }  // namespace carbon

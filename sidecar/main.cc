@@ -27,14 +27,10 @@ ABSL_FLAG(bool, probe_intensity, false,
           "choice, and exit (non-zero on failure).");
 
 int main(int argc, char** argv) {
-  carbon::SetUsage(
+  carbon::StartBinary(
       "carbon-aware gRPC sidecar for KServe v2 / Triton inference servers.\n"
       "Usage: carbon-sidecar [--config FILE] [--log_level LEVEL] [--check_config | --probe_intensity]",
-      __FILE__);
-  absl::ParseCommandLine(argc, argv);
-  // Debian builds Abseil with deadlock detection on; gRPC's locks are absl::Mutex, so every lock
-  // would walk a cycle graph (about 3 % of the proxy's CPU in a perf profile). Off in production.
-  absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
+      __FILE__, argc, argv);
   // glibc gives each thread that allocates its own arena (up to 8 per core), and gRPC's threads
   // take turns with every message, so freed 600 KB messages were kept in many arenas at once:
   // 64 in flight peaked at 207 MB with the default and 107 MB with two arenas, at the same

@@ -200,35 +200,39 @@ class ElectricityMapsProvider final : public WebProvider {
     const std::string what = absl::StrCat(ToAbsl(kind()), " history");
     auto doc = GetJson(absl::StrCat("/v3/carbon-intensity/history?zone=", UrlEscape(zone_)), Auth());
     if (!doc.ok()) return doc.status();
-    if (!doc->is_object() || !doc->contains("history") || !(*doc)["history"].is_array()) {
-      return absl::InvalidArgumentError(absl::StrCat(what, ": reply has no \"history\" list"));
-    }
-    std::vector<IntensityReading> out;
-    for (const json& point : (*doc)["history"]) {
-      auto r = Point(point, what);
-      if (r.ok() && r->at >= from && r->at <= to) out.push_back(*r);  // null intensities are skipped
-    }
-    return Plausible(std::move(out), to - from + absl::Hours(1));
+    auto points = PointsIn(*doc, "history", what);
+    if (!points.ok()) return points.status();
+    std::erase_if(*points, [&](const IntensityReading& r) { return r.at < from || r.at > to; });
+    return Plausible(*std::move(points), to - from + absl::Hours(1));
   }
 
   absl::StatusOr<std::vector<IntensityReading>> Forecast(absl::Time from, absl::Time to) override {
     const std::string what = absl::StrCat(ToAbsl(kind()), " forecast");
     auto doc = GetJson(absl::StrCat("/v3/carbon-intensity/forecast?zone=", UrlEscape(zone_)), Auth());
     if (!doc.ok()) return doc.status();
-    if (!doc->is_object() || !doc->contains("forecast") || !(*doc)["forecast"].is_array()) {
-      return absl::InvalidArgumentError(absl::StrCat(what, ": reply has no \"forecast\" list"));
-    }
-    std::vector<IntensityReading> out;
-    for (const json& point : (*doc)["forecast"]) {
-      if (auto r = Point(point, what); r.ok()) out.push_back(*r);
-    }
-    return PlausibleForecast(std::move(out), from, to);
+    auto points = PointsIn(*doc, "forecast", what);
+    if (!points.ok()) return points.status();
+    return PlausibleForecast(*std::move(points), from, to);
   }
 
  private:
   std::vector<std::pair<std::string, std::string>> Auth() const { return {{"auth-token", token_}}; }
 
  public:
+  // The readable points of the list under `key` ("history", "forecast"); points whose intensity is
+  // null (the service has none for that hour) or whose time cannot be read are skipped.
+  static absl::StatusOr<std::vector<IntensityReading>> PointsIn(const json& doc, const char* key,
+                                                                const std::string& what) {
+    if (!doc.is_object() || !doc.contains(key) || !doc[key].is_array()) {
+      return absl::InvalidArgumentError(absl::StrCat(what, ": reply has no \"", key, "\" list"));
+    }
+    std::vector<IntensityReading> out;
+    for (const json& point : doc[key]) {
+      if (auto r = Point(point, what); r.ok()) out.push_back(*r);
+    }
+    return out;
+  }
+
   static absl::StatusOr<IntensityReading> Point(const json& p, const std::string& what) {
     if (!p.is_object()) return absl::InvalidArgumentError(absl::StrCat(what, ": reply is not an object"));
     const auto value = p.contains("carbonIntensity") ? NumberAt(p["carbonIntensity"]) : std::nullopt;
@@ -436,9 +440,8 @@ absl::Status ParseEveryProviderReply(const std::string& body) {
     }
   }
   last.Update(ElectricityMapsProvider::Point(*doc, "electricity-maps").status());
-  if (doc->is_object() && doc->contains("history") && (*doc)["history"].is_array()) {
-    for (const json& p : (*doc)["history"]) last.Update(ElectricityMapsProvider::Point(p, "history").status());
-  }
+  last.Update(ElectricityMapsProvider::PointsIn(*doc, "history", "electricity-maps").status());
+  last.Update(ElectricityMapsProvider::PointsIn(*doc, "forecast", "electricity-maps").status());
   last.Update(WattTimeProvider::Points(*doc, "watttime").status());
   last.Update(CarbonAwareSdkProvider::ByLocationPoints(*doc, "carbon-aware-sdk").status());
   last.Update(CarbonAwareSdkProvider::ForecastPoints(*doc, "carbon-aware-sdk").status());
