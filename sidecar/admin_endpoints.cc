@@ -29,211 +29,256 @@ double UnixSeconds(absl::Time t) { return absl::ToDoubleSeconds(t - absl::UnixEp
 
 }  // namespace
 
-std::string RenderMetrics(const MetricsSources& sources, bool open_metrics) {
-  const RoutingSnapshot& snapshot = sources.snapshot;
-  const SourceStatus& source = snapshot.source();
-  // One report per route, computed once for the families that share it.
-  std::vector<telemetry::RouteReport> reports;
-  for (const RouteView& route : snapshot.routes()) reports.push_back(telemetry::Report(*route.route->ledger));
+namespace {
 
-  telemetry::ExpositionWriter w(open_metrics);
-  const auto per_variant = [&](std::string_view name, MetricType type, std::string_view help,
-                               const auto& value_of) {
-    w.Family(name, type, help);
-    for (size_t r = 0; r < reports.size(); ++r) {
-      const RouteView& route = snapshot.routes()[r];
+// Renders /metrics from one snapshot, one group of families per method. One instance per scrape.
+class MetricsRenderer {
+ public:
+  MetricsRenderer(const MetricsSources& sources, bool open_metrics)
+      : sources_(sources), snapshot_(sources.snapshot), w_(open_metrics) {
+    // One report per route, computed once for the families that share it.
+    for (const RouteView& route : snapshot_.routes()) reports_.push_back(telemetry::Report(*route.route->ledger));
+  }
+
+  std::string Render() {
+    Ledger();
+    Pools();
+    Latency();
+    Intensity(snapshot_.source());
+    Proxy();
+    ReloadsAndBuild();
+    return w_.Finish();
+  }
+
+ private:
+  // One sample per (route, model), valued by value_of(report, route, variant index).
+  template <typename ValueOf>
+  void PerVariant(std::string_view name, MetricType type, std::string_view help, const ValueOf& value_of) {
+    w_.Family(name, type, help);
+    for (size_t r = 0; r < reports_.size(); ++r) {
+      const RouteView& route = snapshot_.routes()[r];
       for (size_t v = 0; v < route.pool().size(); ++v) {
-        w.Sample({{"route", route.route->config.name}, {"model", route.pool()[v].name}},
-                 value_of(reports[r], route, v));
-      }
-    }
-  };
-
-  w.Family("carbon_sidecar_requests_total", MetricType::kCounter,
-           "Requests routed to a model, by final gRPC status code. Only OK requests are charged in "
-           "the ledger.");
-  for (size_t r = 0; r < reports.size(); ++r) {
-    const RouteView& route = snapshot.routes()[r];
-    for (size_t v = 0; v < route.pool().size(); ++v) {
-      const telemetry::VariantTotals& t = reports[r].variants[v];
-      for (size_t code = 0; code < telemetry::kGrpcCodes; ++code) {
-        const uint64_t n = code == 0 ? t.requests : t.failed[code];
-        // OK always, so the series exists from the start; other codes once they happen.
-        if (code != 0 && n == 0) continue;
-        w.Sample({{"route", route.route->config.name}, {"model", route.pool()[v].name}, {"code", CodeName(code)}},
-                 static_cast<double>(n));
+        w_.Sample({{"route", route.route->config.name}, {"model", route.pool()[v].name}},
+                  value_of(reports_[r], route, v));
       }
     }
   }
-  per_variant("carbon_sidecar_inferences_total", MetricType::kCounter,
-              "Inferences served (requests times batch size when the route has a batch dimension).",
-              [](const telemetry::RouteReport& rep, const RouteView&, size_t v) {
-                return static_cast<double>(rep.variants[v].items);
-              });
-  per_variant("carbon_sidecar_energy_joules_total", MetricType::kCounter,
-              "Energy of the inferences served, from the pool's energy per inference.",
-              [](const telemetry::RouteReport& rep, const RouteView& route, size_t v) {
-                return telemetry::JoulesFor(route.pool()[v], rep.variants[v].items);
-              });
-  per_variant("carbon_sidecar_emissions_grams_total", MetricType::kCounter,
-              "CO2 emitted by the inferences served, at the grid intensity in force when each was "
-              "served.",
-              [](const telemetry::RouteReport& rep, const RouteView& route, size_t v) {
-                return telemetry::GramsFor(route.pool()[v], rep.variants[v].item_intensity);
-              });
-  per_variant("carbon_sidecar_counterfactual_emissions_grams_total", MetricType::kCounter,
-              "CO2 the route would have emitted had every inference gone to this model, at the same "
-              "intensities.",
-              [](const telemetry::RouteReport& rep, const RouteView&, size_t v) {
-                return rep.counterfactual_grams[v];
-              });
 
-  w.Family("carbon_sidecar_error_percent_sum_total", MetricType::kCounter,
-           "Sum over inferences served of the serving model's top-1 error in percent; divided by "
-           "carbon_sidecar_inferences_total it is the mean expected error.");
-  for (size_t r = 0; r < reports.size(); ++r) {
-    w.Sample({{"route", snapshot.routes()[r].route->config.name}}, reports[r].error_percent_sum);
-  }
-
-  const auto per_route_vs_baseline = [&](std::string_view name, std::string_view help, const auto& value_of) {
-    w.Family(name, MetricType::kGauge, help);
-    for (size_t r = 0; r < reports.size(); ++r) {
-      const RouteView& route = snapshot.routes()[r];
-      w.Sample({{"route", route.route->config.name}, {"baseline", route.pool()[route.route->config.baseline].name}},
-               value_of(reports[r]));
-    }
-  };
-  per_route_vs_baseline("carbon_sidecar_carbon_emission_efficiency",
-                        "Relative quality improvement (percent) over the baseline model per extra gram "
-                        "of CO2, since start (Jung's carbon-emission efficiency). NaN while the route "
-                        "has emitted no more than the baseline would have: the ratio measures a gain "
-                        "bought with extra carbon.",
-                        [](const telemetry::RouteReport& rep) { return rep.efficiency; });
-  per_route_vs_baseline("carbon_sidecar_beats_baseline",
-                        "1 when the route, since start, is both more accurate than the baseline model "
-                        "and emitted fewer grams than the baseline would have; else 0.",
-                        [](const telemetry::RouteReport& rep) { return rep.beats_baseline ? 1.0 : 0.0; });
-  per_route_vs_baseline("carbon_sidecar_relative_quality_improvement_percent",
-                        "Reduction of the mean top-1 error relative to the baseline model, in percent, "
-                        "since start.",
-                        [](const telemetry::RouteReport& rep) { return rep.relative_quality_improvement_percent; });
-  per_route_vs_baseline("carbon_sidecar_extra_emissions_grams",
-                        "CO2 emitted beyond what the baseline model would have emitted, since start "
-                        "(negative: saved).",
-                        [](const telemetry::RouteReport& rep) { return rep.extra_grams; });
-
-  per_variant("carbon_sidecar_model_energy_joules", MetricType::kGauge,
-              "Energy per inference of each model of the pool, as configured.",
-              [](const telemetry::RouteReport&, const RouteView& route, size_t v) {
-                return route.pool()[v].energy_mj * 1e-3;
-              });
-  per_variant("carbon_sidecar_model_error_percent", MetricType::kGauge,
-              "Top-1 error of each model of the pool, as configured, in percent.",
-              [](const telemetry::RouteReport&, const RouteView& route, size_t v) {
-                return route.pool()[v].error_percent;
-              });
-  per_variant("carbon_sidecar_selected_model_info", MetricType::kGauge,
-              "1 for the model each route sends most of its requests to now (the decision's primary "
-              "model), 0 for the others.",
-              [](const telemetry::RouteReport&, const RouteView& route, size_t v) {
-                return route.decision.primary == v ? 1.0 : 0.0;
-              });
-  per_variant("carbon_sidecar_model_weight_ratio", MetricType::kGauge,
-              "The share of each route's requests its policy sends to each model now (0 to 1; the "
-              "shares of a route sum to 1).",
-              [](const telemetry::RouteReport&, const RouteView& route, size_t v) {
-                return route.decision.WeightOf(v);
-              });
-  per_variant("carbon_sidecar_baseline_model_info", MetricType::kGauge,
-              "1 for each route's baseline model (the one efficiency is measured against), 0 for the "
-              "others; join on it to pick the baseline's series.",
-              [](const telemetry::RouteReport&, const RouteView& route, size_t v) {
-                return route.route->config.baseline == v ? 1.0 : 0.0;
-              });
-  per_variant("carbon_sidecar_model_ready", MetricType::kGauge,
-              "1 when the upstream last reported the model ready (or was not asked), else 0.",
-              [](const telemetry::RouteReport&, const RouteView& route, size_t v) {
-                return (route.ready >> v & 1) != 0 ? 1.0 : 0.0;
-              });
-
-  w.Family("carbon_sidecar_request_duration_seconds", MetricType::kHistogram,
-           "Duration of routed unary calls through the sidecar, upstream included.");
-  for (size_t r = 0; r < reports.size(); ++r) {
-    const RouteView& route = snapshot.routes()[r];
-    for (size_t v = 0; v < route.pool().size(); ++v) {
-      const telemetry::LatencyHistogram::Counts c = route.route->ledger->variant(v).latency().Read();
-      const Label labels[] = {{"route", route.route->config.name}, {"model", route.pool()[v].name}};
-      w.Histogram(labels, telemetry::LatencyHistogram::kBounds, c.cumulative, c.count, c.sum);
+  // One gauge sample per route, labelled with its baseline model.
+  template <typename ValueOf>
+  void PerRouteVsBaseline(std::string_view name, std::string_view help, const ValueOf& value_of) {
+    w_.Family(name, MetricType::kGauge, help);
+    for (size_t r = 0; r < reports_.size(); ++r) {
+      const RouteView& route = snapshot_.routes()[r];
+      w_.Sample({{"route", route.route->config.name}, {"baseline", route.pool()[route.route->config.baseline].name}},
+                value_of(reports_[r]));
     }
   }
 
-  const SourceCounters& counters = source.counters;
-  w.Family("carbon_sidecar_grid_intensity_gco2_per_kwh", MetricType::kGauge,
-           "The latest grid carbon intensity, in grams of CO2 per kilowatt-hour (WattTime's lbs CO2/MWh "
-           "converted with 0.45359237), labelled with the provider that gave it.");
-  if (source.latest) {
-    w.Sample({{"source", source.source}, {"region", source.region}}, source.latest->gco2_per_kwh);
-  }
-  w.Family("carbon_sidecar_grid_intensity_timestamp_seconds", MetricType::kGauge,
-           "When the latest intensity reading applies from, in Unix seconds on the provider's clock "
-           "(simulated time for a replayed trace).");
-  if (source.latest) w.Sample({{"source", source.source}, {"region", source.region}}, UnixSeconds(source.latest->at));
-  w.Family("carbon_sidecar_grid_intensity_age_seconds", MetricType::kGauge,
-           "Age of the latest intensity reading on the provider's clock; the last good value is kept "
-           "while the provider fails, and routes fall back to their default once it is older than "
-           "intensity.stale_after.");
-  if (source.latest) {
-    w.Sample({{"source", source.source}, {"region", source.region}},
-             absl::ToDoubleSeconds(source.now - source.latest->at));
-  }
-  w.Family("carbon_sidecar_intensity_window_gco2_per_kwh", MetricType::kGauge,
-           "The lowest and highest intensity of the window the heuristic interpolates between.");
-  if (source.window) {
-    w.Sample({{"bound", "low"}}, source.window->low);
-    w.Sample({{"bound", "high"}}, source.window->high);
-  }
-  w.Family("carbon_sidecar_intensity_fetches_total", MetricType::kCounter,
-           "Polls of the intensity provider, by result.");
-  w.Sample({{"provider", source.provider}, {"result", "success"}}, static_cast<double>(counters.fetch_successes));
-  w.Sample({{"provider", source.provider}, {"result", "failure"}}, static_cast<double>(counters.fetch_failures));
-  w.Family("carbon_sidecar_intensity_last_success_timestamp_seconds", MetricType::kGauge,
-           "Wall-clock Unix time of the last successful poll of the intensity provider.");
-  if (counters.last_success) w.Sample({{"provider", source.provider}}, UnixSeconds(*counters.last_success));
-  w.Family("carbon_sidecar_intensity_state", MetricType::kGauge,
-           "1 for the intensity source's current state: ok, failing (polls fail, the last reading is "
-           "still fresh) or stale (no fresh reading: routes use their default model).");
-  for (SourceState st : {SourceState::kOk, SourceState::kFailing, SourceState::kStale}) {
-    w.Sample({{"provider", source.provider}, {"state", SourceStateName(st)}}, counters.state == st ? 1.0 : 0.0);
-  }
-  w.Family("carbon_sidecar_intensity_state_changes_total", MetricType::kCounter,
-           "Changes of the intensity source's state, by the state entered.");
-  for (SourceState st : {SourceState::kOk, SourceState::kFailing, SourceState::kStale}) {
-    w.Sample({{"provider", source.provider}, {"state", SourceStateName(st)}},
-             static_cast<double>(counters.entered[static_cast<size_t>(st)]));
+  // What each route served and emitted, and how it compares with its baseline.
+  void Ledger() {
+    w_.Family("carbon_sidecar_requests_total", MetricType::kCounter,
+              "Requests routed to a model, by final gRPC status code. Only OK requests are charged in "
+              "the ledger.");
+    for (size_t r = 0; r < reports_.size(); ++r) {
+      const RouteView& route = snapshot_.routes()[r];
+      for (size_t v = 0; v < route.pool().size(); ++v) {
+        const telemetry::VariantTotals& t = reports_[r].variants[v];
+        for (size_t code = 0; code < telemetry::kGrpcCodes; ++code) {
+          const uint64_t n = code == 0 ? t.requests : t.failed[code];
+          // OK always, so the series exists from the start; other codes once they happen.
+          if (code != 0 && n == 0) continue;
+          w_.Sample({{"route", route.route->config.name}, {"model", route.pool()[v].name}, {"code", CodeName(code)}},
+                    static_cast<double>(n));
+        }
+      }
+    }
+    PerVariant("carbon_sidecar_inferences_total", MetricType::kCounter,
+               "Inferences served (requests times batch size when the route has a batch dimension).",
+               [](const telemetry::RouteReport& rep, const RouteView&, size_t v) {
+                 return static_cast<double>(rep.variants[v].items);
+               });
+    PerVariant("carbon_sidecar_energy_joules_total", MetricType::kCounter,
+               "Energy of the inferences served, from the pool's energy per inference.",
+               [](const telemetry::RouteReport& rep, const RouteView& route, size_t v) {
+                 return telemetry::JoulesFor(route.pool()[v], rep.variants[v].items);
+               });
+    PerVariant("carbon_sidecar_emissions_grams_total", MetricType::kCounter,
+               "CO2 emitted by the inferences served, at the grid intensity in force when each was "
+               "served.",
+               [](const telemetry::RouteReport& rep, const RouteView& route, size_t v) {
+                 return telemetry::GramsFor(route.pool()[v], rep.variants[v].item_intensity);
+               });
+    PerVariant("carbon_sidecar_counterfactual_emissions_grams_total", MetricType::kCounter,
+               "CO2 the route would have emitted had every inference gone to this model, at the same "
+               "intensities.",
+               [](const telemetry::RouteReport& rep, const RouteView&, size_t v) {
+                 return rep.counterfactual_grams[v];
+               });
+
+    w_.Family("carbon_sidecar_error_percent_sum_total", MetricType::kCounter,
+              "Sum over inferences served of the serving model's top-1 error in percent; divided by "
+              "carbon_sidecar_inferences_total it is the mean expected error.");
+    for (size_t r = 0; r < reports_.size(); ++r) {
+      w_.Sample({{"route", snapshot_.routes()[r].route->config.name}}, reports_[r].error_percent_sum);
+    }
+
+    PerRouteVsBaseline("carbon_sidecar_carbon_emission_efficiency",
+                       "Relative quality improvement (percent) over the baseline model per extra gram "
+                       "of CO2, since start (Jung's carbon-emission efficiency). NaN while the route "
+                       "has emitted no more than the baseline would have: the ratio measures a gain "
+                       "bought with extra carbon.",
+                       [](const telemetry::RouteReport& rep) { return rep.efficiency; });
+    PerRouteVsBaseline("carbon_sidecar_beats_baseline",
+                       "1 when the route, since start, is both more accurate than the baseline model "
+                       "and emitted fewer grams than the baseline would have; else 0.",
+                       [](const telemetry::RouteReport& rep) { return rep.beats_baseline ? 1.0 : 0.0; });
+    PerRouteVsBaseline("carbon_sidecar_relative_quality_improvement_percent",
+                       "Reduction of the mean top-1 error relative to the baseline model, in percent, "
+                       "since start.",
+                       [](const telemetry::RouteReport& rep) { return rep.relative_quality_improvement_percent; });
+    PerRouteVsBaseline("carbon_sidecar_extra_emissions_grams",
+                       "CO2 emitted beyond what the baseline model would have emitted, since start "
+                       "(negative: saved).",
+                       [](const telemetry::RouteReport& rep) { return rep.extra_grams; });
   }
 
-  w.Family("carbon_sidecar_passthrough_requests_total", MetricType::kCounter,
-           "Calls other than routed inferences (other methods, model names that are no route, "
-           "model metadata and readiness queries), by final gRPC status code.");
-  for (size_t code = 0; code < telemetry::kGrpcCodes; ++code) {
-    const uint64_t n = sources.proxy.passthrough[code].load(std::memory_order_relaxed);
-    if (code != 0 && n == 0) continue;
-    w.Sample({{"code", CodeName(code)}}, static_cast<double>(n));
+  // The pools as configured and what each route's policy does with them now.
+  void Pools() {
+    PerVariant("carbon_sidecar_model_energy_joules", MetricType::kGauge,
+               "Energy per inference of each model of the pool, as configured.",
+               [](const telemetry::RouteReport&, const RouteView& route, size_t v) {
+                 return route.pool()[v].energy_mj * 1e-3;
+               });
+    PerVariant("carbon_sidecar_model_error_percent", MetricType::kGauge,
+               "Top-1 error of each model of the pool, as configured, in percent.",
+               [](const telemetry::RouteReport&, const RouteView& route, size_t v) {
+                 return route.pool()[v].error_percent;
+               });
+    PerVariant("carbon_sidecar_selected_model_info", MetricType::kGauge,
+               "1 for the model each route sends most of its requests to now (the decision's primary "
+               "model), 0 for the others.",
+               [](const telemetry::RouteReport&, const RouteView& route, size_t v) {
+                 return route.decision.primary == v ? 1.0 : 0.0;
+               });
+    PerVariant("carbon_sidecar_model_weight_ratio", MetricType::kGauge,
+               "The share of each route's requests its policy sends to each model now (0 to 1; the "
+               "shares of a route sum to 1).",
+               [](const telemetry::RouteReport&, const RouteView& route, size_t v) {
+                 return route.decision.WeightOf(v);
+               });
+    PerVariant("carbon_sidecar_baseline_model_info", MetricType::kGauge,
+               "1 for each route's baseline model (the one efficiency is measured against), 0 for the "
+               "others; join on it to pick the baseline's series.",
+               [](const telemetry::RouteReport&, const RouteView& route, size_t v) {
+                 return route.route->config.baseline == v ? 1.0 : 0.0;
+               });
+    PerVariant("carbon_sidecar_model_ready", MetricType::kGauge,
+               "1 when the upstream last reported the model ready (or was not asked), else 0.",
+               [](const telemetry::RouteReport&, const RouteView& route, size_t v) {
+                 return (route.ready >> v & 1) != 0 ? 1.0 : 0.0;
+               });
   }
-  w.Family("carbon_sidecar_invalid_requests_total", MetricType::kCounter,
-           "Requests refused with INVALID_ARGUMENT before reaching the upstream, by reason.");
-  w.Sample({{"reason", "malformed"}}, static_cast<double>(sources.proxy.malformed.load(std::memory_order_relaxed)));
-  w.Sample({{"reason", "bad_control"}}, static_cast<double>(sources.proxy.bad_controls.load(std::memory_order_relaxed)));
 
-  w.Family("carbon_sidecar_config_reloads_total", MetricType::kCounter, "Config reloads (SIGHUP), by result.");
-  w.Sample({{"result", "success"}}, static_cast<double>(sources.reloads.success.load()));
-  w.Sample({{"result", "failure"}}, static_cast<double>(sources.reloads.failure.load()));
-  w.Family("carbon_sidecar_config_last_reload_success_timestamp_seconds", MetricType::kGauge,
-           "Unix time of the last successful config load (start-up or reload).");
-  w.Sample({}, sources.reloads.last_success_timestamp.load());
-  w.Family("carbon_sidecar_build_info", MetricType::kGauge, "Always 1; the build's version and revision.");
-  w.Sample({{"version", CARBON_VERSION}, {"revision", CARBON_REVISION}}, 1);
-  return w.Finish();
+  void Latency() {
+    w_.Family("carbon_sidecar_request_duration_seconds", MetricType::kHistogram,
+              "Duration of routed unary calls through the sidecar, upstream included.");
+    for (size_t r = 0; r < reports_.size(); ++r) {
+      const RouteView& route = snapshot_.routes()[r];
+      for (size_t v = 0; v < route.pool().size(); ++v) {
+        const telemetry::LatencyHistogram::Counts c = route.route->ledger->variant(v).latency().Read();
+        const Label labels[] = {{"route", route.route->config.name}, {"model", route.pool()[v].name}};
+        w_.Histogram(labels, telemetry::LatencyHistogram::kBounds, c.cumulative, c.count, c.sum);
+      }
+    }
+  }
+
+  // The intensity source: the reading, the window, the polls and the state.
+  void Intensity(const SourceStatus& source) {
+    const SourceCounters& counters = source.counters;
+    w_.Family("carbon_sidecar_grid_intensity_gco2_per_kwh", MetricType::kGauge,
+              "The latest grid carbon intensity, in grams of CO2 per kilowatt-hour (WattTime's lbs CO2/MWh "
+              "converted with 0.45359237), labelled with the provider that gave it.");
+    if (source.latest) {
+      w_.Sample({{"source", source.source}, {"region", source.region}}, source.latest->gco2_per_kwh);
+    }
+    w_.Family("carbon_sidecar_grid_intensity_timestamp_seconds", MetricType::kGauge,
+              "When the latest intensity reading applies from, in Unix seconds on the provider's clock "
+              "(simulated time for a replayed trace).");
+    if (source.latest) w_.Sample({{"source", source.source}, {"region", source.region}}, UnixSeconds(source.latest->at));
+    w_.Family("carbon_sidecar_grid_intensity_age_seconds", MetricType::kGauge,
+              "Age of the latest intensity reading on the provider's clock; the last good value is kept "
+              "while the provider fails, and routes fall back to their default once it is older than "
+              "intensity.stale_after.");
+    if (source.latest) {
+      w_.Sample({{"source", source.source}, {"region", source.region}},
+                absl::ToDoubleSeconds(source.now - source.latest->at));
+    }
+    w_.Family("carbon_sidecar_intensity_window_gco2_per_kwh", MetricType::kGauge,
+              "The lowest and highest intensity of the window the heuristic interpolates between.");
+    if (source.window) {
+      w_.Sample({{"bound", "low"}}, source.window->low);
+      w_.Sample({{"bound", "high"}}, source.window->high);
+    }
+    w_.Family("carbon_sidecar_intensity_fetches_total", MetricType::kCounter,
+              "Polls of the intensity provider, by result.");
+    w_.Sample({{"provider", source.provider}, {"result", "success"}}, static_cast<double>(counters.fetch_successes));
+    w_.Sample({{"provider", source.provider}, {"result", "failure"}}, static_cast<double>(counters.fetch_failures));
+    w_.Family("carbon_sidecar_intensity_last_success_timestamp_seconds", MetricType::kGauge,
+              "Wall-clock Unix time of the last successful poll of the intensity provider.");
+    if (counters.last_success) w_.Sample({{"provider", source.provider}}, UnixSeconds(*counters.last_success));
+    w_.Family("carbon_sidecar_intensity_state", MetricType::kGauge,
+              "1 for the intensity source's current state: ok, failing (polls fail, the last reading is "
+              "still fresh) or stale (no fresh reading: routes use their default model).");
+    for (SourceState st : {SourceState::kOk, SourceState::kFailing, SourceState::kStale}) {
+      w_.Sample({{"provider", source.provider}, {"state", SourceStateName(st)}}, counters.state == st ? 1.0 : 0.0);
+    }
+    w_.Family("carbon_sidecar_intensity_state_changes_total", MetricType::kCounter,
+              "Changes of the intensity source's state, by the state entered.");
+    for (SourceState st : {SourceState::kOk, SourceState::kFailing, SourceState::kStale}) {
+      w_.Sample({{"provider", source.provider}, {"state", SourceStateName(st)}},
+                static_cast<double>(counters.entered[static_cast<size_t>(st)]));
+    }
+  }
+
+  // Calls the ledger does not charge: pass-through calls and refused requests.
+  void Proxy() {
+    w_.Family("carbon_sidecar_passthrough_requests_total", MetricType::kCounter,
+              "Calls other than routed inferences (other methods, model names that are no route, "
+              "model metadata and readiness queries), by final gRPC status code.");
+    for (size_t code = 0; code < telemetry::kGrpcCodes; ++code) {
+      const uint64_t n = sources_.proxy.passthrough[code].load(std::memory_order_relaxed);
+      if (code != 0 && n == 0) continue;
+      w_.Sample({{"code", CodeName(code)}}, static_cast<double>(n));
+    }
+    w_.Family("carbon_sidecar_invalid_requests_total", MetricType::kCounter,
+              "Requests refused with INVALID_ARGUMENT before reaching the upstream, by reason.");
+    const ProxyCounters& proxy = sources_.proxy;
+    w_.Sample({{"reason", "malformed"}}, static_cast<double>(proxy.malformed.load(std::memory_order_relaxed)));
+    w_.Sample({{"reason", "bad_control"}}, static_cast<double>(proxy.bad_controls.load(std::memory_order_relaxed)));
+  }
+
+  void ReloadsAndBuild() {
+    w_.Family("carbon_sidecar_config_reloads_total", MetricType::kCounter, "Config reloads (SIGHUP), by result.");
+    w_.Sample({{"result", "success"}}, static_cast<double>(sources_.reloads.success.load()));
+    w_.Sample({{"result", "failure"}}, static_cast<double>(sources_.reloads.failure.load()));
+    w_.Family("carbon_sidecar_config_last_reload_success_timestamp_seconds", MetricType::kGauge,
+              "Unix time of the last successful config load (start-up or reload).");
+    w_.Sample({}, sources_.reloads.last_success_timestamp.load());
+    w_.Family("carbon_sidecar_build_info", MetricType::kGauge, "Always 1; the build's version and revision.");
+    w_.Sample({{"version", CARBON_VERSION}, {"revision", CARBON_REVISION}}, 1);
+  }
+
+  const MetricsSources& sources_;
+  const RoutingSnapshot& snapshot_;
+  telemetry::ExpositionWriter w_;
+  std::vector<telemetry::RouteReport> reports_;
+};
+
+}  // namespace
+
+std::string RenderMetrics(const MetricsSources& sources, bool open_metrics) {
+  return MetricsRenderer(sources, open_metrics).Render();
 }
 
 std::string RenderSelectionJson(const RoutingSnapshot& snapshot, absl::Time wall_now) {
