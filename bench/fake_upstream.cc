@@ -91,6 +91,7 @@ void FakeInferenceService::Record(grpc::CallbackServerContext* ctx, std::string 
     }
   }
   r.deadline = absl::FromChrono(ctx->deadline());
+  if (options_.on_request) options_.on_request(r);
   absl::MutexLock lock(&mu_);
   received_.push_back(std::move(r));
   while (received_.size() > options_.max_recorded) received_.pop_front();

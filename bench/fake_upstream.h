@@ -3,6 +3,7 @@
 #include <cstdint>
 #include <deque>
 #include <map>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -36,6 +37,8 @@ struct FakeUpstreamOptions {
   std::vector<std::string> models;  // the variant names it serves
   absl::flat_hash_map<std::string, absl::Duration> service_time;  // per model, default none
   size_t max_recorded = 10000;  // older records are dropped
+  // Called as each request arrives (before any service time), from gRPC's threads.
+  std::function<void(const ReceivedRequest&)> on_request;
 };
 
 // A real inference server for tests, demos and benchmarks: it serves the inference service for

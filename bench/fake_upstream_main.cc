@@ -7,19 +7,22 @@
 #include "common/command_line.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/flags/parse.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "bench/fake_upstream.h"
 
 ABSL_FLAG(std::string, listen, "127.0.0.1:8011", "Address to serve on (port 0: any free port).");
 ABSL_FLAG(std::string, models, "resnet34,resnet50,resnet101,resnet152,alexnet,vgg16,vgg19",
           "Model names to serve.");
+ABSL_FLAG(bool, announce_requests, false,
+          "Print \"received <method> <model>\" as each request arrives (tests poll for it).");
 ABSL_FLAG(std::vector<std::string>, service_time, {},
           "Per-model service time, e.g. resnet152=5ms,resnet34=1ms.");
 
 int main(int argc, char** argv) {
   carbon::StartBinary(
       "a fake KServe v2 / Triton inference server for the demo, the tests and the benchmarks.\n"
-      "Usage: fake-upstream [--listen HOST:PORT] [--models a,b,c] [--service_time model=5ms,...]",
+      "Usage: fake-upstream [--listen HOST:PORT] [--models a,b,c] [--service_time model=5ms,...] [--announce_requests]",
       __FILE__, argc, argv);
   sigset_t signals;
   sigemptyset(&signals);
@@ -38,6 +41,14 @@ int main(int argc, char** argv) {
       return 2;
     }
     options.service_time[kv.first] = d;
+  }
+  if (absl::GetFlag(FLAGS_announce_requests)) {
+    options.on_request = [](const carbon::bench::ReceivedRequest& r) {
+      // One write per line, so lines from concurrent calls do not interleave.
+      const std::string line = absl::StrCat("received ", r.method, " ", r.model_name, "\n");
+      std::fwrite(line.data(), 1, line.size(), stdout);
+      std::fflush(stdout);
+    };
   }
   auto server = carbon::bench::FakeUpstreamServer::Start(absl::GetFlag(FLAGS_listen), options);
   if (!server.ok()) {

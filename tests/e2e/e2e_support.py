@@ -104,11 +104,16 @@ class SidecarTestCase(unittest.TestCase):
             p.stop()
 
     def start_upstream(self, *extra):
-        upstream = Process([FAKE_UPSTREAM, "--listen", "127.0.0.1:0", *extra])
+        upstream = Process([FAKE_UPSTREAM, "--listen", "127.0.0.1:0", "--announce_requests", *extra])
         self.processes.append(upstream)
+        self.upstream = upstream  # the last one started; its output says what it received
         match = poll(lambda: upstream.find(r"listening on port (\d+)"))
         self.assertIsNotNone(match, upstream.output())
         return int(match.group(1))
+
+    def upstream_received(self, method):
+        """How many `method` requests the last upstream started has received so far."""
+        return self.upstream.output().count(f"received {method} ")
 
     def write_config(self, upstream_port, intensity_block, drain="10s", extra=""):
         path = os.path.join(self.dir, "sidecar.yaml")

@@ -472,8 +472,10 @@ TEST_F(FaultTest, AProviderThatHangsNeverHoldsUpARequest) {
   // Calls keep completing while the poll hangs.
   ASSERT_TRUE(PollUntil([&] { return load.total() >= during_hang + 500; }, absl::Seconds(10)));
   load.Stop();
+  // The poll is still hanging (it is released only when the test ends), so a call that waited on
+  // it could not have succeeded: every call OK proves none did, on a machine of any speed.
+  EXPECT_GE(hung.load(), 1);
   EXPECT_EQ(load.count(grpc::StatusCode::OK), load.total()) << load.last_error();
-  EXPECT_LT(load.longest(), absl::Milliseconds(500)) << "a call waited on the provider";
   EXPECT_EQ(load.last_model(), "resnet152");  // 120 g/kWh, from the one poll that was answered
 }
 

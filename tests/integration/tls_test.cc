@@ -49,8 +49,9 @@ class TlsTest : public ::testing::Test {
     upstream_tls.pem_root_certs = ThrowawayPki::Read(pki_->ca_cert());
     upstream_tls.pem_key_cert_pairs.push_back(
         {ThrowawayPki::Read(pki_->Key("upstream")), ThrowawayPki::Read(pki_->Cert("upstream"))});
-    auto upstream = bench::FakeUpstreamServer::Start("127.0.0.1:0", {.models = {"resnet18", "resnet34", "resnet50", "resnet101", "resnet152"}, .service_time = {}},
-                                                     grpc::SslServerCredentials(upstream_tls));
+    bench::FakeUpstreamOptions options;
+    options.models = {"resnet18", "resnet34", "resnet50", "resnet101", "resnet152"};
+    auto upstream = bench::FakeUpstreamServer::Start("127.0.0.1:0", options, grpc::SslServerCredentials(upstream_tls));
     ASSERT_TRUE(upstream.ok()) << upstream.status();
     upstream_ = *std::move(upstream);
   }
