@@ -4,15 +4,12 @@
 #include <limits>
 
 #include "absl/strings/str_cat.h"
+#include "common/thread_slot.h"
 #include "telemetry/latency_histogram.h"
 
 namespace carbon::telemetry {
 
-size_t ThisThreadShard() {
-  static std::atomic<size_t> next{0};
-  thread_local const size_t shard = next.fetch_add(1, std::memory_order_relaxed) % kLedgerShards;
-  return shard;
-}
+size_t ThisThreadShard() { return ThisThreadSlot(kLedgerShards); }
 
 VariantLedger::VariantLedger() : latency_(std::make_unique<LatencyHistogram>()) {}
 VariantLedger::~VariantLedger() = default;
