@@ -171,7 +171,7 @@ class RequestRouter {
       return absl::OkStatus();
     }
     const selector::Pool& pool = route->pool();
-    size_t variant = route->Draw();
+    size_t variant = 0;
     std::string_view reason = route->decision.reason;
     if (!controls_->pin.empty()) {
       auto pinned = pool.IndexOf(controls_->pin);
@@ -186,11 +186,15 @@ class RequestRouter {
       }
       variant = *pinned;
       reason = "pinned";
-    } else if (controls_->max_error_percent) {
-      const size_t floored = selector::ApplyQualityFloor(pool, variant, route->decision.aim_energy_mj,
-                                                         *controls_->max_error_percent, route->ready);
-      if (floored != variant) reason = "quality_floor";
-      variant = floored;
+    } else {
+      // Pinned requests take no turn of the draw, so the others still follow the weights.
+      variant = route->Draw();
+      if (controls_->max_error_percent) {
+        const size_t floored = selector::ApplyQualityFloor(pool, variant, route->decision.aim_energy_mj,
+                                                           *controls_->max_error_percent, route->ready);
+        if (floored != variant) reason = "quality_floor";
+        variant = floored;
+      }
     }
     bytes.AppendTo(message, route->route->overrides[variant]);
 

@@ -94,6 +94,8 @@ class ContainerImage(SidecarTestCase):
         build = cmd + ["build", "--network", "host", "-f", "docker/Dockerfile", "-t", IMAGE, "."]
         if cmd[0] == "podman":
             build[len(cmd) + 1:len(cmd) + 1] = ["--format", "docker"]
+        # The build stage's image (about 1 GB) is left untagged; the next build has other sources.
+        self.addCleanup(run, cmd + ["image", "prune", "-f"], check=False)
         built = subprocess.run(build, cwd=SOURCE_DIR, capture_output=True, text=True, timeout=1800)
         self.assertEqual(built.returncode, 0, built.stdout[-4000:] + built.stderr[-4000:])
         size = int(run(cmd + ["image", "inspect", "--format", "{{.Size}}", IMAGE]).stdout.strip())
