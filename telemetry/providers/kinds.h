@@ -1,7 +1,8 @@
 #pragma once
 
-// The provider kinds registry.cc lists: per kind, its reader and the spec it reads (public, so that
-// code and tests can also configure a provider without YAML).
+// The provider kinds registry.cc lists: per kind, its reader, the spec it reads (public, so that
+// code and tests can also configure a provider without YAML) and, for web providers, the reply
+// parsers the fuzz harness runs.
 #include <memory>
 #include <optional>
 #include <string>
@@ -47,6 +48,7 @@ struct UkCarbonIntensitySpec final : ProviderSpec {
   absl::StatusOr<std::unique_ptr<IntensityProvider>> Build(const ProviderContext&) const override;
 };
 std::unique_ptr<ProviderSpec> ReadUkCarbonIntensityProvider(ConfigBlock& block, const std::string& region);
+absl::Status ParseUkCarbonIntensityReply(const nlohmann::json& doc);
 
 // electricity-maps: Electricity Maps API v3 for one zone, with a token.
 struct ElectricityMapsSpec final : ProviderSpec {
@@ -58,6 +60,7 @@ struct ElectricityMapsSpec final : ProviderSpec {
   absl::StatusOr<std::unique_ptr<IntensityProvider>> Build(const ProviderContext&) const override;
 };
 std::unique_ptr<ProviderSpec> ReadElectricityMapsProvider(ConfigBlock& block, const std::string& region);
+absl::Status ParseElectricityMapsReply(const nlohmann::json& doc);
 
 // watttime: WattTime API v3 for `region`, logged in with a user name and password.
 struct WattTimeSpec final : ProviderSpec {
@@ -69,6 +72,7 @@ struct WattTimeSpec final : ProviderSpec {
   absl::StatusOr<std::unique_ptr<IntensityProvider>> Build(const ProviderContext&) const override;
 };
 std::unique_ptr<ProviderSpec> ReadWattTimeProvider(ConfigBlock& block, const std::string& region);
+absl::Status ParseWattTimeReply(const nlohmann::json& doc);
 
 // carbon-aware-sdk: a Green Software Foundation Carbon Aware SDK Web API for one location.
 struct CarbonAwareSdkSpec final : ProviderSpec {
@@ -79,6 +83,7 @@ struct CarbonAwareSdkSpec final : ProviderSpec {
   absl::StatusOr<std::unique_ptr<IntensityProvider>> Build(const ProviderContext&) const override;
 };
 std::unique_ptr<ProviderSpec> ReadCarbonAwareSdkProvider(ConfigBlock& block, const std::string& region);
+absl::Status ParseCarbonAwareSdkReply(const nlohmann::json& doc);
 
 // fallback: members tried in order (none of them a fallback itself).
 struct FallbackSpec final : ProviderSpec {

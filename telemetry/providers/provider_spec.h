@@ -41,6 +41,9 @@ class ProviderSpec {
 struct ProviderRegistration {
   std::string_view kind;
   std::unique_ptr<ProviderSpec> (*read)(ConfigBlock& block, const std::string& region);
+  // A web provider's reply parsers run over one JSON document (no I/O), for the fuzz harness;
+  // null for kinds that parse no replies.
+  absl::Status (*parse_reply)(const nlohmann::json& doc) = nullptr;
 };
 
 // Every provider kind, in the order docs and messages list them (providers/registry.cc).

@@ -1,5 +1,6 @@
-// The provider kinds. Adding one: a file in this folder with its spec and reader (see
-// docs/design.md, "Adding a provider"), and one line here.
+// The provider kinds. Adding one: a file in this folder with the provider, its spec and its
+// reader (see docs/design.md, "Adding a policy or a provider"), its functions declared in kinds.h,
+// and one line here.
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -13,10 +14,10 @@ namespace {
 constexpr ProviderRegistration kProviders[] = {
     {"static", &ReadStaticProvider},
     {"trace", &ReadTraceProvider},
-    {"uk-carbon-intensity", &ReadUkCarbonIntensityProvider},
-    {"electricity-maps", &ReadElectricityMapsProvider},
-    {"watttime", &ReadWattTimeProvider},
-    {"carbon-aware-sdk", &ReadCarbonAwareSdkProvider},
+    {"uk-carbon-intensity", &ReadUkCarbonIntensityProvider, &ParseUkCarbonIntensityReply},
+    {"electricity-maps", &ReadElectricityMapsProvider, &ParseElectricityMapsReply},
+    {"watttime", &ReadWattTimeProvider, &ParseWattTimeReply},
+    {"carbon-aware-sdk", &ReadCarbonAwareSdkProvider, &ParseCarbonAwareSdkReply},
     {"fallback", &ReadFallbackProvider},
 };
 
