@@ -77,15 +77,22 @@ TEST(IntensityCsvTest, LoadsTheBundledJuneTraceAsOneSeries) {
   const std::string dir = std::string(CARBON_SOURCE_DIR) + "/data/carbon/sw_england_2023_06";
   auto readings = LoadIntensityTrace(dir, {"from", "regions.intensity.forecast"});
   ASSERT_TRUE(readings.ok()) << readings.status();
+  // The whole month and 2023-07-01: 31 files of 48 half-hours, but for the one the source lacks
+  // (2023-06-20T23:00Z, data/PROVENANCE.md).
   size_t files = 0;
   for (const auto& e : std::filesystem::directory_iterator(dir)) files += e.path().extension() == ".csv";
-  EXPECT_EQ(readings->size(), files * 48);
+  EXPECT_EQ(files, 31u);
+  EXPECT_EQ(readings->size(), files * 48 - 1);
   EXPECT_EQ(readings->front().at, At("2023-05-31T23:30:00Z"));
   EXPECT_EQ(readings->front().gco2_per_kwh, 317);
+  EXPECT_EQ(readings->back().at, At("2023-07-01T23:00:00Z"));
+  std::vector<absl::Time> gaps;
   for (size_t i = 1; i < readings->size(); ++i) {
     ASSERT_LT((*readings)[i - 1].at, (*readings)[i].at);
     ASSERT_GE((*readings)[i].gco2_per_kwh, 0);
+    if ((*readings)[i].at - (*readings)[i - 1].at != absl::Minutes(30)) gaps.push_back((*readings)[i - 1].at);
   }
+  EXPECT_EQ(gaps, (std::vector<absl::Time>{At("2023-06-20T22:30:00Z")}));
 }
 
 TEST(IntensityCsvTest, OverlappingFilesInADirectoryAreRejected) {
