@@ -4,6 +4,7 @@
 #include <grpcpp/health_check_service_interface.h>
 
 #include <atomic>
+#include <map>
 #include <thread>
 
 #include <gmock/gmock.h>
@@ -16,9 +17,10 @@
 #include "absl/synchronization/notification.h"
 #include "bench/fake_upstream.h"
 #include "inference/grpc_service.grpc.pb.h"
-#include "telemetry/providers/kinds.h"
+#include "selector/policy_spec.h"
 #include "sidecar/request_wire.h"
 #include "sidecar/server.h"
+#include "telemetry/providers/kinds.h"
 #include "tests/support/paper_pool.h"
 #include "tests/support/poll.h"
 #include "tests/support/resident_memory.h"
@@ -157,6 +159,63 @@ TEST_F(ProxyTest, RoutedInferGoesToTheSelectedVariantWithPayloadIntactAndTags) {
   ASSERT_TRUE(absl::SimpleAtod(Header(md, "x-carbon-grams"), &grams));
   // Four images at 803.0948846 mJ each, 200 g/kWh.
   EXPECT_DOUBLE_EQ(grams, 4 * 803.0948846e-3 / 3.6e6 * 200);
+}
+
+// A policy of the test's own: 70 % of the route to resnet101, 30 % to resnet152, whatever the grid.
+class SeventyThirtyPolicy final : public selector::RoutingPolicy {
+ public:
+  explicit SeventyThirtyPolicy(const selector::Pool& pool) : pool_(pool) {}
+  std::string_view kind() const override { return "seventy-thirty"; }
+  selector::Decision Decide(const selector::PolicyInputs& in) const override {
+    selector::Decision d = selector::Decision::OneVariant(pool_, *pool_.IndexOf("resnet101"), "seventy_thirty");
+    d.weights = {{*pool_.IndexOf("resnet101"), 0.7}, {*pool_.IndexOf("resnet152"), 0.3}};
+    d.intensity = in.intensity;
+    d.since = in.now;
+    return d;
+  }
+
+ private:
+  const selector::Pool& pool_;
+};
+
+class SeventyThirtySpec final : public selector::PolicySpec {
+ public:
+  std::string_view kind() const override { return "seventy-thirty"; }
+  std::unique_ptr<const selector::RoutingPolicy> Build(const selector::Pool& pool,
+                                                       const selector::PolicySettings&) const override {
+    return std::make_unique<SeventyThirtyPolicy>(pool);
+  }
+};
+
+TEST_F(ProxyTest, AMixedDecisionIsServedByTheWeightedDrawTaggedAndCharged) {
+  SidecarConfig config = StaticConfig(upstream_->port(), 200);
+  config.routes[0].policy = std::make_shared<SeventyThirtySpec>();
+  StartSidecar(config);
+  constexpr int kCalls = 200;
+  std::map<std::string, int> tagged;
+  for (int i = 0; i < kCalls; ++i) {
+    auto ctx = Context();
+    inference::ModelInferResponse resp;
+    ASSERT_TRUE(stub_->ModelInfer(ctx.get(), InferRequest("resnet", 10), &resp).ok());
+    const std::string model = Header(ctx->GetServerInitialMetadata(), "x-carbon-model");
+    EXPECT_EQ(model, resp.model_name());  // the tag names the variant that served the call
+    EXPECT_EQ(Header(ctx->GetServerInitialMetadata(), "x-carbon-reason"), "seventy_thirty");
+    ++tagged[model];
+  }
+  std::map<std::string, int> served;
+  for (const auto& r : upstream_->service().received()) ++served[r.model_name];
+  EXPECT_EQ(served, tagged);
+  // Each of the sidecar's threads walks the draw with a cursor of its own and keeps within one
+  // call of the weights; a handful of threads serve these calls.
+  EXPECT_NEAR(tagged["resnet101"], kCalls * 7 / 10, 8);
+  EXPECT_NEAR(tagged["resnet152"], kCalls * 3 / 10, 8);
+  EXPECT_EQ(tagged["resnet101"] + tagged["resnet152"], kCalls);
+
+  const std::string metrics = RenderMetrics(
+      {*sidecar_->publisher().snapshots().Load(), ProxyCounters{}, ReloadCounters{}}, false);
+  EXPECT_THAT(metrics, HasSubstr("carbon_sidecar_model_weight_ratio{route=\"resnet\",model=\"resnet101\"} 0.7\n"));
+  EXPECT_THAT(metrics, HasSubstr(absl::StrCat("carbon_sidecar_inferences_total{route=\"resnet\",model=\"resnet152\"} ",
+                                              tagged["resnet152"], "\n")));
 }
 
 TEST_F(ProxyTest, NamesThatAreNotRoutesPassThroughUntouched) {
