@@ -380,9 +380,8 @@ nlohmann::json RouteJson(const RouteConfig& r) {
   for (const auto& v : r.pool->variants()) {
     variants.push_back({{"name", v.name}, {"energy_mj", v.energy_mj}, {"error_percent", v.error_percent}});
   }
-  const std::shared_ptr<const selector::PolicySpec> policy = r.policy ? r.policy : selector::DefaultPolicySpec();
-  nlohmann::json policy_json = policy->Render();
-  policy_json["kind"] = policy->kind();
+  nlohmann::json policy_json = r.policy_spec().Render();
+  policy_json["kind"] = r.policy_spec().kind();
   return {{"name", r.name},
           {"pool", r.pool_source},
           {"variants", variants},

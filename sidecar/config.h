@@ -64,6 +64,8 @@ struct RouteConfig {
   absl::Duration min_dwell = absl::ZeroDuration();
   // The route's policy; null: the default (linear-interpolation).
   std::shared_ptr<const selector::PolicySpec> policy;
+  // The policy in force: `policy`, or the default when none is set.
+  const selector::PolicySpec& policy_spec() const { return policy ? *policy : *selector::DefaultPolicySpec(); }
   // Whether the first input's shape[0] counts inferences per request.
   bool batch_dimension = false;
 };

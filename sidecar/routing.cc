@@ -12,8 +12,7 @@ namespace carbon::sidecar {
 CompiledRoute::CompiledRoute(RouteConfig route_config, absl::Duration stale_after,
                              std::shared_ptr<const telemetry::RouteLedger> route_ledger)
     : config(std::move(route_config)),
-      policy((config.policy ? config.policy : selector::DefaultPolicySpec())
-                 ->Build(*config.pool, {config.default_variant, stale_after, config.min_dwell})),
+      policy(config.policy_spec().Build(*config.pool, {config.default_variant, stale_after, config.min_dwell})),
       ledger(std::move(route_ledger)) {
   for (const auto& v : config.pool->variants()) {
     const std::string bytes = EncodeModelOverride(v.name);

@@ -5,13 +5,11 @@
 #include <cstring>
 #include <mutex>
 
-#include "absl/strings/ascii.h"
 #include "absl/strings/cord.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
-#include "absl/strings/strip.h"
 #include "common/string_view_compat.h"
 
 namespace carbon::telemetry {

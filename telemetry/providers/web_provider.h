@@ -3,6 +3,7 @@
 // What the web providers share: a GET of a JSON document with HTTP and JSON errors turned into
 // statuses, secrets redacted from messages, and the plausibility checks of readings. Each web
 // provider is one file in this folder, deriving from WebProvider.
+#include <algorithm>
 #include <string>
 #include <utility>
 #include <vector>
