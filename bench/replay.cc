@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <functional>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
@@ -43,14 +44,44 @@ absl::StatusOr<WindowMode> ParseWindowMode(const std::string& text) {
                                                  "trailing:<duration>+forecast"));
 }
 
-PolicyResult ReplayHeuristic(const std::vector<ReplayPeriod>& periods, const selector::Pool& pool,
-                             size_t baseline, size_t default_variant, const WindowMode& window) {
+namespace {
+
+// Splits `requests` by `weights` (largest remainder) and charges each share, as the weighted draw
+// does over many requests.
+PeriodOutcome Charge(const selector::Pool& pool, const telemetry::RouteLedger& ledger,
+                     const std::vector<selector::VariantWeight>& weights, uint64_t requests, double gco2_per_kwh) {
+  PeriodOutcome out;
+  if (requests == 0) return out;
+  std::vector<uint64_t> shares(weights.size());
+  std::vector<std::pair<double, size_t>> remainders;
+  uint64_t given = 0;
+  for (size_t k = 0; k < weights.size(); ++k) {
+    const double exact = weights[k].weight * static_cast<double>(requests);
+    shares[k] = static_cast<uint64_t>(std::floor(exact));
+    given += shares[k];
+    remainders.push_back({exact - std::floor(exact), k});
+  }
+  std::sort(remainders.begin(), remainders.end(), std::greater<>());
+  for (size_t k = 0; given < requests; ++k, ++given) ++shares[remainders[k % remainders.size()].second];
+  for (size_t k = 0; k < weights.size(); ++k) {
+    if (shares[k] == 0) continue;
+    const selector::Variant& v = pool[weights[k].variant];
+    ledger.variant(weights[k].variant).RecordServed(shares[k], shares[k], gco2_per_kwh);
+    const double n = static_cast<double>(shares[k]);
+    out.items += n;
+    out.error_percent_sum += n * v.error_percent;
+    out.grams += n * selector::GramsPerInference(v.energy_mj, gco2_per_kwh);
+  }
+  return out;
+}
+
+}  // namespace
+
+PolicyResult ReplayPolicy(const std::vector<ReplayPeriod>& periods, const selector::Pool& pool, size_t baseline,
+                          const selector::RoutingPolicy& policy, std::string label, const WindowMode& window) {
   PolicyResult result;
-  result.policy = absl::StrCat("heuristic (", window.Name(), ")");
+  result.policy = std::move(label);
   PolicyLedger charged(result.policy, pool, baseline);
-  // Readings never go stale in a replay: each period's reading is the one in force.
-  const selector::LinearInterpolationPolicy policy(
-      pool, selector::PolicySettings{default_variant, absl::InfiniteDuration(), absl::ZeroDuration()});
   selector::IntensityWindow trailing(window.span);
   if (window.kind == WindowMode::Kind::kWholeTrace && !periods.empty()) {
     std::optional<selector::WindowBounds> whole;
@@ -58,32 +89,42 @@ PolicyResult ReplayHeuristic(const std::vector<ReplayPeriod>& periods, const sel
     trailing.SetFixedBounds(whole);
   }
   std::optional<selector::Decision> previous;
-  size_t ahead = 0;  // the first period past the forecast horizon
+  selector::ServedTotals served;
+  std::vector<selector::IntensityReading> forecast;
   for (size_t i = 0; i < periods.size(); ++i) {
     const ReplayPeriod& p = periods[i];
     const selector::IntensityReading reading{p.gco2_per_kwh, p.at};
     trailing.Add(reading);
     std::optional<selector::WindowBounds> bounds = trailing.Bounds(p.at);
     if (!bounds) bounds = selector::WindowBounds{p.gco2_per_kwh, p.gco2_per_kwh};
+    forecast.clear();
     if (window.forecast) {
       // A perfect forecast: the trace's own next `span`.
-      ahead = std::max(ahead, i + 1);
-      while (ahead < periods.size() && periods[ahead].at <= p.at + window.span) ++ahead;
-      for (size_t j = i + 1; j < ahead; ++j) {
+      for (size_t j = i + 1; j < periods.size() && periods[j].at <= p.at + window.span; ++j) {
+        forecast.push_back({periods[j].gco2_per_kwh, periods[j].at});
         bounds = selector::Widened(bounds, selector::WindowBounds{periods[j].gco2_per_kwh, periods[j].gco2_per_kwh});
       }
     }
-    selector::Decision decision =
-        policy.Decide({reading, bounds, p.at, pool.all_variants_mask(), previous ? &*previous : nullptr});
-    // The heuristic's decisions are single variants; a period's requests go to the primary one.
+    selector::Decision decision = policy.Decide({reading, bounds, p.at, pool.all_variants_mask(),
+                                                 previous ? &*previous : nullptr, served, forecast});
     result.choices.push_back(decision.primary);
-    if (p.requests > 0) {
-      charged.route->variant(decision.primary).RecordServed(p.requests, p.requests, p.gco2_per_kwh);
-    }
+    const PeriodOutcome outcome = Charge(pool, *charged.route, decision.weights, p.requests, p.gco2_per_kwh);
+    served.items += outcome.items;
+    served.error_percent_sum += outcome.error_percent_sum;
+    served.grams += outcome.grams;
+    result.periods.push_back(outcome);
     previous = std::move(decision);
   }
   result.report = telemetry::Report(*charged.route);
   return result;
+}
+
+PolicyResult ReplayHeuristic(const std::vector<ReplayPeriod>& periods, const selector::Pool& pool,
+                             size_t baseline, size_t default_variant, const WindowMode& window) {
+  // Readings never go stale in a replay: each period's reading is the one in force.
+  const selector::LinearInterpolationPolicy policy(
+      pool, selector::PolicySettings{default_variant, absl::InfiniteDuration(), absl::ZeroDuration()});
+  return ReplayPolicy(periods, pool, baseline, policy, absl::StrCat("heuristic (", window.Name(), ")"), window);
 }
 
 PolicyResult ReplayFixed(const std::vector<ReplayPeriod>& periods, const selector::Pool& pool, size_t baseline,
@@ -93,10 +134,52 @@ PolicyResult ReplayFixed(const std::vector<ReplayPeriod>& periods, const selecto
   PolicyLedger charged(result.policy, pool, baseline);
   for (const ReplayPeriod& p : periods) {
     result.choices.push_back(variant);
-    if (p.requests > 0) charged.route->variant(variant).RecordServed(p.requests, p.requests, p.gco2_per_kwh);
+    result.periods.push_back(Charge(pool, *charged.route, {{variant, 1.0}}, p.requests, p.gco2_per_kwh));
   }
   result.report = telemetry::Report(*charged.route);
   return result;
+}
+
+PolicyResult ReplayHindsight(const std::vector<ReplayPeriod>& periods, const selector::Pool& pool, size_t baseline,
+                             const selector::PlanLimit& limit, const selector::Horizon& horizon, std::string label) {
+  PolicyResult result;
+  result.policy = std::move(label);
+  PolicyLedger charged(result.policy, pool, baseline);
+  const std::vector<size_t> hull = selector::LowerHull(pool, pool.all_variants_mask());
+  for (size_t first = 0; first < periods.size();) {
+    const absl::Time start = horizon.StartOf(periods[first].at);
+    size_t last = first;
+    std::vector<selector::PlanSlot> slots;
+    for (; last < periods.size() && horizon.StartOf(periods[last].at) == start; ++last) {
+      slots.push_back({static_cast<double>(periods[last].requests), periods[last].gco2_per_kwh});
+    }
+    const selector::HorizonPlan plan = selector::PlanHorizon(pool, hull, slots, {}, limit);
+    for (size_t i = first; i < last; ++i) {
+      const double level = plan.level[i - first];
+      const size_t low = static_cast<size_t>(level);
+      const double up = level - static_cast<double>(low);
+      std::vector<selector::VariantWeight> weights = {{hull[low], 1 - up}};
+      if (up > 0 && low + 1 < hull.size()) weights.push_back({hull[low + 1], up});
+      result.choices.push_back(up > 0.5 && low + 1 < hull.size() ? hull[low + 1] : hull[low]);
+      result.periods.push_back(Charge(pool, *charged.route, weights, periods[i].requests, periods[i].gco2_per_kwh));
+    }
+    first = last;
+  }
+  result.report = telemetry::Report(*charged.route);
+  return result;
+}
+
+std::vector<HorizonOutcome> ByHorizon(const std::vector<ReplayPeriod>& periods, const PolicyResult& result,
+                                      const selector::Horizon& horizon) {
+  std::vector<HorizonOutcome> out;
+  for (size_t i = 0; i < periods.size() && i < result.periods.size(); ++i) {
+    const absl::Time start = horizon.StartOf(periods[i].at);
+    if (out.empty() || out.back().start != start) out.push_back({start});
+    out.back().items += result.periods[i].items;
+    out.back().error_percent_sum += result.periods[i].error_percent_sum;
+    out.back().grams += result.periods[i].grams;
+  }
+  return out;
 }
 
 std::vector<ReplayPeriod> JoinTraces(const std::vector<selector::IntensityReading>& intensity,

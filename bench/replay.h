@@ -7,8 +7,11 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "selector/horizon_plan.h"
 #include "selector/intensity_window.h"
+#include "selector/policies/horizon_target.h"
 #include "selector/pool.h"
+#include "selector/routing_policy.h"
 #include "telemetry/carbon_ledger.h"
 
 namespace carbon::bench {
@@ -32,22 +35,55 @@ struct WindowMode {
 // Parses "whole-trace", "trailing:24h" or "trailing:24h+forecast".
 absl::StatusOr<WindowMode> ParseWindowMode(const std::string& text);
 
-// What one policy did over the trace, from the same CarbonLedger the sidecar keeps.
-struct PolicyResult {
-  std::string policy;  // a variant's name for a fixed policy, else "heuristic (<window>)"
-  telemetry::RouteReport report;
-  std::vector<size_t> choices;  // per period, the variant that served it
+// What one period cost under a policy (the requests split by its decision's weights).
+struct PeriodOutcome {
+  double items = 0;
+  double error_percent_sum = 0;
+  double grams = 0;
 };
 
-// Runs the sidecar's LinearInterpolationPolicy (through the same selector library) over the
-// periods with the given window, charging a ledger as the sidecar would; every request is one
-// inference. `default_variant` serves while the window is flat.
+// What one policy did over the trace, from the same CarbonLedger the sidecar keeps.
+struct PolicyResult {
+  std::string policy;  // a variant's name for a fixed policy, else a description
+  telemetry::RouteReport report;
+  std::vector<size_t> choices;  // per period, the decision's primary variant
+  std::vector<PeriodOutcome> periods;
+};
+
+// Runs `policy` (built from the sidecar's selector library) over the periods, one decision per
+// period from what the live sidecar would know then: the period's reading, the window `window`
+// gives, the route's served totals so far, and, with `window.forecast`, the trace's own next
+// `window.span` (a perfect forecast). Each period's requests are split by the decision's weights
+// (largest remainder, as the weighted draw does over many requests) and charged to a ledger as the
+// sidecar would; every request is one inference.
+PolicyResult ReplayPolicy(const std::vector<ReplayPeriod>& periods, const selector::Pool& pool, size_t baseline,
+                          const selector::RoutingPolicy& policy, std::string label, const WindowMode& window);
+
+// The paper's heuristic: the sidecar's LinearInterpolationPolicy through ReplayPolicy.
+// `default_variant` serves while the window is flat.
 PolicyResult ReplayHeuristic(const std::vector<ReplayPeriod>& periods, const selector::Pool& pool,
                              size_t baseline, size_t default_variant, const WindowMode& window);
 
 // Sends every request to one variant.
 PolicyResult ReplayFixed(const std::vector<ReplayPeriod>& periods, const selector::Pool& pool, size_t baseline,
                          size_t variant);
+
+// The optimum with hindsight: every horizon planned (selector::PlanHorizon) knowing each of its
+// periods' intensity and requests exactly. The bound an online policy with the same limit and
+// horizons is measured against.
+PolicyResult ReplayHindsight(const std::vector<ReplayPeriod>& periods, const selector::Pool& pool, size_t baseline,
+                             const selector::PlanLimit& limit, const selector::Horizon& horizon, std::string label);
+
+// A result's totals over each horizon the periods fall in.
+struct HorizonOutcome {
+  absl::Time start;
+  double items = 0;
+  double error_percent_sum = 0;
+  double grams = 0;
+  double mean_error_percent() const { return items > 0 ? error_percent_sum / items : 0; }
+};
+std::vector<HorizonOutcome> ByHorizon(const std::vector<ReplayPeriod>& periods, const PolicyResult& result,
+                                      const selector::Horizon& horizon);
 
 // Joins an intensity series with a per-minute (or per-anything) request-count series: the counts
 // whose time, after adding `request_offset`, falls in [period start, next period start) belong to

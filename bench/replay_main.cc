@@ -99,6 +99,50 @@ int main(int argc, char** argv) {
     results.push_back(carbon::bench::ReplayHeuristic(periods, *pool, *baseline, *default_variant, *mode));
   }
 
+  // The aimed policies, at the heuristic's own month (whole-trace window): its mean error as the
+  // accuracy target, its grams as the carbon budget.
+  const PolicyResult* heuristic = nullptr;
+  for (const auto& r : results) {
+    if (r.policy == "heuristic (whole-trace)") heuristic = &r;
+  }
+  if (heuristic == nullptr) return Fail("--window must include whole-trace: the targets are set from it");
+  const double target_error = heuristic->report.mean_error_percent;
+  const double budget_grams = heuristic->report.grams;
+  const absl::Time first_day = absl::FromUnixSeconds(absl::ToUnixSeconds(periods.front().at) / 86400 * 86400);
+  const int64_t days = (absl::ToUnixSeconds(periods.back().at) - absl::ToUnixSeconds(first_day)) / 86400 + 1;
+  const carbon::selector::Horizon whole{absl::Hours(24 * days), first_day};
+  const carbon::selector::Horizon daily{absl::Hours(24), absl::UnixEpoch()};
+  using Kind = carbon::selector::PlanLimit::Kind;
+  const auto aimed = [&](Kind kind, double value, const carbon::selector::Horizon& horizon, bool forecast,
+                         const std::string& what) {
+    const auto spec = carbon::selector::MakeHorizonTargetSpec({kind, value}, horizon);
+    const auto policy = spec->Build(*pool, {*default_variant, absl::InfiniteDuration(), absl::ZeroDuration()});
+    carbon::bench::WindowMode mode;
+    mode.kind = carbon::bench::WindowMode::Kind::kTrailing;
+    mode.forecast = forecast;
+    return carbon::bench::ReplayPolicy(periods, *pool, *baseline, *policy,
+                                       absl::StrCat(what, forecast ? ", perfect 24h forecast" : "", ")"), mode);
+  };
+  const std::string month = absl::StrCat(days, "-day horizon");
+  const std::string error_text = absl::StrFormat("%.3f %%", target_error);
+  const std::string grams_text = absl::StrFormat("%.0f g", budget_grams);
+  results.push_back(aimed(Kind::kMeanErrorPercent, target_error, whole, false,
+                          absl::StrCat("accuracy-target ", error_text, " (", month)));
+  results.push_back(aimed(Kind::kMeanErrorPercent, target_error, whole, true,
+                          absl::StrCat("accuracy-target ", error_text, " (", month)));
+  results.push_back(carbon::bench::ReplayHindsight(periods, *pool, *baseline, {Kind::kMeanErrorPercent, target_error},
+                                                   whole, absl::StrCat("hindsight optimum ", error_text, " (", month, ")")));
+  results.push_back(aimed(Kind::kMeanErrorPercent, target_error, daily, false,
+                          absl::StrCat("accuracy-target ", error_text, " (daily")));
+  results.push_back(carbon::bench::ReplayHindsight(periods, *pool, *baseline, {Kind::kMeanErrorPercent, target_error},
+                                                   daily, absl::StrCat("hindsight optimum ", error_text, " (daily)")));
+  results.push_back(aimed(Kind::kGrams, budget_grams, whole, false, absl::StrCat("carbon-budget ", grams_text, " (", month)));
+  results.push_back(carbon::bench::ReplayHindsight(periods, *pool, *baseline, {Kind::kGrams, budget_grams}, whole,
+                                                   absl::StrCat("hindsight optimum ", grams_text, " (", month, ")")));
+  const double daily_budget = budget_grams / static_cast<double>(days);
+  results.push_back(aimed(Kind::kGrams, daily_budget, daily, false,
+                          absl::StrFormat("carbon-budget %.0f g a day (daily", daily_budget)));
+
   const std::filesystem::path out = absl::GetFlag(FLAGS_out_dir);
   std::filesystem::create_directories(out);
   uint64_t total_requests = 0;

@@ -23,18 +23,25 @@ class PolicySpec {
   virtual std::unique_ptr<const RoutingPolicy> Build(const Pool& pool, const PolicySettings& settings) const = 0;
 };
 
+// What a policy's options are checked against when read: the route's pool and how often the
+// intensity is polled.
+struct PolicyContext {
+  const Pool& pool;
+  absl::Duration intensity_refresh;
+};
+
 // How one kind of policy is read. `read` gets the `policy:` block (its `kind` already read) and
 // reads the rest; problems go to the block's status, and then the result is ignored.
 struct PolicyRegistration {
   std::string_view kind;
-  std::unique_ptr<PolicySpec> (*read)(ConfigBlock& block);
+  std::unique_ptr<PolicySpec> (*read)(ConfigBlock& block, const PolicyContext& context);
 };
 
 // Every policy kind (policies/registry.cc).
 std::span<const PolicyRegistration> RegisteredPolicies();
 
 // Reads `kind` and the named policy's options from `block`; null when the block has a problem.
-std::unique_ptr<PolicySpec> ReadPolicySpec(ConfigBlock& block);
+std::unique_ptr<PolicySpec> ReadPolicySpec(ConfigBlock& block, const PolicyContext& context);
 
 // The policy of a route that names none: linear-interpolation.
 std::shared_ptr<const PolicySpec> DefaultPolicySpec();

@@ -2,7 +2,9 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <optional>
+#include <span>
 #include <string_view>
 #include <vector>
 
@@ -21,6 +23,15 @@ inline constexpr std::string_view kDegenerateWindow = "degenerate_window";  // C
 inline constexpr std::string_view kNoReadyVariant = "no_ready_variant";   // nothing ready: the default, for the upstream to judge
 inline constexpr std::string_view kMinimumDwell = "minimum_dwell";        // the policy wants another variant too soon
 }  // namespace reasons
+
+// What a policy remembers from one decision to the next (a target policy's horizon and traffic
+// profile). Policies are immutable, so their memory travels in the decisions they make: the
+// publisher hands the last decision back as PolicyInputs::previous, a reload of the same route
+// carries it over, and a restart loses it. Immutable once made.
+class PolicyMemory {
+ public:
+  virtual ~PolicyMemory() = default;
+};
 
 // One variant of a decision and the share of the route's requests it gets.
 struct VariantWeight {
@@ -50,6 +61,8 @@ struct Decision {
   double aim_energy_mj = 0;
   std::vector<ExplanationTerm> explanation;
   absl::Time since = absl::InfinitePast();  // when `primary` became the route's variant
+  // The policy's memory after this decision; null for policies without one.
+  std::shared_ptr<const PolicyMemory> memory;
 
   // The whole route to `variant`, aiming at its own energy.
   static Decision OneVariant(const Pool& pool, size_t variant, std::string_view reason);
@@ -66,6 +79,15 @@ struct PolicySettings {
   absl::Duration min_dwell = absl::ZeroDuration();
 };
 
+// What a route has served since the sidecar started, as its ledger counts it: every request,
+// whichever way it was routed (policy, pin or quality floor). Only ever grows while the pool keeps
+// its variants.
+struct ServedTotals {
+  double items = 0;              // inferences
+  double error_percent_sum = 0;  // Σ items × top-1 error of the variant that served them
+  double grams = 0;              // CO2 charged for them
+};
+
 // Everything a policy decides from. Policies read no clock and do no I/O: the publisher passes
 // what it knows, and the offline replay passes recorded data to the same code.
 struct PolicyInputs {
@@ -74,6 +96,10 @@ struct PolicyInputs {
   absl::Time now;
   uint64_t ready = 0;                  // variants the upstream can serve (bit i: variant i)
   const Decision* previous = nullptr;  // the route's last decision, or null
+  std::optional<ServedTotals> served;  // the route's ledger; nullopt where nothing is counted
+  // The provider's forecast from now on, oldest first (empty without one). Points into storage
+  // the caller keeps alive for the call.
+  std::span<const IntensityReading> forecast;
 };
 
 // Decides, for one route's pool, which variants serve its requests. Implementations are

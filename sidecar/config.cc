@@ -289,7 +289,7 @@ absl::Status ReadIntensity(MapReader& m, IntensityConfig* out) {
 }
 
 absl::Status ReadRoute(const YAML::Node& node, size_t index, const std::string& file,
-                       const std::string& base_dir, RouteConfig* out) {
+                       const std::string& base_dir, absl::Duration intensity_refresh, RouteConfig* out) {
   MapReader r(node, file, absl::StrCat("routes[", index, "]"));
   r.String("name", &out->name, true);
   std::string pool_file;
@@ -302,12 +302,6 @@ absl::Status ReadRoute(const YAML::Node& node, size_t index, const std::string& 
   r.Bool("batch_dimension", &out->batch_dimension);
   YAML::Node policy = r.Get("policy", false);
   if (auto s = r.Finish(); !s.ok()) return s;
-  out->policy = selector::DefaultPolicySpec();
-  if (policy.IsDefined()) {
-    MapReader p(policy, file, absl::StrCat("routes[", index, "].policy"), base_dir);
-    out->policy = selector::ReadPolicySpec(p);
-    if (auto s = p.Finish(); !s.ok()) return s;
-  }
 
   if (has_pool_file == inline_variants.IsDefined()) {
     return ErrorAt(file, node.Mark(),
@@ -342,7 +336,15 @@ absl::Status ReadRoute(const YAML::Node& node, size_t index, const std::string& 
     return absl::OkStatus();
   };
   if (auto s = lookup("baseline", baseline, &out->baseline); !s.ok()) return s;
-  return lookup("default", default_variant, &out->default_variant);
+  if (auto s = lookup("default", default_variant, &out->default_variant); !s.ok()) return s;
+  // Read after the pool: a target is checked against the variants it can use.
+  out->policy = selector::DefaultPolicySpec();
+  if (policy.IsDefined()) {
+    MapReader p(policy, file, absl::StrCat("routes[", index, "].policy"), base_dir);
+    out->policy = selector::ReadPolicySpec(p, {*out->pool, intensity_refresh});
+    if (auto s = p.Finish(); !s.ok()) return s;
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace
@@ -424,7 +426,7 @@ absl::StatusOr<SidecarConfig> LoadConfig(const std::string& path) {
     }
     for (size_t r = 0; r < routes.size(); ++r) {
       RouteConfig route;
-      if (auto s = ReadRoute(routes[r], r, path, base_dir, &route); !s.ok()) return s;
+      if (auto s = ReadRoute(routes[r], r, path, base_dir, config.intensity.refresh, &route); !s.ok()) return s;
       for (const RouteConfig& other : config.routes) {
         if (other.name == route.name) {
           return ErrorAt(path, routes[r]["name"].Mark(),

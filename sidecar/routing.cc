@@ -39,9 +39,9 @@ absl::Duration Jittered(absl::Duration d) {
   return d * absl::Uniform(gen, 0.9, 1.1);
 }
 
-// The lowest and highest forecast intensity over the horizon, or nullopt without a forecast.
-std::optional<selector::WindowBounds> ForecastBounds(telemetry::IntensityProvider& provider,
-                                                     const IntensityConfig& config) {
+// The provider's forecast over the horizon, or nullopt without one (not asked for, or failed).
+std::optional<std::vector<selector::IntensityReading>> ReadForecast(telemetry::IntensityProvider& provider,
+                                                                    const IntensityConfig& config) {
   if (!config.include_forecast) return std::nullopt;
   const absl::Time now = provider.Now();
   auto forecast = provider.Forecast(now, now + config.forecast_horizon);
@@ -50,9 +50,20 @@ std::optional<selector::WindowBounds> ForecastBounds(telemetry::IntensityProvide
                   ToStd(forecast.status().message()));
     return std::nullopt;
   }
+  return *std::move(forecast);
+}
+
+// The lowest and highest intensity of a forecast; nullopt when it is empty.
+std::optional<selector::WindowBounds> ForecastBounds(const std::vector<selector::IntensityReading>& forecast) {
   std::optional<selector::WindowBounds> b;
-  for (const auto& r : *forecast) b = selector::Widened(b, selector::WindowBounds{r.gco2_per_kwh, r.gco2_per_kwh});
+  for (const auto& r : forecast) b = selector::Widened(b, selector::WindowBounds{r.gco2_per_kwh, r.gco2_per_kwh});
   return b;
+}
+
+// What a route's ledger has counted, as its policy reads it.
+selector::ServedTotals Served(const telemetry::RouteLedger& ledger) {
+  const telemetry::RouteReport report = telemetry::Report(ledger);
+  return {static_cast<double>(report.items), report.error_percent_sum, report.grams};
 }
 
 // The ready mask of `after`: each variant's bit as `before` had it under the same name; variants
@@ -128,7 +139,7 @@ struct SelectionPublisher::State {
   std::vector<std::optional<selector::Decision>> previous;  // per route
   std::vector<uint64_t> ready;                                // per route
   absl::Status last_poll;                                     // of the provider
-  std::optional<selector::WindowBounds> forecast_bounds;      // include_forecast: what is coming
+  std::vector<selector::IntensityReading> forecast;           // include_forecast: what is coming
   std::optional<absl::StatusOr<selector::IntensityReading>> first_reading;  // from MakeState
 };
 
@@ -247,10 +258,10 @@ absl::Duration SelectionPublisher::PollOnce(bool poll_intensity, bool ask_readin
     s = state_;
   }
   std::optional<absl::StatusOr<selector::IntensityReading>> reading;
-  std::optional<selector::WindowBounds> forecast;
+  std::optional<std::vector<selector::IntensityReading>> forecast;
   if (poll_intensity) {
     reading = s->provider->Latest();
-    forecast = ForecastBounds(*s->provider, s->intensity);
+    forecast = ReadForecast(*s->provider, s->intensity);
   }
   std::vector<std::vector<std::optional<bool>>> answers;
   if (ask_readiness && readiness_ && s->readiness_interval > absl::ZeroDuration()) {
@@ -264,7 +275,7 @@ absl::Duration SelectionPublisher::PollOnce(bool poll_intensity, bool ask_readin
   // A reload replaced the state meanwhile; it has published for itself, and these answers
   // belong to routes that are gone.
   if (state_ != s) return NextPollDelay(*state_, state_->last_poll);
-  if (forecast) s->forecast_bounds = forecast;  // a failed forecast keeps the last one
+  if (forecast) s->forecast = *std::move(forecast);  // a failed forecast keeps the last one
   Apply(*s, reading, answers);
   return NextPollDelay(*s, s->last_poll);
 }
@@ -344,16 +355,21 @@ absl::Duration SelectionPublisher::NextPollDelay(const State& s, const absl::Sta
 void SelectionPublisher::Publish(State& s) {
   const absl::Time now = s.provider->Now();
   std::optional<selector::WindowBounds> bounds = s.window.Bounds(now);
-  if (s.forecast_bounds && !s.intensity.fixed_bounds) {
+  if (!s.intensity.fixed_bounds) {
     // docs/design.md §1: the trailing window, widened by what the forecast says is coming.
-    bounds = selector::Widened(bounds, s.forecast_bounds);
+    bounds = selector::Widened(bounds, ForecastBounds(s.forecast));
   }
+  // The part of the forecast still ahead.
+  const auto ahead = std::lower_bound(s.forecast.begin(), s.forecast.end(), now,
+                                      [](const selector::IntensityReading& r, absl::Time t) { return r.at < t; });
+  const std::span<const selector::IntensityReading> forecast(ahead, s.forecast.end());
   std::vector<RouteView> views;
   for (size_t i = 0; i < s.routes.size(); ++i) {
     const CompiledRoute& route = *s.routes[i];
     const uint64_t ready = s.ready[i];
-    selector::Decision decision = route.policy->Decide(
-        {s.window.latest(), bounds, now, ready, s.previous[i] ? &*s.previous[i] : nullptr});
+    selector::Decision decision =
+        route.policy->Decide({s.window.latest(), bounds, now, ready, s.previous[i] ? &*s.previous[i] : nullptr,
+                              Served(*route.ledger), forecast});
     if (!s.previous[i] || s.previous[i]->primary != decision.primary || s.previous[i]->reason != decision.reason ||
         s.previous[i]->weights.size() != decision.weights.size()) {
       LogDecision(route, decision, s.previous[i] ? &*s.previous[i] : nullptr);
@@ -394,7 +410,7 @@ absl::StatusOr<std::shared_ptr<SelectionPublisher::State>> SelectionPublisher::M
                  ToStd(history.status().message()));
   }
   state->first_reading = state->provider->Latest();
-  state->forecast_bounds = ForecastBounds(*state->provider, config.intensity);
+  state->forecast = ReadForecast(*state->provider, config.intensity).value_or(std::vector<selector::IntensityReading>{});
   if (state->first_reading->ok()) {
     state->window.Add(**state->first_reading);
   } else {

@@ -7,7 +7,9 @@
 
 namespace carbon::selector {
 
-std::unique_ptr<PolicySpec> ReadLinearInterpolationPolicy(ConfigBlock& block);
+std::unique_ptr<PolicySpec> ReadLinearInterpolationPolicy(ConfigBlock& block, const PolicyContext& context);
+std::unique_ptr<PolicySpec> ReadAccuracyTargetPolicy(ConfigBlock& block, const PolicyContext& context);
+std::unique_ptr<PolicySpec> ReadCarbonBudgetPolicy(ConfigBlock& block, const PolicyContext& context);
 std::unique_ptr<PolicySpec> MakeLinearInterpolationSpec();
 
 }  // namespace carbon::selector

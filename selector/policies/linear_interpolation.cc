@@ -47,6 +47,6 @@ class LinearInterpolationSpec final : public PolicySpec {
 
 std::unique_ptr<PolicySpec> MakeLinearInterpolationSpec() { return std::make_unique<LinearInterpolationSpec>(); }
 
-std::unique_ptr<PolicySpec> ReadLinearInterpolationPolicy(ConfigBlock&) { return MakeLinearInterpolationSpec(); }
+std::unique_ptr<PolicySpec> ReadLinearInterpolationPolicy(ConfigBlock&, const PolicyContext&) { return MakeLinearInterpolationSpec(); }
 
 }  // namespace carbon::selector

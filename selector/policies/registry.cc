@@ -12,19 +12,21 @@ namespace {
 
 constexpr PolicyRegistration kPolicies[] = {
     {"linear-interpolation", &ReadLinearInterpolationPolicy},
+    {"accuracy-target", &ReadAccuracyTargetPolicy},
+    {"carbon-budget", &ReadCarbonBudgetPolicy},
 };
 
 }  // namespace
 
 std::span<const PolicyRegistration> RegisteredPolicies() { return kPolicies; }
 
-std::unique_ptr<PolicySpec> ReadPolicySpec(ConfigBlock& block) {
+std::unique_ptr<PolicySpec> ReadPolicySpec(ConfigBlock& block, const PolicyContext& context) {
   std::string kind;
   if (!block.String("kind", &kind, /*required=*/true)) return nullptr;
   std::vector<absl::string_view> known;
   for (const PolicyRegistration& r : RegisteredPolicies()) {
     if (r.kind == kind) {
-      std::unique_ptr<PolicySpec> spec = r.read(block);
+      std::unique_ptr<PolicySpec> spec = r.read(block, context);
       return block.ok() ? std::move(spec) : nullptr;
     }
     known.push_back(ToAbsl(r.kind));

@@ -17,7 +17,7 @@ const absl::Time kNow = absl::FromUnixSeconds(1685577600);  // 2023-06-01T00:00Z
 // One decision of `policy` from these inputs.
 Decision Decide(const RoutingPolicy& policy, std::optional<IntensityReading> reading,
                 std::optional<WindowBounds> bounds, absl::Time now, uint64_t ready, const Decision* previous) {
-  return policy.Decide({reading, bounds, now, ready, previous});
+  return policy.Decide({reading, bounds, now, ready, previous, std::nullopt, {}});
 }
 
 // The paper's Table 1 (docs/design.md §1).
