@@ -281,7 +281,7 @@ class HorizonTargetSpec final : public PolicySpec {
     out[limit_.kind == PlanLimit::Kind::kMeanErrorPercent ? "max_mean_error_percent" : "grams_per_horizon"] =
         limit_.value;
     out["horizon"] = absl::FormatDuration(horizon_.length);
-    out["horizon_anchor"] = absl::FormatTime(absl::RFC3339_sec, horizon_.anchor, absl::UTCTimeZone());
+    out["horizon_anchor"] = absl::FormatTime("%Y-%m-%dT%H:%M:%SZ", horizon_.anchor, absl::UTCTimeZone());
     return out;
   }
   std::unique_ptr<const RoutingPolicy> Build(const Pool& pool, const PolicySettings& settings) const override {

@@ -304,10 +304,46 @@ TEST_F(ConfigTest, RoutesNameTheirPolicyByKind) {
   EXPECT_EQ(named->routes[0].policy->kind(), "linear-interpolation");
   EXPECT_EQ(ErrorOf(head + route + "    policy: { kind: crystal-ball }\n"),
             Path("sidecar.yaml") + ":8:21: routes[0].policy.kind 'crystal-ball' is not known (known policies: "
-                                   "linear-interpolation)");
+                                   "linear-interpolation, accuracy-target, carbon-budget)");
   EXPECT_EQ(ErrorOf(head + route + "    policy: { kind: linear-interpolation, horizon: 24h }\n"),
             Path("sidecar.yaml") + ":8:43: unknown key 'horizon' in routes[0].policy (known keys: kind)");
   EXPECT_THAT(ErrorOf(head + route + "    policy: {}\n"), HasSubstr(":8:13: routes[0].policy is missing required key 'kind'"));
+}
+
+TEST_F(ConfigTest, TargetPoliciesAreCheckedAgainstThePoolAndTheRefresh) {
+  const std::string head = "upstream: { target: a }\nintensity: { provider: static, gco2_per_kwh: 1, refresh: 10m }\n"
+                           "routes:\n";
+  const std::string route = "  - name: r\n    pool: pools/resnet.yaml\n    baseline: resnet50\n    default: resnet50\n";
+  auto aimed = LoadConfig(Write("aimed.yaml", head + route +
+                                                  "    policy: { kind: accuracy-target, max_mean_error_percent: 6.7, "
+                                                  "horizon: 12h, horizon_anchor: 2023-06-01T06:00:00Z }\n"));
+  ASSERT_TRUE(aimed.ok()) << aimed.status();
+  EXPECT_EQ(aimed->routes[0].policy->kind(), "accuracy-target");
+  EXPECT_EQ(aimed->routes[0].policy->Render().dump(),
+            R"({"horizon":"12h","horizon_anchor":"2023-06-01T06:00:00Z","max_mean_error_percent":6.7})");
+  auto budget = LoadConfig(Write("budget.yaml", head + route + "    policy: { kind: carbon-budget, grams_per_horizon: 40000 }\n"));
+  ASSERT_TRUE(budget.ok()) << budget.status();
+  EXPECT_EQ(budget->routes[0].policy->Render().dump(),
+            R"({"grams_per_horizon":40000.0,"horizon":"24h","horizon_anchor":"1970-01-01T00:00:00Z"})");
+
+  // resnet152, the most accurate, has 5.954 % error: no mix of the pool averages below it.
+  EXPECT_EQ(ErrorOf(head + route + "    policy: { kind: accuracy-target, max_mean_error_percent: 5.5 }\n"),
+            Path("sidecar.yaml") + ":8:62: routes[0].policy.max_mean_error_percent 5.5 cannot be met: the most "
+                                   "accurate variant, resnet152, has 5.954 % top-1 error (the target must lie between "
+                                   "5.954 and 100)");
+  EXPECT_THAT(ErrorOf(head + route + "    policy: { kind: accuracy-target }\n"),
+              HasSubstr("routes[0].policy is missing required key 'max_mean_error_percent'"));
+  EXPECT_EQ(ErrorOf(head + route + "    policy: { kind: carbon-budget, grams_per_horizon: 0 }\n"),
+            Path("sidecar.yaml") + ":8:55: routes[0].policy.grams_per_horizon must be a positive number of grams, got 0");
+  EXPECT_THAT(ErrorOf(head + route + "    policy: { kind: carbon-budget, grams_per_horizon: -3 }\n"),
+              HasSubstr(":8:55: routes[0].policy.grams_per_horizon must be a positive number of grams, got -3"));
+  EXPECT_EQ(ErrorOf(head + route + "    policy: { kind: carbon-budget, grams_per_horizon: 9, horizon: 5m }\n"),
+            Path("sidecar.yaml") + ":8:67: routes[0].policy.horizon (5m) is shorter than intensity.refresh (10m): "
+                                   "the target could not be steered within it");
+  EXPECT_THAT(ErrorOf(head + route + "    policy: { kind: carbon-budget, grams_per_horizon: 9, horizon: 2400h }\n"),
+              HasSubstr(":8:67: routes[0].policy.horizon must be at most 2208h (92 days)"));
+  EXPECT_THAT(ErrorOf(head + route + "    policy: { kind: carbon-budget, grams_per_horizon: 9, max_mean_error_percent: 7 }\n"),
+              HasSubstr("unknown key 'max_mean_error_percent' in routes[0].policy"));
 }
 
 TEST_F(ConfigTest, ErrorsInAPoolFileNameThePoolFile) {

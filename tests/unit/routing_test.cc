@@ -10,6 +10,7 @@
 #include <gtest/gtest.h>
 
 #include "inference/grpc_service.pb.h"
+#include "selector/policies/horizon_target.h"
 #include "tests/support/paper_pool.h"
 
 namespace carbon::sidecar {
@@ -255,6 +256,38 @@ TEST(SelectionPublisherTest, AVariantGoneFromThePoolStartsTheRouteAfresh) {
   const RouteView* route = (*publisher)->snapshots().Load()->Find("resnet");
   EXPECT_EQ(route->pool()[route->decision.primary].name, "resnet101");
   EXPECT_EQ(route->decision.reason, "heuristic");
+}
+
+TEST(SelectionPublisherTest, AnAimedRouteKeepsItsHorizonAcrossAReloadButARestartBeginsAgain) {
+  using Kind = selector::PlanLimit::Kind;
+  SidecarConfig config = BaseConfig();
+  config.routes[0].policy = selector::MakeHorizonTargetSpec({Kind::kMeanErrorPercent, 7}, {});
+  telemetry::CarbonLedger ledger;
+  auto publisher = SelectionPublisher::Create(config, nullptr, &ledger);
+  ASSERT_TRUE(publisher.ok()) << publisher.status();
+  // 100 inferences served on resnet34 (8.58 % error) since the first decision.
+  ledger.Route("resnet", config.routes[0].pool, 1)->variant(0).RecordServed(100, 100, 200);
+  (*publisher)->RefreshNow();
+  const auto explained = [&](const SelectionPublisher& p, std::string_view term) {
+    return p.snapshots().Load()->Find("resnet")->decision.Explained(term).value_or(-1);
+  };
+  EXPECT_EQ(explained(**publisher, "horizon_inferences"), 100);
+  EXPECT_DOUBLE_EQ(explained(**publisher, "achieved_error_percent"), 8.58);
+  // Running over its target, the route buys accuracy for the rest of the day.
+  EXPECT_GT(explained(**publisher, "lambda_grams_per_error_percent"), 0);
+
+  // A tighter target, reloaded: the horizon goes on with what it has counted.
+  config.routes[0].policy = selector::MakeHorizonTargetSpec({Kind::kMeanErrorPercent, 6.5}, {});
+  ASSERT_TRUE((*publisher)->Reload(config).ok());
+  EXPECT_EQ(explained(**publisher, "horizon_inferences"), 100);
+  EXPECT_EQ(explained(**publisher, "target_error_percent"), 6.5);
+  EXPECT_EQ((*publisher)->snapshots().Load()->Find("resnet")->route->policy->kind(), "accuracy-target");
+
+  // A restart has a new ledger and no memory: counting begins at its first decision.
+  telemetry::CarbonLedger after_restart;
+  auto restarted = SelectionPublisher::Create(config, nullptr, &after_restart);
+  ASSERT_TRUE(restarted.ok());
+  EXPECT_EQ(explained(**restarted, "horizon_inferences"), 0);
 }
 
 }  // namespace
