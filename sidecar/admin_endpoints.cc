@@ -43,6 +43,7 @@ class MetricsRenderer {
   std::string Render() {
     Ledger();
     Pools();
+    Horizons();
     Latency();
     Intensity(snapshot_.source());
     Proxy();
@@ -178,6 +179,44 @@ class MetricsRenderer {
                [](const telemetry::RouteReport&, const RouteView& route, size_t v) {
                  return (route.ready >> v & 1) != 0 ? 1.0 : 0.0;
                });
+  }
+
+  // What the aimed policies (accuracy-target, carbon-budget) report of the horizon in progress,
+  // from their decisions' explanation terms: only routes whose policy gives them have samples.
+  void Horizons() {
+    const auto per_term = [&](std::string_view family, std::string_view help,
+                              std::initializer_list<std::pair<std::string_view, std::string_view>> terms) {
+      w_.Family(family, MetricType::kGauge, help);
+      for (const RouteView& route : snapshot_.routes()) {
+        for (const auto& [term, value] : terms) {
+          if (auto v = route.decision.Explained(term)) {
+            if (value.empty()) {
+              w_.Sample({{"route", route.route->config.name}}, *v);
+            } else {
+              w_.Sample({{"route", route.route->config.name}, {"value", value}}, *v);
+            }
+          }
+        }
+      }
+    };
+    per_term("carbon_sidecar_horizon_error_percent",
+             "Traffic-weighted mean top-1 error over the policy's horizon in progress: the target "
+             "(accuracy-target), achieved so far, and projected at the horizon's end.",
+             {{"target_error_percent", "target"},
+              {"achieved_error_percent", "achieved"},
+              {"projected_error_percent", "projected"}});
+    per_term("carbon_sidecar_horizon_emissions_grams",
+             "CO2 over the policy's horizon in progress: the budget (carbon-budget), emitted so far, and "
+             "projected at the horizon's end.",
+             {{"budget_grams", "budget"}, {"achieved_grams", "achieved"}, {"projected_grams", "projected"}});
+    per_term("carbon_sidecar_horizon_inferences",
+             "Inferences counted in the policy's horizon in progress.", {{"horizon_inferences", ""}});
+    per_term("carbon_sidecar_horizon_remaining_seconds", "Time left in the policy's horizon in progress.",
+             {{"horizon_left_seconds", ""}});
+    per_term("carbon_sidecar_policy_lambda_grams_per_error_percent",
+             "The aimed policy's marginal price: each half-hour takes the hull variant that minimises "
+             "grams + lambda x top-1 error per inference (0: the cheapest meets the target).",
+             {{"lambda_grams_per_error_percent", ""}});
   }
 
   void Latency() {

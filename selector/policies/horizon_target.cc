@@ -68,7 +68,7 @@ absl::Time SlotStart(int64_t slot) { return absl::UnixEpoch() + slot * HorizonMe
 // only in part (a start or a reload in the middle); under five minutes seen says too little.
 void CloseOpenSlot(HorizonMemory& m) {
   if (m.open_slot >= 0 && m.open_observed >= HorizonMemory::kSlot / 6) {
-    m.items.Set(m.open_slot, m.open_items * (HorizonMemory::kSlot / m.open_observed));
+    m.items.Set(m.open_slot, m.open_items * absl::FDivDuration(HorizonMemory::kSlot, m.open_observed));
   }
   m.open_slot = -1;
   m.open_items = 0;
@@ -181,7 +181,7 @@ std::vector<PlanSlot> Outlook(const HorizonMemory& m, const PolicyInputs& inputs
   for (absl::Time t = inputs.now; t < m.end;) {
     const int64_t slot = HorizonMemory::SlotAt(t);
     const absl::Time until = std::min(SlotStart(slot + 1), m.end);
-    const double share = (until - t) / HorizonMemory::kSlot;
+    const double share = absl::FDivDuration(until - t, HorizonMemory::kSlot);
     slots.push_back({ExpectedItems(m, slot, served, inputs.now) * share,
                      t == inputs.now ? now_value : ExpectedIntensity(m, t, inputs.now, inputs.forecast, now_value)});
     t = until;
