@@ -13,6 +13,7 @@
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_format.h"
 #include "bench/replay.h"
 #include "sidecar/config.h"
@@ -38,6 +39,9 @@ ABSL_FLAG(std::string, default_variant, "resnet50", "Variant used while the wind
 ABSL_FLAG(std::vector<std::string>, window, std::vector<std::string>({"whole-trace", "trailing:24h",
                                                                         "trailing:24h+forecast"}),
           "Window modes for the heuristic: whole-trace, trailing:<duration>[+forecast].");
+ABSL_FLAG(std::vector<std::string>, frontier_targets,
+          std::vector<std::string>({"6.1", "6.3", "6.5", "6.7", "6.9", "7.1"}),
+          "Mean-error targets (%) the accuracy-target policy and the hindsight optimum are swept over.");
 ABSL_FLAG(std::string, out_dir, "bench/results/replay", "Where the tables and plots go.");
 
 namespace {
@@ -145,6 +149,77 @@ int main(int argc, char** argv) {
 
   const std::filesystem::path out = absl::GetFlag(FLAGS_out_dir);
   std::filesystem::create_directories(out);
+
+  // The mean-error vs extra-grams plane: fixed variants and heuristics as points, the online
+  // accuracy-target and the hindsight optimum swept over targets (whole-trace horizon).
+  {
+    std::ofstream points(out / "frontier_points.dat");
+    for (size_t v = 0; v < pool->size(); ++v) {
+      points << "\"" << results[v].policy << "\" " << results[v].report.extra_grams << " "
+             << results[v].report.mean_error_percent << "\n";
+    }
+    std::ofstream heuristics(out / "frontier_heuristics.dat");
+    for (const auto& r : results) {
+      if (r.policy.rfind("heuristic", 0) == 0) {
+        heuristics << "\"" << r.policy << "\" " << r.report.extra_grams << " " << r.report.mean_error_percent << "\n";
+      }
+    }
+    std::ofstream frontier(out / "frontier.dat");
+    frontier << "# target_percent online_extra_g online_mean_error hindsight_extra_g hindsight_mean_error\n";
+    for (const std::string& text : absl::GetFlag(FLAGS_frontier_targets)) {
+      double target = 0;
+      if (!absl::SimpleAtod(text, &target)) return Fail(absl::StrCat("--frontier_targets: '", text, "' is not a number"));
+      const PolicyResult online = aimed(Kind::kMeanErrorPercent, target, whole, false, "sweep");
+      const PolicyResult best = carbon::bench::ReplayHindsight(periods, *pool, *baseline,
+                                                               {Kind::kMeanErrorPercent, target}, whole, "sweep");
+      frontier << target << " " << online.report.extra_grams << " " << online.report.mean_error_percent << " "
+               << best.report.extra_grams << " " << best.report.mean_error_percent << "\n";
+    }
+  }
+  // Each day of the daily horizons: the target or budget, what was reached, and why a miss missed.
+  {
+    const auto hindsight_error = carbon::bench::ReplayHindsight(periods, *pool, *baseline,
+                                                                {Kind::kMeanErrorPercent, target_error}, daily, "");
+    const auto hindsight_budget = carbon::bench::ReplayHindsight(periods, *pool, *baseline,
+                                                                 {Kind::kGrams, daily_budget}, daily, "");
+    const PolicyResult* error_daily = nullptr;
+    const PolicyResult* budget_daily = nullptr;
+    for (const auto& r : results) {
+      if (r.policy.rfind("accuracy-target", 0) == 0 && r.policy.find("(daily") != std::string::npos) error_daily = &r;
+      if (r.policy.rfind("carbon-budget", 0) == 0 && r.policy.find("(daily") != std::string::npos) budget_daily = &r;
+    }
+    const auto e = carbon::bench::ByHorizon(periods, *error_daily, daily);
+    const auto eh = carbon::bench::ByHorizon(periods, hindsight_error, daily);
+    const auto b = carbon::bench::ByHorizon(periods, *budget_daily, daily);
+    const auto bh = carbon::bench::ByHorizon(periods, hindsight_budget, daily);
+    std::string table = absl::StrFormat(
+        "| day (UTC) | requests | accuracy-target %.3f %%: mean error %% | hindsight | carbon-budget %.0f g: grams | "
+        "mean error %% | hindsight grams | why a miss missed |\n|---|---|---|---|---|---|---|---|\n",
+        target_error, daily_budget);
+    int error_misses = 0, budget_misses = 0;
+    for (size_t d = 0; d < e.size(); ++d) {
+      const bool error_miss = e[d].mean_error_percent() > target_error + 0.01;
+      const bool budget_miss = b[d].grams > daily_budget * 1.0001;
+      error_misses += error_miss;
+      budget_misses += budget_miss;
+      std::string why;
+      if (error_miss) why = eh[d].mean_error_percent() > target_error + 0.01 ? "target out of reach that day" : "outlook";
+      if (budget_miss) {
+        absl::StrAppend(&why, why.empty() ? "" : "; ",
+                        bh[d].grams > daily_budget * 1.0001
+                            ? "budget below the day's floor (the cheapest variant all day overspends)"
+                            : "outlook: more traffic, or dirtier, than the days before");
+      }
+      absl::StrAppend(&table, absl::StrFormat("| %s | %.0f | %.3f%s | %.3f | %.1f%s | %.3f | %.1f | %s |\n",
+                                              absl::FormatTime("%Y-%m-%d", e[d].start, absl::UTCTimeZone()), e[d].items,
+                                              e[d].mean_error_percent(), error_miss ? " **miss**" : "",
+                                              eh[d].mean_error_percent(), b[d].grams, budget_miss ? " **miss**" : "",
+                                              b[d].mean_error_percent(), bh[d].grams, why));
+    }
+    absl::StrAppend(&table, absl::StrFormat("\nDays missed: accuracy-target %d of %zu, carbon-budget %d of %zu.\n",
+                                            error_misses, e.size(), budget_misses, b.size()));
+    std::ofstream(out / "days.md") << table;
+  }
   uint64_t total_requests = 0;
   double item_intensity = 0;
   for (const auto& p : periods) {
@@ -196,6 +271,15 @@ set output "%1$s/efficiency.svg"
 set title "Carbon-emission efficiency vs %4$s (relative quality improvement %% per extra gram)"
 set style fill solid 0.6; set boxwidth 0.6; set ylabel "%%/g"; set xtics rotate by -20
 plot "%1$s/efficiency.dat" using 0:2:xtic(1) with boxes notitle
+set output "%1$s/frontier.svg"
+set style fill empty; set xtics norotate; set key inside top right vertical
+set title "Mean top-1 error against extra grams over %4$s, the whole month"
+set xlabel "extra g CO2 vs %4$s"; set ylabel "mean top-1 error %%"
+plot "%1$s/frontier.dat" using 4:5 with linespoints lw 2 title "hindsight optimum (bound)", \
+     "%1$s/frontier.dat" using 2:3 with linespoints lw 2 title "accuracy-target (online)", \
+     "%1$s/frontier_heuristics.dat" using 2:3 with points pt 9 ps 1.5 title "the paper's heuristic (three windows)", \
+     "%1$s/frontier_points.dat" using 2:3 with points pt 7 ps 1.2 title "fixed variants", \
+     "%1$s/frontier_points.dat" using 2:3:1 with labels offset 0,1 font ",9" notitle
 )gp",
       out.string(), static_cast<int>(pool->size()),
       [&] {
@@ -208,7 +292,8 @@ plot "%1$s/efficiency.dat" using 0:2:xtic(1) with boxes notitle
   if (std::system("command -v gnuplot >/dev/null 2>&1") == 0) {
     const std::string command = absl::StrCat("gnuplot ", (out / "plots.gp").string());
     if (std::system(command.c_str()) == 0) {
-      std::printf("\nplots: %s/intensity.svg, %s/efficiency.svg\n", out.c_str(), out.c_str());
+      std::printf("\nplots: %s/intensity.svg, %s/efficiency.svg, %s/frontier.svg\n", out.c_str(), out.c_str(),
+                  out.c_str());
     } else {
       std::fprintf(stderr, "replay: gnuplot failed on %s/plots.gp\n", out.c_str());
     }

@@ -13,3 +13,12 @@ set output "docs/evaluation/paper-volume/efficiency.svg"
 set title "Carbon-emission efficiency vs resnet50 (relative quality improvement % per extra gram)"
 set style fill solid 0.6; set boxwidth 0.6; set ylabel "%/g"; set xtics rotate by -20
 plot "docs/evaluation/paper-volume/efficiency.dat" using 0:2:xtic(1) with boxes notitle
+set output "docs/evaluation/paper-volume/frontier.svg"
+set style fill empty; set xtics norotate; set key inside top right vertical
+set title "Mean top-1 error against extra grams over resnet50, the whole month"
+set xlabel "extra g CO2 vs resnet50"; set ylabel "mean top-1 error %"
+plot "docs/evaluation/paper-volume/frontier.dat" using 4:5 with linespoints lw 2 title "hindsight optimum (bound)", \
+     "docs/evaluation/paper-volume/frontier.dat" using 2:3 with linespoints lw 2 title "accuracy-target (online)", \
+     "docs/evaluation/paper-volume/frontier_heuristics.dat" using 2:3 with points pt 9 ps 1.5 title "the paper's heuristic (three windows)", \
+     "docs/evaluation/paper-volume/frontier_points.dat" using 2:3 with points pt 7 ps 1.2 title "fixed variants", \
+     "docs/evaluation/paper-volume/frontier_points.dat" using 2:3:1 with labels offset 0,1 font ",9" notitle
