@@ -141,6 +141,15 @@ int main(int argc, char** argv) {
   results.push_back(carbon::bench::ReplayHindsight(periods, *pool, *baseline, {Kind::kMeanErrorPercent, target_error},
                                                    daily, absl::StrCat("hindsight optimum ", error_text, " (daily)")));
   results.push_back(aimed(Kind::kGrams, budget_grams, whole, false, absl::StrCat("carbon-budget ", grams_text, " (", month)));
+  {
+    // The same with expected_inferences_per_horizon set to the month's total (its volume, not its
+    // shape): what an operator who knows the month's traffic can give the policy.
+    double total = 0;
+    for (const auto& p : periods) total += static_cast<double>(p.requests);
+    carbon::selector::Horizon hinted = whole;
+    hinted.expected_inferences = total;
+    results.push_back(aimed(Kind::kGrams, budget_grams, hinted, false, absl::StrCat("carbon-budget ", grams_text, " (", month, ", the month's volume given")));
+  }
   results.push_back(carbon::bench::ReplayHindsight(periods, *pool, *baseline, {Kind::kGrams, budget_grams}, whole,
                                                    absl::StrCat("hindsight optimum ", grams_text, " (", month, ")")));
   const double daily_budget = budget_grams / static_cast<double>(days);
@@ -149,6 +158,15 @@ int main(int argc, char** argv) {
 
   const std::filesystem::path out = absl::GetFlag(FLAGS_out_dir);
   std::filesystem::create_directories(out);
+  if (getenv("DBG")) {
+    for (const auto& r : results) {
+      if (r.policy.find("4246 g") == std::string::npos) continue;
+      auto d = carbon::bench::ByHorizon(periods, r, daily);
+      std::printf("%s\n", r.policy.c_str());
+      double cum = 0;
+      for (auto& x : d) { cum += x.grams; std::printf("  %s items=%.0f err=%.3f g=%.1f cum=%.0f\n", absl::FormatTime("%m-%d", x.start, absl::UTCTimeZone()).c_str(), x.items, x.mean_error_percent(), x.grams, cum); }
+    }
+  }
 
   // The mean-error vs extra-grams plane: fixed variants and heuristics as points, the online
   // accuracy-target and the hindsight optimum swept over targets (whole-trace horizon).

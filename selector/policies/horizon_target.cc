@@ -156,7 +156,8 @@ double Trend(const HorizonMemory& m, int64_t now) {
 // (WeekOfHalfHours::Expected); else the mean of the half-hours seen; else the horizon's rate so
 // far; else one (nothing known: every half-hour alike).
 double ExpectedItems(const HorizonMemory& m, int64_t slot, const ServedTotals& served, absl::Time now) {
-  if (auto seen = m.items.Expected(slot, HorizonMemory::SlotAt(now))) return *seen * Trend(m, HorizonMemory::SlotAt(now));
+  const int64_t now_slot = HorizonMemory::SlotAt(now);
+  if (auto seen = m.items.Expected(slot, now_slot)) return *seen * Trend(m, now_slot);
   if (auto mean = m.items.Mean()) return *mean;
   const double elapsed = absl::ToDoubleSeconds(now - m.counted_from);
   const double items = served.items - m.at_start.items;
@@ -221,7 +222,17 @@ Decision HorizonTargetPolicy::Decide(const PolicyInputs& inputs) const {
                                 served.error_percent_sum - memory->at_start.error_percent_sum,
                                 served.grams - memory->at_start.grams};
     const std::vector<size_t> hull = LowerHull(pool_, ready);
-    const std::vector<PlanSlot> slots = Outlook(*memory, inputs, served);
+    std::vector<PlanSlot> slots = Outlook(*memory, inputs, served);
+    if (horizon_.expected_inferences > 0) {
+      // The operator knows the volume (a budget cannot be paced without it when traffic grows
+      // through the horizon): the outlook's shape, scaled to what is still to come.
+      double outlook = 0;
+      for (const PlanSlot& slot : slots) outlook += slot.items;
+      const double still = std::max(0.0, horizon_.expected_inferences - in_horizon.items);
+      if (outlook > 0) {
+        for (PlanSlot& slot : slots) slot.items *= still / outlook;
+      }
+    }
     const HorizonPlan plan = PlanHorizon(pool_, hull, slots, in_horizon, limit_);
 
     const double level = slots.empty() ? 0 : plan.level[0];
@@ -282,6 +293,7 @@ class HorizonTargetSpec final : public PolicySpec {
         limit_.value;
     out["horizon"] = absl::FormatDuration(horizon_.length);
     out["horizon_anchor"] = absl::FormatTime("%Y-%m-%dT%H:%M:%SZ", horizon_.anchor, absl::UTCTimeZone());
+    if (horizon_.expected_inferences > 0) out["expected_inferences_per_horizon"] = horizon_.expected_inferences;
     return out;
   }
   std::unique_ptr<const RoutingPolicy> Build(const Pool& pool, const PolicySettings& settings) const override {
@@ -301,6 +313,12 @@ bool ReadHorizon(ConfigBlock& block, const PolicyContext& context, Horizon* out)
   block.Duration("horizon", &out->length, /*allow_zero=*/false);
   std::optional<absl::Time> anchor;
   if (block.Time("horizon_anchor", &anchor) && anchor) out->anchor = *anchor;
+  if (block.Number("expected_inferences_per_horizon", &out->expected_inferences) &&
+      !(out->expected_inferences > 0 && std::isfinite(out->expected_inferences))) {
+    return block.Fail("expected_inferences_per_horizon",
+                      absl::StrCat(block.Path("expected_inferences_per_horizon"), " must be a positive number, got ",
+                                   ShortestDecimal(out->expected_inferences)));
+  }
   if (!block.ok()) return false;
   if (out->length < context.intensity_refresh) {
     return block.Fail("horizon", absl::StrCat(block.Path("horizon"), " (", absl::FormatDuration(out->length),

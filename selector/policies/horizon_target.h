@@ -17,6 +17,9 @@ namespace carbon::selector {
 struct Horizon {
   absl::Duration length = absl::Hours(24);
   absl::Time anchor = absl::UnixEpoch();
+  // Inferences the operator expects over a whole horizon (0: not known). When given, the outlook
+  // keeps the shape of the traffic seen and is scaled to this total.
+  double expected_inferences = 0;
   // The horizon that holds `t`: [start, start + length).
   absl::Time StartOf(absl::Time t) const;
 };

@@ -321,10 +321,15 @@ TEST_F(ConfigTest, TargetPoliciesAreCheckedAgainstThePoolAndTheRefresh) {
   EXPECT_EQ(aimed->routes[0].policy->kind(), "accuracy-target");
   EXPECT_EQ(aimed->routes[0].policy->Render().dump(),
             R"({"horizon":"12h","horizon_anchor":"2023-06-01T06:00:00Z","max_mean_error_percent":6.7})");
-  auto budget = LoadConfig(Write("budget.yaml", head + route + "    policy: { kind: carbon-budget, grams_per_horizon: 40000 }\n"));
+  auto budget = LoadConfig(Write("budget.yaml", head + route + "    policy: { kind: carbon-budget, grams_per_horizon: 40000, "
+                                                                "expected_inferences_per_horizon: 2e6 }\n"));
   ASSERT_TRUE(budget.ok()) << budget.status();
   EXPECT_EQ(budget->routes[0].policy->Render().dump(),
-            R"({"grams_per_horizon":40000.0,"horizon":"24h","horizon_anchor":"1970-01-01T00:00:00Z"})");
+            R"({"expected_inferences_per_horizon":2000000.0,"grams_per_horizon":40000.0,"horizon":"24h",)"
+            R"("horizon_anchor":"1970-01-01T00:00:00Z"})");
+  EXPECT_THAT(ErrorOf(head + route + "    policy: { kind: carbon-budget, grams_per_horizon: 9, "
+                                     "expected_inferences_per_horizon: 0 }\n"),
+              HasSubstr("routes[0].policy.expected_inferences_per_horizon must be a positive number, got 0"));
 
   // resnet152, the most accurate, has 5.954 % error: no mix of the pool averages below it.
   EXPECT_EQ(ErrorOf(head + route + "    policy: { kind: accuracy-target, max_mean_error_percent: 5.5 }\n"),

@@ -250,6 +250,25 @@ TEST(HorizonTargetPolicyTest, WithoutAFreshReadingTheDefaultServes) {
   EXPECT_EQ(short_of.primary, 1u);
 }
 
+TEST(HorizonTargetPolicyTest, AnExpectedVolumeScalesTheOutlook) {
+  const Pool pool = TwoVariants();
+  const absl::Time start = absl::FromUnixSeconds(1685577600);
+  // Enough for four inferences on B: with nothing seen yet, the outlook is one a half-hour.
+  const double budget = 4 * GramsPerInference(300, 200);
+  const HorizonTargetPolicy unknown(pool, {0, absl::Hours(2), absl::ZeroDuration()}, {PlanLimit::Kind::kGrams, budget},
+                                    Horizon{absl::Hours(2), absl::UnixEpoch()});
+  Decision d = unknown.Decide({IntensityReading{200, start}, std::nullopt, start, 0b11, nullptr, std::nullopt, {}});
+  EXPECT_EQ(d.primary, 1u);
+  EXPECT_EQ(d.reason, HorizonTargetPolicy::kBudgetReason);
+  // 400 expected: the budget does not even cover A for all of them.
+  const HorizonTargetPolicy told(pool, {0, absl::Hours(2), absl::ZeroDuration()}, {PlanLimit::Kind::kGrams, budget},
+                                 Horizon{absl::Hours(2), absl::UnixEpoch(), 400});
+  d = told.Decide({IntensityReading{200, start}, std::nullopt, start, 0b11, nullptr, std::nullopt, {}});
+  EXPECT_EQ(d.primary, 0u);
+  EXPECT_EQ(d.reason, HorizonTargetPolicy::kBudgetShort);
+  EXPECT_NEAR(*d.Explained("projected_grams"), 400 * GramsPerInference(100, 200), 1e-12);
+}
+
 TEST(HorizonTargetPolicyTest, AForecastShapesThePlan) {
   const Pool pool = TwoVariants();
   const HorizonTargetPolicy policy(pool, {0, absl::Hours(2), absl::ZeroDuration()},
