@@ -7,6 +7,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_replace.h"
 #include "selector/policies/linear_interpolation.h"
 
 namespace carbon::bench {
@@ -245,7 +246,11 @@ std::string ResultsMarkdown(const std::vector<PolicyResult>& results, const sele
 std::string ResultsCsv(const std::vector<PolicyResult>& results, const selector::Pool&, size_t) {
   std::string out = "policy,mean_error_percent,total_grams,extra_grams,relative_quality_improvement_percent,efficiency\n";
   for (const Row& row : Rows(results)) {
-    absl::StrAppend(&out, absl::StrFormat("%s,%.6f,%.6f,%.6f,%.6f,%.8g\n", row.policy, row.mean_error, row.grams,
+    // RFC 4180: a name with a comma is quoted, quotes doubled.
+    const std::string name = absl::StrContains(row.policy, ',') || absl::StrContains(row.policy, '"')
+                                 ? absl::StrCat("\"", absl::StrReplaceAll(row.policy, {{"\"", "\"\""}}), "\"")
+                                 : row.policy;
+    absl::StrAppend(&out, absl::StrFormat("%s,%.6f,%.6f,%.6f,%.6f,%.8g\n", name, row.mean_error, row.grams,
                                           row.extra, row.rqi, row.efficiency));
   }
   return out;

@@ -13,6 +13,7 @@
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_format.h"
 #include "bench/replay.h"
@@ -138,6 +139,8 @@ int main(int argc, char** argv) {
                                                    whole, absl::StrCat("hindsight optimum ", error_text, " (", month, ")")));
   results.push_back(aimed(Kind::kMeanErrorPercent, target_error, daily, false,
                           absl::StrCat("accuracy-target ", error_text, " (daily")));
+  results.push_back(aimed(Kind::kMeanErrorPercent, target_error, daily, true,
+                          absl::StrCat("accuracy-target ", error_text, " (daily")));
   results.push_back(carbon::bench::ReplayHindsight(periods, *pool, *baseline, {Kind::kMeanErrorPercent, target_error},
                                                    daily, absl::StrCat("hindsight optimum ", error_text, " (daily)")));
   results.push_back(aimed(Kind::kGrams, budget_grams, whole, false, absl::StrCat("carbon-budget ", grams_text, " (", month)));
@@ -203,8 +206,8 @@ int main(int argc, char** argv) {
     const PolicyResult* error_daily = nullptr;
     const PolicyResult* budget_daily = nullptr;
     for (const auto& r : results) {
-      if (r.policy.rfind("accuracy-target", 0) == 0 && r.policy.find("(daily") != std::string::npos) error_daily = &r;
-      if (r.policy.rfind("carbon-budget", 0) == 0 && r.policy.find("(daily") != std::string::npos) budget_daily = &r;
+      if (r.policy.rfind("accuracy-target", 0) == 0 && absl::EndsWith(r.policy, "(daily)")) error_daily = &r;
+      if (r.policy.rfind("carbon-budget", 0) == 0 && absl::EndsWith(r.policy, "(daily)")) budget_daily = &r;
     }
     const auto e = carbon::bench::ByHorizon(periods, *error_daily, daily);
     const auto eh = carbon::bench::ByHorizon(periods, hindsight_error, daily);
