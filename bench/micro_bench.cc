@@ -14,6 +14,7 @@
 #include "sidecar/admin_endpoints.h"
 #include "sidecar/request_bytes.h"
 #include "sidecar/request_wire.h"
+#include "selector/policies/horizon_target.h"
 #include "sidecar/routing.h"
 #include "telemetry/carbon_ledger.h"
 
@@ -162,6 +163,37 @@ void BM_RenderMetrics(benchmark::State& state) {
   state.SetLabel(absl::StrCat(bytes, " bytes per scrape"));
 }
 BENCHMARK(BM_RenderMetrics)->Unit(benchmark::kMicrosecond)->ComputeStatistics("min", Fastest);
+
+// One decision of an aimed policy, as the publisher makes it at each poll: the rest of the horizon
+// planned (PlanHorizon over its half-hours and the paper pool's hull) from a week of half-hours
+// remembered. Off the request path; the argument is the horizon in days.
+void BM_AccuracyTargetDecision(benchmark::State& state) {
+  const selector::Pool pool = *selector::Pool::Create({{"resnet34", 359.9321833, 8.58},
+                                                       {"resnet50", 420.6213298, 7.138},
+                                                       {"resnet101", 803.0948846, 6.454},
+                                                       {"resnet152", 1238.147188, 5.954}});
+  const selector::Horizon horizon{absl::Hours(24 * state.range(0)), absl::FromUnixSeconds(1685577600)};
+  const auto spec = selector::MakeHorizonTargetSpec({selector::PlanLimit::Kind::kMeanErrorPercent, 6.7}, horizon);
+  const auto policy = spec->Build(pool, {1, absl::InfiniteDuration(), absl::ZeroDuration()});
+  // A week seen, then the decision at the start of the horizon (the longest plan).
+  std::optional<selector::Decision> previous;
+  selector::ServedTotals served;
+  const absl::Time start = absl::FromUnixSeconds(1685577600) - absl::Hours(24 * 7);
+  for (int s = 0; s <= 7 * 48; ++s) {
+    const absl::Time now = start + s * absl::Minutes(30);
+    previous = policy->Decide({selector::IntensityReading{150.0 + 100 * (s % 7), now}, std::nullopt, now,
+                               pool.all_variants_mask(), previous ? &*previous : nullptr, served, {}});
+    served.items += 1000;
+    served.error_percent_sum += 1000 * 7;
+  }
+  const absl::Time now = start + 7 * 48 * absl::Minutes(30);
+  for (auto _ : state) {
+    selector::Decision d = policy->Decide({selector::IntensityReading{200, now}, std::nullopt, now,
+                                           pool.all_variants_mask(), &*previous, served, {}});
+    benchmark::DoNotOptimize(d);
+  }
+}
+BENCHMARK(BM_AccuracyTargetDecision)->Arg(1)->Arg(30)->Unit(benchmark::kMicrosecond)->ComputeStatistics("min", Fastest);
 
 }  // namespace
 }  // namespace carbon
