@@ -277,14 +277,21 @@ TEST(AimedRouteTest, AnAccuracyTargetEndsItsHorizonAtOrUnderTheTargetAsTheLedger
   };
 
   // Steady traffic until the first horizon has ended (its time left jumps back up).
+  // Every tenth call is pinned to resnet34 (8.58 % error) by its client: the ledger counts it, and
+  // the policy must make up for it with the rest.
   std::atomic<bool> sending{true};
-  std::atomic<int> failed{0};
+  std::atomic<int> failed{0}, pinned{0};
   std::thread client([&] {
-    while (sending) {
+    for (int n = 0; sending; ++n) {
       grpc::ClientContext ctx;
       ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(5)));
+      if (n % 10 == 9) ctx.AddMetadata("x-carbon-pin-model", "resnet34");
       inference::ModelInferResponse resp;
-      if (!stub->ModelInfer(&ctx, Request(1), &resp).ok()) ++failed;
+      if (!stub->ModelInfer(&ctx, Request(1), &resp).ok()) {
+        ++failed;
+      } else if (n % 10 == 9) {
+        pinned += ctx.GetServerInitialMetadata().find("x-carbon-reason")->second == "pinned";
+      }
       absl::SleepFor(absl::Milliseconds(1));  // a steady rate, not a flood
     }
   });
@@ -328,6 +335,13 @@ TEST(AimedRouteTest, AnAccuracyTargetEndsItsHorizonAtOrUnderTheTargetAsTheLedger
   EXPECT_DOUBLE_EQ(samples.at(R"(carbon_sidecar_horizon_error_percent{route="resnet",value="target"})"), kTarget);
   EXPECT_EQ(samples.count(R"(carbon_sidecar_policy_lambda_grams_per_error_percent{route="resnet"})"), 1u);
   EXPECT_EQ(samples.count(R"(carbon_sidecar_horizon_emissions_grams{route="resnet",value="achieved"})"), 1u);
+  EXPECT_GT(pinned, 20);
+  EXPECT_GE(samples.at(R"(carbon_sidecar_inferences_total{route="resnet",model="resnet34"})"), pinned.load());
+  // The exposition with the aimed policy's families passes Prometheus's own linter.
+  const std::string scrape = (dir / "scrape.txt").string();
+  std::ofstream(scrape) << res->body;
+  const std::string check = absl::StrCat("promtool check metrics < ", scrape, " > ", scrape, ".out 2>&1");
+  EXPECT_EQ(std::system(check.c_str()), 0) << std::ifstream(scrape + ".out").rdbuf();
   std::filesystem::remove_all(dir);
 }
 
