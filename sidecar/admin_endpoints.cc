@@ -168,6 +168,40 @@ class MetricsRenderer {
                [](const telemetry::RouteReport&, const RouteView& route, size_t v) {
                  return route.decision.WeightOf(v);
                });
+    PerVariant("carbon_sidecar_in_flight_requests", MetricType::kGauge,
+               "Unary inference calls sent to each model and not yet answered, from this sidecar.",
+               [](const telemetry::RouteReport&, const RouteView& route, size_t v) {
+                 return static_cast<double>(route.route->ledger->variant(v).in_flight());
+               });
+    w_.Family("carbon_sidecar_max_in_flight_requests", MetricType::kGauge,
+              "The in-flight limit configured for a model of a route (routes[].max_in_flight); models "
+              "without one have no sample.");
+    for (const RouteView& route : snapshot_.routes()) {
+      const std::vector<int64_t>& limits = route.route->config.max_in_flight;
+      for (size_t v = 0; v < limits.size(); ++v) {
+        if (limits[v] > 0) {
+          w_.Sample({{"route", route.route->config.name}, {"model", route.pool()[v].name}},
+                    static_cast<double>(limits[v]));
+        }
+      }
+    }
+    w_.Family("carbon_sidecar_spilled_requests_total", MetricType::kCounter,
+              "Calls the capacity guard moved from the model drawn to a lower-energy one, by reason "
+              "(in_flight_limit: the drawn model was at its limit). Pairs with a limited model to move "
+              "from.");
+    for (const RouteView& route : snapshot_.routes()) {
+      const std::vector<int64_t>& limits = route.route->config.max_in_flight;
+      for (size_t from = 0; from < limits.size(); ++from) {
+        if (limits[from] == 0) continue;
+        for (size_t to = 0; to < from; ++to) {
+          w_.Sample({{"route", route.route->config.name},
+                     {"from", route.pool()[from].name},
+                     {"to", route.pool()[to].name},
+                     {"reason", "in_flight_limit"}},
+                    static_cast<double>(route.route->ledger->spilled(from, to).load(std::memory_order_relaxed)));
+        }
+      }
+    }
     PerVariant("carbon_sidecar_baseline_model_info", MetricType::kGauge,
                "1 for each route's baseline model (the one efficiency is measured against), 0 for the "
                "others; join on it to pick the baseline's series.",
@@ -353,7 +387,12 @@ std::string RenderSelectionJson(const RoutingSnapshot& snapshot, absl::Time wall
                             {"energy_mj", variant.energy_mj},
                             {"error_percent", variant.error_percent},
                             {"ready", (route.ready >> v & 1) != 0},
-                            {"weight", d.WeightOf(v)}});
+                            {"weight", d.WeightOf(v)},
+                            {"in_flight", route.route->ledger->variant(v).in_flight()},
+                            {"max_in_flight", route.route->config.max_in_flight.empty() ||
+                                                      route.route->config.max_in_flight[v] == 0
+                                                  ? json(nullptr)
+                                                  : json(route.route->config.max_in_flight[v])}});
     }
     const telemetry::RouteReport report = telemetry::Report(*route.route->ledger);
     const auto finite_or_null = [](double v) { return std::isfinite(v) ? json(v) : json(nullptr); };
@@ -421,6 +460,10 @@ nlohmann::json RouteJson(const RouteConfig& r) {
   }
   nlohmann::json policy_json = r.policy_spec().Render();
   policy_json["kind"] = r.policy_spec().kind();
+  nlohmann::json limits = nlohmann::json::object();
+  for (size_t v = 0; v < r.max_in_flight.size(); ++v) {
+    if (r.max_in_flight[v] > 0) limits[(*r.pool)[v].name] = r.max_in_flight[v];
+  }
   return {{"name", r.name},
           {"pool", r.pool_source},
           {"variants", variants},
@@ -428,6 +471,7 @@ nlohmann::json RouteJson(const RouteConfig& r) {
           {"default", (*r.pool)[r.default_variant].name},
           {"policy", policy_json},
           {"min_dwell", Duration(r.min_dwell)},
+          {"max_in_flight", limits},
           {"batch_dimension", r.batch_dimension}};
 }
 

@@ -301,6 +301,7 @@ absl::Status ReadRoute(const YAML::Node& node, size_t index, const std::string& 
   r.Duration("min_dwell", &out->min_dwell, /*allow_zero=*/true);
   r.Bool("batch_dimension", &out->batch_dimension);
   YAML::Node policy = r.Get("policy", false);
+  YAML::Node max_in_flight = r.Get("max_in_flight", false);
   if (auto s = r.Finish(); !s.ok()) return s;
 
   if (has_pool_file == inline_variants.IsDefined()) {
@@ -337,6 +338,29 @@ absl::Status ReadRoute(const YAML::Node& node, size_t index, const std::string& 
   };
   if (auto s = lookup("baseline", baseline, &out->baseline); !s.ok()) return s;
   if (auto s = lookup("default", default_variant, &out->default_variant); !s.ok()) return s;
+  if (max_in_flight.IsDefined()) {
+    const std::string where = absl::StrCat("routes[", index, "].max_in_flight");
+    if (!max_in_flight.IsMap()) {
+      return ErrorAt(file, max_in_flight.Mark(),
+                     absl::StrCat(where, " must map variant names to call limits, e.g. { resnet152: 8 }"));
+    }
+    out->max_in_flight.assign(out->pool->size(), 0);
+    for (const auto& kv : max_in_flight) {
+      const std::string name = kv.first.as<std::string>();
+      const std::optional<size_t> v = out->pool->IndexOf(name);
+      if (!v) {
+        return ErrorAt(file, kv.first.Mark(),
+                       absl::StrCat(where, ": '", name, "' is not a variant of the pool (", absl::StrJoin(names, ", "),
+                                    ")"));
+      }
+      int64_t limit = 0;
+      if (!YAML::convert<int64_t>::decode(kv.second, limit) || limit < 1) {
+        return ErrorAt(file, kv.second.Mark(),
+                       absl::StrCat(where, ".", name, " must be a whole number of calls, at least 1"));
+      }
+      out->max_in_flight[*v] = limit;
+    }
+  }
   // Read after the pool: a target is checked against the variants it can use.
   out->policy = selector::DefaultPolicySpec();
   if (policy.IsDefined()) {

@@ -68,6 +68,9 @@ struct RouteConfig {
   const selector::PolicySpec& policy_spec() const { return policy ? *policy : *selector::DefaultPolicySpec(); }
   // Whether the first input's shape[0] counts inferences per request.
   bool batch_dimension = false;
+  // Per variant (indexed like the pool), the unary inference calls it may have in flight from this
+  // sidecar; 0: no limit. Empty: no variant has one.
+  std::vector<int64_t> max_in_flight;
 };
 
 struct SidecarConfig {

@@ -186,6 +186,14 @@ class RequestRouter {
       }
       variant = *pinned;
       reason = "pinned";
+      if (!StartCall(*route, variant)) {
+        bytes.Clear();
+        RecordRefused(*route, variant);
+        return absl::ResourceExhaustedError(
+            absl::StrCat(kPinModelHeader, " '", ToAbsl(controls_->pin), "' is at its limit of ",
+                         route->route->config.max_in_flight[variant],
+                         " calls in flight; pinned calls are not moved to another variant"));
+      }
     } else {
       // Pinned requests take no turn of the draw, so the others still follow the weights.
       variant = route->Draw();
@@ -195,6 +203,32 @@ class RequestRouter {
         if (floored != variant) reason = "quality_floor";
         variant = floored;
       }
+      // The capacity guard: a variant at its in-flight limit takes no more calls; the call goes to
+      // the nearest lower-energy ready variant with room (one that still meets a quality floor).
+      const size_t drawn = variant;
+      std::optional<size_t> with_room;
+      for (size_t v = drawn + 1; v-- > 0;) {
+        if (v != drawn && ((route->ready >> v & 1) == 0 ||
+                           (controls_->max_error_percent && pool[v].error_percent > *controls_->max_error_percent))) {
+          continue;
+        }
+        if (StartCall(*route, v)) {
+          with_room = v;
+          break;
+        }
+      }
+      if (!with_room) {
+        bytes.Clear();
+        RecordRefused(*route, drawn);
+        return absl::ResourceExhaustedError(absl::StrCat(
+            "route '", route->route->config.name, "': ", pool[drawn].name, " and every ready variant of lower energy",
+            controls_->max_error_percent ? " within the requested error" : "", " are at their in-flight limits"));
+      }
+      if (*with_room != drawn) {
+        route->route->ledger->spilled(drawn, *with_room).fetch_add(1, std::memory_order_relaxed);
+        reason = "in_flight_limit";
+      }
+      variant = *with_room;
     }
     bytes.AppendTo(message, route->route->overrides[variant]);
 
@@ -221,6 +255,21 @@ class RequestRouter {
     return absl::OkStatus();
   }
 
+  // Counts a unary inference call in to `variant`, against its in-flight limit; false when the
+  // variant is at it. Other calls (streams, metadata) are not counted and always start.
+  bool StartCall(const RouteView& route, size_t variant) {
+    if (kind_ != MethodKind::kInfer) return true;
+    const std::vector<int64_t>& limits = route.route->config.max_in_flight;
+    if (!route.route->ledger->variant(variant).TryStartCall(limits.empty() ? 0 : limits[variant])) return false;
+    started_ = &route.route->ledger->variant(variant);
+    return true;
+  }
+
+  // A call refused for capacity: charged as failed to the variant it wanted.
+  void RecordRefused(const RouteView& route, size_t variant) const {
+    route.route->ledger->variant(variant).RecordFailed(static_cast<int>(grpc::StatusCode::RESOURCE_EXHAUSTED));
+  }
+
   // Whether the call carried routed inferences, which the ledger charges (model metadata and
   // readiness queries are routed too, but are not inferences).
   bool routed() const {
@@ -240,6 +289,7 @@ class RequestRouter {
     };
     if (first_) settle(first_->charge);
     for (const Charge& c : more_charges_) settle(c);
+    if (started_ != nullptr) started_->CallEnded();
     if (first_ && seconds) first_->charge.cell->latency().Observe(*seconds);
   }
 
@@ -268,6 +318,9 @@ class RequestRouter {
     uint64_t requests;
     uint64_t items;
   };
+
+  // The variant a unary inference call is counted in flight at, until Settle.
+  telemetry::VariantLedger* started_ = nullptr;
 
   struct Decision {
     std::shared_ptr<const RoutingSnapshot> snapshot;  // keeps `route` alive

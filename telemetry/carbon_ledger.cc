@@ -84,14 +84,23 @@ std::shared_ptr<const RouteLedger> CarbonLedger::Route(const std::string& route,
                                                        std::shared_ptr<const selector::Pool> pool,
                                                        size_t baseline) {
   std::vector<VariantLedger*> cells;
+  std::vector<std::atomic<uint64_t>*> spilled;
   absl::MutexLock lock(&mu_);
+  // Keys no route or variant name can forge: names are non-empty and the separator is NUL.
+  const std::string nul(1, '\0');
   for (const selector::Variant& v : pool->variants()) {
-    // A key no route or variant name can forge: names are non-empty and the separator is NUL.
-    std::unique_ptr<VariantLedger>& cell = variants_[absl::StrCat(route, std::string(1, '\0'), v.name)];
+    std::unique_ptr<VariantLedger>& cell = variants_[absl::StrCat(route, nul, v.name)];
     if (cell == nullptr) cell = std::make_unique<VariantLedger>();
     cells.push_back(cell.get());
+    for (const selector::Variant& to : pool->variants()) {
+      std::unique_ptr<std::atomic<uint64_t>>& n = spilled_[absl::StrCat(route, nul, v.name, nul, to.name)];
+      if (n == nullptr) n = std::make_unique<std::atomic<uint64_t>>(0);
+      spilled.push_back(n.get());
+    }
   }
-  return std::make_shared<const RouteLedger>(route, std::move(pool), baseline, std::move(cells));
+  auto ledger = std::make_shared<RouteLedger>(route, std::move(pool), baseline, std::move(cells));
+  ledger->spilled_ = std::move(spilled);
+  return ledger;
 }
 
 }  // namespace carbon::telemetry

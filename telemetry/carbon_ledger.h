@@ -62,6 +62,22 @@ class VariantLedger {
   VariantTotals Totals() const;
   LatencyHistogram& latency() const { return *latency_; }
 
+  // Unary inference calls sent to this variant and not yet answered. One counter shared by all
+  // threads, not sharded: the request path reads it at every draw against the variant's limit,
+  // which must cost one load.
+  // Counts a call in unless `limit` (> 0) calls are in flight already; false, and nothing
+  // counted, when at the limit. Exact under concurrency: the count is taken, then given back.
+  bool TryStartCall(int64_t limit) {
+    const int64_t before = in_flight_.fetch_add(1, std::memory_order_relaxed);
+    if (limit > 0 && before >= limit) {
+      in_flight_.fetch_sub(1, std::memory_order_relaxed);
+      return false;
+    }
+    return true;
+  }
+  void CallEnded() { in_flight_.fetch_sub(1, std::memory_order_relaxed); }
+  int64_t in_flight() const { return in_flight_.load(std::memory_order_relaxed); }
+
  private:
   struct alignas(64) Shard {
     std::atomic<uint64_t> requests{0};
@@ -72,6 +88,7 @@ class VariantLedger {
   std::array<Shard, kLedgerShards> shards_;
   // Failures are rare enough to share one line per code.
   std::array<std::atomic<uint64_t>, kGrpcCodes> failed_{};
+  alignas(64) std::atomic<int64_t> in_flight_{0};
   std::unique_ptr<LatencyHistogram> latency_;
 };
 
@@ -86,12 +103,16 @@ class RouteLedger {
   const selector::Pool& pool() const { return *pool_; }
   size_t baseline() const { return baseline_; }
   VariantLedger& variant(size_t i) const { return *variants_[i]; }
+  // Requests the capacity guard moved from variant `from` (the one drawn) to `to`.
+  std::atomic<uint64_t>& spilled(size_t from, size_t to) const { return *spilled_[from * variants_.size() + to]; }
 
  private:
+  friend class CarbonLedger;
   std::string route_;
   std::shared_ptr<const selector::Pool> pool_;
   size_t baseline_;
   std::vector<VariantLedger*> variants_;
+  std::vector<std::atomic<uint64_t>*> spilled_;  // size × size, kept by the CarbonLedger
 };
 
 // A route's totals at one moment and what follows from them (docs/design.md §5, "The
@@ -135,6 +156,8 @@ class CarbonLedger {
  private:
   absl::Mutex mu_;
   absl::flat_hash_map<std::string, std::unique_ptr<VariantLedger>> variants_ ABSL_GUARDED_BY(mu_);
+  // By (route, from, to) names, so that a reload keeps counting.
+  absl::flat_hash_map<std::string, std::unique_ptr<std::atomic<uint64_t>>> spilled_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace carbon::telemetry

@@ -345,6 +345,96 @@ TEST(AimedRouteTest, AnAccuracyTargetEndsItsHorizonAtOrUnderTheTargetAsTheLedger
   std::filesystem::remove_all(dir);
 }
 
+// resnet152 limited to two calls in flight, each held two seconds by the upstream: the excess
+// goes to resnet101 (the next lower energy), pins and quality floors that only resnet152 meets are
+// refused, and once the two calls end resnet152 takes calls again.
+TEST(CapacityGuardTest, AVariantAtItsLimitSpillsTheExcessDownAndTakesCallsAgainOnceFree) {
+  bench::FakeUpstreamOptions options;
+  options.models = {"resnet34", "resnet50", "resnet101", "resnet152"};
+  options.service_time["resnet152"] = absl::Seconds(2);
+  auto upstream = bench::FakeUpstreamServer::Start("127.0.0.1:0", options);
+  ASSERT_TRUE(upstream.ok());
+  SidecarConfig config = testing::StaticSidecarConfig((*upstream)->port(), 100);  // t = 1: resnet152
+  config.routes[0].max_in_flight = {0, 0, 0, 2};
+  auto sidecar = SidecarServer::Start(config);
+  ASSERT_TRUE(sidecar.ok()) << sidecar.status();
+  auto stub = inference::GRPCInferenceService::NewStub(grpc::CreateChannel(
+      absl::StrCat("127.0.0.1:", (*sidecar)->port()), grpc::InsecureChannelCredentials()));
+  httplib::Client http("127.0.0.1", (*sidecar)->admin_port());
+  http.set_read_timeout(5, 0);
+  struct Answer {
+    grpc::Status status;
+    std::string model, reason;
+  };
+  const auto infer = [&](std::vector<std::pair<std::string, std::string>> headers) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(20)));
+    for (const auto& [k, v] : headers) ctx.AddMetadata(k, v);
+    inference::ModelInferResponse resp;
+    Answer a{stub->ModelInfer(&ctx, Request(1), &resp), "", ""};
+    const auto& md = ctx.GetServerInitialMetadata();
+    if (auto it = md.find("x-carbon-model"); it != md.end()) a.model = std::string(it->second.data(), it->second.size());
+    if (auto it = md.find("x-carbon-reason"); it != md.end()) a.reason = std::string(it->second.data(), it->second.size());
+    return a;
+  };
+  const auto metric = [&](const std::string& sample) {
+    auto res = http.Get("/metrics");
+    if (!res) return -1.0;
+    const auto samples = ParseSamples(res->body);
+    auto it = samples.find(sample);
+    return it == samples.end() ? -1.0 : it->second;
+  };
+  const std::string in_flight_152 = R"(carbon_sidecar_in_flight_requests{route="resnet",model="resnet152"})";
+
+  Answer held[2];
+  std::vector<std::thread> holders;
+  for (int i = 0; i < 2; ++i) holders.emplace_back([&, i] { held[i] = infer({}); });
+  const absl::Time give_up = absl::Now() + absl::Seconds(10);
+  while (metric(in_flight_152) < 2 && absl::Now() < give_up) absl::SleepFor(absl::Milliseconds(5));
+  ASSERT_EQ(metric(in_flight_152), 2);
+
+  const Answer spilled = infer({});
+  EXPECT_TRUE(spilled.status.ok()) << spilled.status.error_message();
+  EXPECT_EQ(spilled.model, "resnet101");
+  EXPECT_EQ(spilled.reason, "in_flight_limit");
+  // A floor of 6.5 % still admits resnet101 (6.454 %); one of 6.0 % only resnet152, which is full.
+  const Answer floored = infer({{"x-carbon-max-error-percent", "6.5"}});
+  EXPECT_EQ(floored.model, "resnet101");
+  const Answer too_strict = infer({{"x-carbon-max-error-percent", "6.0"}});
+  EXPECT_EQ(too_strict.status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_THAT(too_strict.status.error_message(),
+              HasSubstr("resnet152 and every ready variant of lower energy within the requested error are at their "
+                        "in-flight limits"));
+  const Answer pinned = infer({{"x-carbon-pin-model", "resnet152"}});
+  EXPECT_EQ(pinned.status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_THAT(pinned.status.error_message(), HasSubstr("x-carbon-pin-model 'resnet152' is at its limit of 2 calls"));
+  const Answer pinned_elsewhere = infer({{"x-carbon-pin-model", "resnet50"}});
+  EXPECT_EQ(pinned_elsewhere.model, "resnet50");
+  EXPECT_EQ(metric(in_flight_152), 2);  // still held: the calls above were decided while it was full
+
+  for (auto& t : holders) t.join();
+  for (const Answer& a : held) {
+    EXPECT_TRUE(a.status.ok());
+    EXPECT_EQ(a.model, "resnet152");
+  }
+  EXPECT_EQ(metric(in_flight_152), 0);
+  EXPECT_EQ(metric(R"(carbon_sidecar_in_flight_requests{route="resnet",model="resnet101"})"), 0);
+  EXPECT_EQ(metric(R"(carbon_sidecar_spilled_requests_total{route="resnet",from="resnet152",to="resnet101",reason="in_flight_limit"})"), 2);
+  EXPECT_EQ(metric(R"(carbon_sidecar_spilled_requests_total{route="resnet",from="resnet152",to="resnet34",reason="in_flight_limit"})"), 0);
+  EXPECT_EQ(metric(R"(carbon_sidecar_max_in_flight_requests{route="resnet",model="resnet152"})"), 2);
+  EXPECT_EQ(metric(R"(carbon_sidecar_max_in_flight_requests{route="resnet",model="resnet101"})"), -1);  // no limit
+  EXPECT_EQ(metric(R"(carbon_sidecar_requests_total{route="resnet",model="resnet152",code="RESOURCE_EXHAUSTED"})"), 2);
+
+  // Free again: the policy's choice serves (its two slots are used one call at a time here).
+  const Answer again = infer({});
+  EXPECT_EQ(again.model, "resnet152");
+  EXPECT_EQ(again.reason, "heuristic");
+  const auto selection = nlohmann::json::parse(http.Get("/v1/selection")->body)["routes"][0]["candidates"];
+  EXPECT_EQ(selection[3]["max_in_flight"], 2);
+  EXPECT_EQ(selection[3]["in_flight"], 0);
+  EXPECT_TRUE(selection[2]["max_in_flight"].is_null());
+}
+
 TEST_F(AdminTest, ConfigHealthAndReadiness) {
   auto config = http_->Get("/v1/config");
   ASSERT_TRUE(config);

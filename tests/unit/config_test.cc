@@ -351,6 +351,29 @@ TEST_F(ConfigTest, TargetPoliciesAreCheckedAgainstThePoolAndTheRefresh) {
               HasSubstr("unknown key 'max_mean_error_percent' in routes[0].policy"));
 }
 
+TEST_F(ConfigTest, InFlightLimitsNameVariantsOfThePool) {
+  const std::string head = "upstream: { target: a }\nintensity: { provider: static, gco2_per_kwh: 1 }\nroutes:\n";
+  const std::string route = "  - name: r\n    pool: pools/resnet.yaml\n    baseline: resnet50\n    default: resnet50\n";
+  auto limited = LoadConfig(Write("limited.yaml", head + route + "    max_in_flight: { resnet152: 8, resnet101: 16 }\n"));
+  ASSERT_TRUE(limited.ok()) << limited.status();
+  EXPECT_THAT(limited->routes[0].max_in_flight, ::testing::ElementsAre(0, 0, 16, 8));
+  auto unlimited = LoadConfig(Write("unlimited.yaml", head + route));
+  ASSERT_TRUE(unlimited.ok());
+  EXPECT_TRUE(unlimited->routes[0].max_in_flight.empty());
+
+  EXPECT_EQ(ErrorOf(head + route + "    max_in_flight: { vgg16: 8 }\n"),
+            Path("sidecar.yaml") + ":8:22: routes[0].max_in_flight: 'vgg16' is not a variant of the pool "
+                                   "(resnet34, resnet50, resnet101, resnet152)");
+  EXPECT_EQ(ErrorOf(head + route + "    max_in_flight: { resnet152: 0 }\n"),
+            Path("sidecar.yaml") + ":8:33: routes[0].max_in_flight.resnet152 must be a whole number of calls, "
+                                   "at least 1");
+  EXPECT_THAT(ErrorOf(head + route + "    max_in_flight: { resnet152: 2.5 }\n"),
+              HasSubstr("routes[0].max_in_flight.resnet152 must be a whole number of calls, at least 1"));
+  EXPECT_EQ(ErrorOf(head + route + "    max_in_flight: 8\n"),
+            Path("sidecar.yaml") + ":8:20: routes[0].max_in_flight must map variant names to call limits, e.g. "
+                                   "{ resnet152: 8 }");
+}
+
 TEST_F(ConfigTest, ErrorsInAPoolFileNameThePoolFile) {
   Write("pools/resnet.yaml", "variants:\n  - { name: resnet34, energy_mj: -1, error_percent: 8 }\n");
   const std::string error = ErrorOf(kValid);
