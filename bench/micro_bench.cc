@@ -85,6 +85,34 @@ void BM_WeightedDrawAndLedgerUpdate(benchmark::State& state) {
 }
 BENCHMARK(BM_WeightedDrawAndLedgerUpdate)->Threads(1)->Threads(2)->UseRealTime()->ComputeStatistics("min", Fastest);
 
+// The same single-variant request with the capacity guard's count, taken at the draw and returned
+// when the call is settled: without a limit (argument 0) on the thread's shard; under one, on the
+// counter all threads share.
+void BM_SelectionInFlightAndLedgerUpdate(benchmark::State& state) {
+  static std::unique_ptr<sidecar::SelectionPublisher> publisher;
+  if (state.thread_index() == 0) publisher = *sidecar::SelectionPublisher::Create(ConfigWith(1, 4));
+  const std::string_view name = "resnet";
+  for (auto _ : state) {
+    const auto& snapshot = publisher->snapshots().Load();
+    const sidecar::RouteView* route = snapshot->Find(name);
+    const size_t variant = route->Draw();
+    telemetry::VariantLedger& cell = route->route->ledger->variant(variant);
+    if (auto ticket = cell.TryStartCall(state.range(0))) {
+      cell.RecordServed(1, 1, route->decision.intensity->gco2_per_kwh);
+      telemetry::VariantLedger::CallEnded(*ticket);
+    }
+    benchmark::DoNotOptimize(route);
+  }
+  state.SetItemsProcessed(state.iterations());
+}
+BENCHMARK(BM_SelectionInFlightAndLedgerUpdate)
+    ->Arg(0)
+    ->Arg(1'000'000)
+    ->Threads(1)
+    ->Threads(2)
+    ->UseRealTime()
+    ->ComputeStatistics("min", Fastest);
+
 // A ModelInferRequest for the route "resnet" with one FP32 input tensor of `payload` bytes.
 std::string ImageRequestBytes(size_t payload) {
   inference::ModelInferRequest header;

@@ -260,9 +260,8 @@ class RequestRouter {
   bool StartCall(const RouteView& route, size_t variant) {
     if (kind_ != MethodKind::kInfer) return true;
     const std::vector<int64_t>& limits = route.route->config.max_in_flight;
-    if (!route.route->ledger->variant(variant).TryStartCall(limits.empty() ? 0 : limits[variant])) return false;
-    started_ = &route.route->ledger->variant(variant);
-    return true;
+    started_ = route.route->ledger->variant(variant).TryStartCall(limits.empty() ? 0 : limits[variant]);
+    return started_.has_value();
   }
 
   // A call refused for capacity: charged as failed to the variant it wanted.
@@ -289,7 +288,7 @@ class RequestRouter {
     };
     if (first_) settle(first_->charge);
     for (const Charge& c : more_charges_) settle(c);
-    if (started_ != nullptr) started_->CallEnded();
+    if (started_) telemetry::VariantLedger::CallEnded(*started_);
     if (first_ && seconds) first_->charge.cell->latency().Observe(*seconds);
   }
 
@@ -319,8 +318,8 @@ class RequestRouter {
     uint64_t items;
   };
 
-  // The variant a unary inference call is counted in flight at, until Settle.
-  telemetry::VariantLedger* started_ = nullptr;
+  // Where a unary inference call is counted in flight, until Settle.
+  std::optional<telemetry::VariantLedger::CallTicket> started_;
 
   struct Decision {
     std::shared_ptr<const RoutingSnapshot> snapshot;  // keeps `route` alive

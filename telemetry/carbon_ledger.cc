@@ -28,6 +28,13 @@ void VariantLedger::RecordFailed(int code, uint64_t requests) {
   failed_[GrpcCodeIndex(code)].fetch_add(requests, std::memory_order_relaxed);
 }
 
+int64_t VariantLedger::in_flight() const {
+  // A call may end on another thread's shard than it started on: only the sum means anything.
+  int64_t n = limited_in_flight_.load(std::memory_order_relaxed);
+  for (const Shard& s : shards_) n += s.in_flight.load(std::memory_order_relaxed);
+  return n;
+}
+
 VariantTotals VariantLedger::Totals() const {
   VariantTotals t;
   for (const Shard& s : shards_) {

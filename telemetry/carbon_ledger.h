@@ -5,6 +5,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -62,21 +63,31 @@ class VariantLedger {
   VariantTotals Totals() const;
   LatencyHistogram& latency() const { return *latency_; }
 
-  // Unary inference calls sent to this variant and not yet answered. One counter shared by all
-  // threads, not sharded: the request path reads it at every draw against the variant's limit,
-  // which must cost one load.
-  // Counts a call in unless `limit` (> 0) calls are in flight already; false, and nothing
-  // counted, when at the limit. Exact under concurrency: the count is taken, then given back.
-  bool TryStartCall(int64_t limit) {
-    const int64_t before = in_flight_.fetch_add(1, std::memory_order_relaxed);
-    if (limit > 0 && before >= limit) {
-      in_flight_.fetch_sub(1, std::memory_order_relaxed);
-      return false;
+  // Unary inference calls sent to this variant and not yet answered. A call under a limit is counted
+  // on one counter that every thread shares, so that the draw can check the limit with the count it
+  // takes; without a limit, on the calling thread's shard (no cache line moves between cores).
+  //
+  // Counts a call in unless `limit` (> 0) calls are in flight already; false, and nothing counted,
+  // when at the limit. Exact under concurrency: the count is taken, then given back. Returns the
+  // ticket CallEnded needs.
+  struct CallTicket {
+    std::atomic<int64_t>* counter = nullptr;
+  };
+  std::optional<CallTicket> TryStartCall(int64_t limit) {
+    if (limit <= 0) {
+      std::atomic<int64_t>& mine = shards_[ThisThreadShard()].in_flight;
+      mine.fetch_add(1, std::memory_order_relaxed);
+      return CallTicket{&mine};
     }
-    return true;
+    const int64_t before = limited_in_flight_.fetch_add(1, std::memory_order_relaxed);
+    if (before >= limit) {
+      limited_in_flight_.fetch_sub(1, std::memory_order_relaxed);
+      return std::nullopt;
+    }
+    return CallTicket{&limited_in_flight_};
   }
-  void CallEnded() { in_flight_.fetch_sub(1, std::memory_order_relaxed); }
-  int64_t in_flight() const { return in_flight_.load(std::memory_order_relaxed); }
+  static void CallEnded(CallTicket ticket) { ticket.counter->fetch_sub(1, std::memory_order_relaxed); }
+  int64_t in_flight() const;
 
  private:
   struct alignas(64) Shard {
@@ -84,11 +95,12 @@ class VariantLedger {
     std::atomic<uint64_t> items{0};
     std::atomic<uint64_t> items_with_intensity{0};
     std::atomic<double> item_intensity{0};
+    std::atomic<int64_t> in_flight{0};  // unlimited calls started on this shard, less those ended on it
   };
   std::array<Shard, kLedgerShards> shards_;
   // Failures are rare enough to share one line per code.
   std::array<std::atomic<uint64_t>, kGrpcCodes> failed_{};
-  alignas(64) std::atomic<int64_t> in_flight_{0};
+  alignas(64) std::atomic<int64_t> limited_in_flight_{0};
   std::unique_ptr<LatencyHistogram> latency_;
 };
 
