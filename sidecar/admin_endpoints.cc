@@ -168,6 +168,38 @@ class MetricsRenderer {
                [](const telemetry::RouteReport&, const RouteView& route, size_t v) {
                  return route.decision.WeightOf(v);
                });
+    // Routes with an slo only, one family at a time.
+    const auto guarded = [&](std::string_view name, std::string_view help, const auto& value_of) {
+      w_.Family(name, MetricType::kGauge, help);
+      for (const RouteView& route : snapshot_.routes()) {
+        if (route.guard_caps.empty()) continue;
+        for (size_t v = 0; v < route.pool().size(); ++v) {
+          if (const std::optional<double> value = value_of(route, v)) {
+            w_.Sample({{"route", route.route->config.name}, {"model", route.pool()[v].name}}, *value);
+          }
+        }
+      }
+    };
+    guarded("carbon_sidecar_policy_weight_ratio",
+            "The share the route's policy gives each model, before the latency guard (routes with an slo "
+            "only; carbon_sidecar_model_weight_ratio is what is served).",
+            [](const RouteView& route, size_t v) -> std::optional<double> {
+              if (route.policy_weights.empty()) return route.decision.WeightOf(v);
+              double weight = 0;
+              for (const auto& w : route.policy_weights) weight += w.variant == v ? w.weight : 0;
+              return weight;
+            });
+    guarded("carbon_sidecar_guard_cap_ratio",
+            "The latency guard's cap on each model's share of the route (1: none), halved while the model "
+            "is over the route's SLO and grown back as it recovers.",
+            [](const RouteView& route, size_t v) -> std::optional<double> { return route.guard_caps[v]; });
+    guarded("carbon_sidecar_request_duration_window_p99_seconds",
+            "The 99th percentile of each model's call durations over the route's SLO window, as the guard "
+            "last measured it (a histogram bucket's upper bound; +Inf past 10 s); absent with too few calls.",
+            [](const RouteView& route, size_t v) -> std::optional<double> {
+              if (!route.window_p99[v]) return std::nullopt;
+              return absl::ToDoubleSeconds(*route.window_p99[v]);
+            });
     PerVariant("carbon_sidecar_in_flight_requests", MetricType::kGauge,
                "Unary inference calls sent to each model and not yet answered, from this sidecar.",
                [](const telemetry::RouteReport&, const RouteView& route, size_t v) {
@@ -389,6 +421,16 @@ std::string RenderSelectionJson(const RoutingSnapshot& snapshot, absl::Time wall
                             {"ready", (route.ready >> v & 1) != 0},
                             {"weight", d.WeightOf(v)},
                             {"in_flight", route.route->ledger->variant(v).in_flight()},
+                            {"policy_weight", [&] {
+                               if (route.policy_weights.empty()) return d.WeightOf(v);
+                               double weight = 0;
+                               for (const auto& w : route.policy_weights) weight += w.variant == v ? w.weight : 0;
+                               return weight;
+                             }()},
+                            {"guard_cap", route.guard_caps.empty() ? json(nullptr) : json(route.guard_caps[v])},
+                            {"window_p99_seconds", route.window_p99.empty() || !route.window_p99[v]
+                                                       ? json(nullptr)
+                                                       : json(absl::ToDoubleSeconds(*route.window_p99[v]))},
                             {"max_in_flight", route.route->config.max_in_flight.empty() ||
                                                       route.route->config.max_in_flight[v] == 0
                                                   ? json(nullptr)
@@ -472,6 +514,8 @@ nlohmann::json RouteJson(const RouteConfig& r) {
           {"policy", policy_json},
           {"min_dwell", Duration(r.min_dwell)},
           {"max_in_flight", limits},
+          {"slo", r.slo ? nlohmann::json{{"latency_p99", Duration(r.slo->latency_p99)}, {"window", Duration(r.slo->window)}}
+                        : nlohmann::json(nullptr)},
           {"batch_dimension", r.batch_dimension}};
 }
 

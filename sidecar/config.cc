@@ -302,7 +302,24 @@ absl::Status ReadRoute(const YAML::Node& node, size_t index, const std::string& 
   r.Bool("batch_dimension", &out->batch_dimension);
   YAML::Node policy = r.Get("policy", false);
   YAML::Node max_in_flight = r.Get("max_in_flight", false);
+  YAML::Node slo = r.Get("slo", false);
   if (auto s = r.Finish(); !s.ok()) return s;
+  if (slo.IsDefined()) {
+    MapReader o(slo, file, absl::StrCat("routes[", index, "].slo"));
+    selector::LatencySlo read;
+    o.Duration("latency_p99", &read.latency_p99, /*allow_zero=*/false);
+    o.Duration("window", &read.window, /*allow_zero=*/false);
+    if (auto s = o.Finish(); !s.ok()) return s;
+    if (!slo["latency_p99"].IsDefined()) {
+      return ErrorAt(file, slo.Mark(), absl::StrCat("routes[", index, "].slo is missing required key 'latency_p99'"));
+    }
+    if (read.window < absl::Seconds(1)) {
+      return ErrorAt(file, slo["window"].Mark(),
+                     absl::StrCat("routes[", index, "].slo.window must be at least 1s: a shorter one holds too "
+                                  "few calls for a 99th percentile"));
+    }
+    out->slo = read;
+  }
 
   if (has_pool_file == inline_variants.IsDefined()) {
     return ErrorAt(file, node.Mark(),

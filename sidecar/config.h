@@ -10,6 +10,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "selector/intensity_window.h"
+#include "selector/latency_guard.h"
 #include "selector/policy_spec.h"
 #include "selector/pool.h"
 #include "telemetry/providers/provider_spec.h"
@@ -71,6 +72,8 @@ struct RouteConfig {
   // Per variant (indexed like the pool), the unary inference calls it may have in flight from this
   // sidecar; 0: no limit. Empty: no variant has one.
   std::vector<int64_t> max_in_flight;
+  // The route's latency objective; absent: no latency guard.
+  std::optional<selector::LatencySlo> slo;
 };
 
 struct SidecarConfig {

@@ -138,6 +138,11 @@ struct SelectionPublisher::State {
   std::vector<std::shared_ptr<const CompiledRoute>> routes;
   std::vector<std::optional<selector::Decision>> previous;  // per route
   std::vector<uint64_t> ready;                                // per route
+  // Per route with an SLO: each variant's load window and the guard's caps.
+  std::vector<std::vector<telemetry::LoadWindow>> load;
+  std::vector<selector::GuardCaps> caps;
+  std::vector<std::vector<std::optional<absl::Duration>>> window_p99;
+  std::vector<std::vector<double>> served_share;  // the weights last published, per variant
   absl::Status last_poll;                                     // of the provider
   std::vector<selector::IntensityReading> forecast;           // include_forecast: what is coming
   std::optional<absl::StatusOr<selector::IntensityReading>> first_reading;  // from MakeState
@@ -190,36 +195,59 @@ bool SelectionPublisher::ShouldWake() const {
   return stopping_ || reloads_ != reloads_seen_;
 }
 
+namespace {
+
+// How often the latency guard samples its windows and steps: four times a window (the shortest
+// of the routes'), so that a breach is acted on within a quarter of it; never when no route has an SLO.
+std::optional<absl::Duration> GuardInterval(const std::vector<std::shared_ptr<const CompiledRoute>>& routes) {
+  std::optional<absl::Duration> interval;
+  for (const auto& route : routes) {
+    if (!route->config.slo) continue;
+    const absl::Duration d = std::max(absl::Milliseconds(250), route->config.slo->window / 4);
+    interval = interval ? std::min(*interval, d) : d;
+  }
+  return interval;
+}
+
+}  // namespace
+
 void SelectionPublisher::Run() {
-  absl::Time next_poll, next_ask;
+  absl::Time next_poll, next_ask, next_guard;
   {
     absl::MutexLock lock(&mu_);
     next_poll = absl::Now() + NextPollDelay(*state_, state_->last_poll);
     next_ask = absl::Now() + state_->readiness_interval;
+    next_guard = absl::Now() + GuardInterval(state_->routes).value_or(absl::ZeroDuration());
   }
   while (true) {
-    bool poll, ask;
+    bool poll, ask, guard;
     {
       absl::MutexLock lock(&mu_);
       const bool asks = readiness_ && state_->readiness_interval > absl::ZeroDuration();
-      // Waits for the next poll or question, waking early to stop or after a reload (whose new
-      // intervals then apply; the reload itself has just read the provider).
-      mu_.AwaitWithDeadline(absl::Condition(this, &SelectionPublisher::ShouldWake),
-                            asks ? std::min(next_poll, next_ask) : next_poll);
+      const std::optional<absl::Duration> guard_interval = GuardInterval(state_->routes);
+      absl::Time wake = next_poll;
+      if (asks) wake = std::min(wake, next_ask);
+      if (guard_interval) wake = std::min(wake, next_guard);
+      // Waits for the next poll, question or guard step, waking early to stop or after a reload
+      // (whose new intervals then apply; the reload itself has just read the provider).
+      mu_.AwaitWithDeadline(absl::Condition(this, &SelectionPublisher::ShouldWake), wake);
       if (stopping_) return;
       const absl::Time now = absl::Now();
       if (reloads_ != reloads_seen_) {
         reloads_seen_ = reloads_;
         next_poll = now + NextPollDelay(*state_, state_->last_poll);
         next_ask = now + state_->readiness_interval;
+        next_guard = now + guard_interval.value_or(absl::ZeroDuration());
         continue;
       }
       poll = now >= next_poll;
       ask = asks && now >= next_ask;
+      guard = guard_interval && now >= next_guard;
       if (ask) next_ask = now + state_->readiness_interval;
-      if (!poll && !ask) continue;
+      if (guard) next_guard = now + *guard_interval;
+      if (!poll && !ask && !guard) continue;
     }
-    const absl::Duration delay = PollOnce(poll, ask);
+    const absl::Duration delay = PollOnce(poll, ask, guard);
     if (poll) next_poll = absl::Now() + delay;
   }
 }
@@ -238,6 +266,14 @@ absl::Status SelectionPublisher::Reload(const SidecarConfig& config) {
         const selector::Pool& before = *state_->routes[j]->config.pool;
         const selector::Pool& after = *(*state)->routes[i]->config.pool;
         (*state)->ready[i] = CarryReady(before, state_->ready[j], after);
+        // The guard's caps follow the variants by name, so a reload does not undo a spill the
+        // upstream still needs.
+        for (size_t v = 0; v < after.size(); ++v) {
+          if (const std::optional<size_t> old = before.IndexOf(after[v].name)) {
+            (*state)->caps[i].cap[v] = state_->caps[j].cap[*old];
+            (*state)->caps[i].over[v] = state_->caps[j].over[*old];
+          }
+        }
         if (state_->previous[j]) (*state)->previous[i] = CarryDecision(before, *state_->previous[j], after);
       }
     }
@@ -250,7 +286,7 @@ absl::Status SelectionPublisher::Reload(const SidecarConfig& config) {
   return absl::OkStatus();
 }
 
-absl::Duration SelectionPublisher::PollOnce(bool poll_intensity, bool ask_readiness) {
+absl::Duration SelectionPublisher::PollOnce(bool poll_intensity, bool ask_readiness, bool guard) {
   absl::MutexLock poll_lock(&poll_mu_);
   std::shared_ptr<State> s;
   {
@@ -276,6 +312,7 @@ absl::Duration SelectionPublisher::PollOnce(bool poll_intensity, bool ask_readin
   // belong to routes that are gone.
   if (state_ != s) return NextPollDelay(*state_, state_->last_poll);
   if (forecast) s->forecast = *std::move(forecast);  // a failed forecast keeps the last one
+  if (guard) StepGuards(*s);
   Apply(*s, reading, answers);
   return NextPollDelay(*s, s->last_poll);
 }
@@ -352,6 +389,30 @@ absl::Duration SelectionPublisher::NextPollDelay(const State& s, const absl::Sta
   return Jittered(delay);
 }
 
+void SelectionPublisher::StepGuards(State& s) {
+  const absl::Time now = absl::Now();  // calls are timed on the wall clock, not the provider's
+  for (size_t i = 0; i < s.routes.size(); ++i) {
+    const CompiledRoute& route = *s.routes[i];
+    if (!route.config.slo) continue;
+    std::vector<selector::VariantLoad> load;
+    for (size_t v = 0; v < route.config.pool->size(); ++v) {
+      load.push_back(s.load[i][v].Sample(route.ledger->variant(v), now, route.config.slo->window));
+      s.window_p99[i][v] = load.back().p99;
+    }
+    const selector::GuardCaps next = selector::LatencyGuard::Next(s.caps[i], load, s.served_share[i], *route.config.slo);
+    for (size_t v = 0; v < next.over.size(); ++v) {
+      if (next.over[v] != s.caps[i].over[v]) {
+        spdlog::log(next.over[v] ? spdlog::level::warn : spdlog::level::info,
+                    "event=latency_guard route={} model={} over_slo={} cap={} p99_seconds={} overload_answers={}",
+                    route.config.name, (*route.config.pool)[v].name, next.over[v], next.cap[v],
+                    load[v].p99 ? absl::StrCat(absl::ToDoubleSeconds(*load[v].p99)) : "unknown",
+                    load[v].overload_answers);
+      }
+    }
+    s.caps[i] = next;
+  }
+}
+
 void SelectionPublisher::Publish(State& s) {
   const absl::Time now = s.provider->Now();
   std::optional<selector::WindowBounds> bounds = s.window.Bounds(now);
@@ -374,10 +435,34 @@ void SelectionPublisher::Publish(State& s) {
         s.previous[i]->weights.size() != decision.weights.size()) {
       LogDecision(route, decision, s.previous[i] ? &*s.previous[i] : nullptr);
     }
+    // The policy remembers its own decision; the view serves the guarded one.
+    s.previous[i] = decision;
+    std::vector<selector::VariantWeight> policy_weights;
+    if (route.config.slo) {
+      std::vector<selector::VariantWeight> capped = selector::CappedWeights(decision.weights, s.caps[i].cap, ready);
+      const bool changed = capped.size() != decision.weights.size() ||
+                           !std::equal(capped.begin(), capped.end(), decision.weights.begin(),
+                                       [](const auto& a, const auto& b) {
+                                         return a.variant == b.variant && std::abs(a.weight - b.weight) < 1e-9;
+                                       });
+      if (changed) {
+        policy_weights = std::move(decision.weights);
+        decision.weights = std::move(capped);
+        decision.primary = std::max_element(decision.weights.begin(), decision.weights.end(),
+                                            [](const auto& a, const auto& b) { return a.weight < b.weight; })
+                               ->variant;
+      }
+      std::fill(s.served_share[i].begin(), s.served_share[i].end(), 0.0);
+      for (const selector::VariantWeight& w : decision.weights) s.served_share[i][w.variant] = w.weight;
+    }
     std::shared_ptr<const selector::WeightedDraw> draw;
     if (decision.weights.size() > 1) draw = std::make_shared<const selector::WeightedDraw>(decision.weights);
-    s.previous[i] = decision;
-    views.push_back(RouteView{s.routes[i], std::move(decision), std::move(draw), ready});
+    RouteView view{s.routes[i], std::move(decision), std::move(policy_weights), {}, {}, std::move(draw), ready};
+    if (route.config.slo) {
+      view.guard_caps = s.caps[i].cap;
+      view.window_p99 = s.window_p99[i];
+    }
+    views.push_back(std::move(view));
   }
   SourceStatus source{std::string(s.intensity.provider_kind()),
                       std::string(s.provider->source()),
@@ -421,6 +506,10 @@ absl::StatusOr<std::shared_ptr<SelectionPublisher::State>> SelectionPublisher::M
         route, config.intensity.stale_after, ledger.Route(route.name, route.pool, route.baseline)));
     state->previous.emplace_back();
     state->ready.push_back(route.pool->all_variants_mask());
+    state->load.emplace_back(route.pool->size());
+    state->caps.push_back({std::vector<double>(route.pool->size(), 1.0), std::vector<bool>(route.pool->size(), false)});
+    state->window_p99.emplace_back(route.pool->size());
+    state->served_share.emplace_back(route.pool->size(), 0.0);
   }
   return state;
 }

@@ -22,6 +22,7 @@
 #include "sidecar/config.h"
 #include "telemetry/carbon_ledger.h"
 #include "telemetry/intensity_provider.h"
+#include "telemetry/load_window.h"
 
 namespace carbon::sidecar {
 
@@ -41,6 +42,12 @@ struct CompiledRoute {
 struct RouteView {
   std::shared_ptr<const CompiledRoute> route;
   selector::Decision decision;
+  // The policy's own weights when the latency guard changed them (`decision.weights` are then the
+  // guarded ones, which the draw serves); empty otherwise.
+  std::vector<selector::VariantWeight> policy_weights;
+  // Per variant, the guard's cap on its share (empty without an SLO) and its windowed p99.
+  std::vector<double> guard_caps;
+  std::vector<std::optional<absl::Duration>> window_p99;
   // Serves a decision of several variants; null when one variant takes everything.
   std::shared_ptr<const selector::WeightedDraw> draw;
   uint64_t ready = 0;  // variants the upstream can serve
@@ -138,7 +145,9 @@ class SelectionPublisher {
   void Run();
   // Polls without holding mu_ (a slow provider must not hold up reloads or readers), then applies
   // the result and publishes. Returns when the next intensity poll is due.
-  absl::Duration PollOnce(bool poll_intensity, bool ask_readiness) ABSL_LOCKS_EXCLUDED(mu_);
+  absl::Duration PollOnce(bool poll_intensity, bool ask_readiness, bool guard = false) ABSL_LOCKS_EXCLUDED(mu_);
+  // Samples each guarded route's load over its SLO window and steps its caps.
+  void StepGuards(State& s) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Apply(State& s, const std::optional<absl::StatusOr<selector::IntensityReading>>& reading,
              const std::vector<std::vector<std::optional<bool>>>& answers) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void UpdateSourceState(State& s) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);

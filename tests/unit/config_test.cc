@@ -374,6 +374,24 @@ TEST_F(ConfigTest, InFlightLimitsNameVariantsOfThePool) {
                                    "{ resnet152: 8 }");
 }
 
+TEST_F(ConfigTest, ALatencyObjectiveNeedsItsPercentileAndAWindowOfASecondOrMore) {
+  const std::string head = "upstream: { target: a }\nintensity: { provider: static, gco2_per_kwh: 1 }\nroutes:\n";
+  const std::string route = "  - name: r\n    pool: pools/resnet.yaml\n    baseline: resnet50\n    default: resnet50\n";
+  auto guarded = LoadConfig(Write("guarded.yaml", head + route + "    slo: { latency_p99: 250ms, window: 10s }\n"));
+  ASSERT_TRUE(guarded.ok()) << guarded.status();
+  ASSERT_TRUE(guarded->routes[0].slo.has_value());
+  EXPECT_EQ(guarded->routes[0].slo->latency_p99, absl::Milliseconds(250));
+  EXPECT_EQ(guarded->routes[0].slo->window, absl::Seconds(10));
+  EXPECT_EQ(ErrorOf(head + route + "    slo: { window: 10s }\n"),
+            Path("sidecar.yaml") + ":8:10: routes[0].slo is missing required key 'latency_p99'");
+  EXPECT_EQ(ErrorOf(head + route + "    slo: { latency_p99: 250ms, window: 500ms }\n"),
+            Path("sidecar.yaml") + ":8:40: routes[0].slo.window must be at least 1s: a shorter one holds too few "
+                                   "calls for a 99th percentile");
+  EXPECT_THAT(ErrorOf(head + route + "    slo: { latency_p99: fast }\n"),
+              HasSubstr("routes[0].slo.latency_p99 must be a positive duration"));
+  EXPECT_THAT(ErrorOf(head + route + "    slo: { latency_p99: 1s, p95: 1s }\n"), HasSubstr("unknown key 'p95'"));
+}
+
 TEST_F(ConfigTest, ErrorsInAPoolFileNameThePoolFile) {
   Write("pools/resnet.yaml", "variants:\n  - { name: resnet34, energy_mj: -1, error_percent: 8 }\n");
   const std::string error = ErrorOf(kValid);

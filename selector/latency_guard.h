@@ -1,0 +1,55 @@
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <vector>
+
+#include "absl/time/time.h"
+#include "selector/routing_policy.h"
+
+namespace carbon::selector {
+
+// A route's latency objective: the 99th percentile of its calls' duration over a sliding window.
+struct LatencySlo {
+  absl::Duration latency_p99 = absl::Milliseconds(250);
+  absl::Duration window = absl::Seconds(10);
+};
+
+// What one variant looked like over the last window, as the sidecar measured its own calls.
+struct VariantLoad {
+  uint64_t completions = 0;                 // calls that ended in the window
+  std::optional<absl::Duration> p99;        // their 99th percentile (nullopt: too few to tell)
+  uint64_t overload_answers = 0;            // RESOURCE_EXHAUSTED, UNAVAILABLE or DEADLINE_EXCEEDED
+};
+
+// Per variant, the largest share of the route's calls the guard lets it have (1: no cap), and
+// why it was last lowered. Adjusted once per guard tick.
+struct GuardCaps {
+  std::vector<double> cap;  // indexed like the pool
+  std::vector<bool> over;   // whether the variant was over its objective at the last tick
+};
+
+// The guard's step: additive increase, multiplicative decrease of each variant's cap.
+//  - over the objective (p99 above the SLO, or any overload answer in the window): the cap halves,
+//    from the share the variant actually had (`served_share`), never below `kFloor`;
+//  - well inside it (p99 under `kRecoverBelow` × the SLO, no overload answers): the cap grows by
+//    `kStep` a tick, up to 1;
+//  - in between, or without enough completions to tell: unchanged.
+// The band between the two thresholds keeps a variant near its limit from flapping.
+class LatencyGuard {
+ public:
+  static constexpr double kFloor = 0.02;
+  static constexpr double kStep = 0.05;
+  static constexpr double kRecoverBelow = 0.8;
+
+  static GuardCaps Next(const GuardCaps& previous, const std::vector<VariantLoad>& load,
+                        const std::vector<double>& served_share, const LatencySlo& slo);
+};
+
+// The weights actually served: each variant's weight held to its cap, the excess passed down to the
+// next lower-energy ready variant (and on down; the cheapest ready variant takes what is left).
+// Weights stay ascending by variant and sum to 1.
+std::vector<VariantWeight> CappedWeights(const std::vector<VariantWeight>& weights, const std::vector<double>& caps,
+                                         uint64_t ready);
+
+}  // namespace carbon::selector
