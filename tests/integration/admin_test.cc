@@ -435,6 +435,80 @@ TEST(CapacityGuardTest, AVariantAtItsLimitSpillsTheExcessDownAndTakesCallsAgainO
   EXPECT_TRUE(selection[2]["max_in_flight"].is_null());
 }
 
+// resnet152 answers in 150 ms against an objective of 50 ms at the 99th percentile: under steady
+// traffic the guard cuts its share and sends the rest to the next lower-energy variant, which
+// answers at once; the policy's own weight stays where it was, and a reload with a looser
+// objective keeps serving.
+TEST(LatencyGuardRouteTest, AVariantOverTheObjectiveLosesTrafficDownTheEnergyLadder) {
+  bench::FakeUpstreamOptions options;
+  options.models = {"resnet34", "resnet50", "resnet101", "resnet152"};
+  options.service_time["resnet152"] = absl::Milliseconds(150);
+  auto upstream = bench::FakeUpstreamServer::Start("127.0.0.1:0", options);
+  ASSERT_TRUE(upstream.ok());
+  SidecarConfig config = testing::StaticSidecarConfig((*upstream)->port(), 100);  // the policy: resnet152
+  config.routes[0].slo = selector::LatencySlo{absl::Milliseconds(50), absl::Seconds(1)};
+  auto sidecar = SidecarServer::Start(config);
+  ASSERT_TRUE(sidecar.ok()) << sidecar.status();
+  auto stub = inference::GRPCInferenceService::NewStub(grpc::CreateChannel(
+      absl::StrCat("127.0.0.1:", (*sidecar)->port()), grpc::InsecureChannelCredentials()));
+  httplib::Client http("127.0.0.1", (*sidecar)->admin_port());
+  http.set_read_timeout(5, 0);
+
+  std::atomic<bool> sending{true};
+  std::atomic<int> failed{0}, to_101{0};
+  std::vector<std::thread> clients;
+  for (int c = 0; c < 4; ++c) {
+    clients.emplace_back([&] {
+      while (sending) {
+        grpc::ClientContext ctx;
+        ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(5)));
+        inference::ModelInferResponse resp;
+        if (!stub->ModelInfer(&ctx, Request(1), &resp).ok()) {
+          ++failed;
+          continue;
+        }
+        to_101 += ctx.GetServerInitialMetadata().find("x-carbon-model")->second == "resnet101";
+        absl::SleepFor(absl::Milliseconds(2));
+      }
+    });
+  }
+  nlohmann::json candidates;
+  const absl::Time give_up = absl::Now() + absl::Seconds(15);
+  while (absl::Now() < give_up) {
+    auto res = http.Get("/v1/selection");
+    if (res && res->status == 200) {
+      candidates = nlohmann::json::parse(res->body)["routes"][0]["candidates"];
+      if (candidates[3]["weight"].get<double>() <= 0.3 && to_101 > 20) break;
+    }
+    absl::SleepFor(absl::Milliseconds(50));
+  }
+  EXPECT_LE(candidates[3]["weight"].get<double>(), 0.3) << candidates.dump();
+  EXPECT_EQ(candidates[3]["policy_weight"], 1);
+  EXPECT_LT(candidates[3]["guard_cap"].get<double>(), 1);
+  EXPECT_GE(candidates[3]["window_p99_seconds"].get<double>(), 0.1);
+  EXPECT_GE(candidates[2]["weight"].get<double>(), 0.7);
+  EXPECT_GT(to_101, 20);
+
+  // A looser objective, reloaded under traffic: nothing fails, the caps carry over by name.
+  config.routes[0].slo = selector::LatencySlo{absl::Milliseconds(500), absl::Seconds(1)};
+  ASSERT_TRUE((*sidecar)->Reload(config).ok());
+  auto res = http.Get("/metrics");
+  sending = false;
+  for (auto& t : clients) t.join();
+  EXPECT_EQ(failed, 0);
+  ASSERT_TRUE(res);
+  const std::map<std::string, double> samples = ParseSamples(res->body);
+  EXPECT_EQ(samples.at(R"(carbon_sidecar_policy_weight_ratio{route="resnet",model="resnet152"})"), 1);
+  EXPECT_LT(samples.at(R"(carbon_sidecar_guard_cap_ratio{route="resnet",model="resnet152"})"), 1);
+  EXPECT_LT(samples.at(R"(carbon_sidecar_model_weight_ratio{route="resnet",model="resnet152"})"), 1);
+  const std::string scrape = (std::filesystem::temp_directory_path() / absl::StrCat("guard_", getpid(), ".txt")).string();
+  std::ofstream(scrape) << res->body;
+  const std::string check = absl::StrCat("promtool check metrics < ", scrape, " > ", scrape, ".out 2>&1");
+  EXPECT_EQ(std::system(check.c_str()), 0) << std::ifstream(scrape + ".out").rdbuf();
+  std::filesystem::remove(scrape);
+  std::filesystem::remove(scrape + ".out");
+}
+
 TEST_F(AdminTest, ConfigHealthAndReadiness) {
   auto config = http_->Get("/v1/config");
   ASSERT_TRUE(config);
