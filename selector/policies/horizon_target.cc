@@ -11,18 +11,22 @@
 
 namespace carbon::selector {
 
-absl::Time Horizon::StartOf(absl::Time t) const {
+namespace {
+
+// How many whole `step`s from `origin` to `t`, rounded down (IDivDuration truncates towards zero).
+int64_t StepsSince(absl::Time origin, absl::Duration step, absl::Time t) {
   absl::Duration rest;
-  int64_t n = absl::IDivDuration(t - anchor, length, &rest);
-  if (anchor + n * length > t) --n;  // IDivDuration truncates towards zero
-  return anchor + n * length;
+  int64_t n = absl::IDivDuration(t - origin, step, &rest);
+  if (origin + n * step > t) --n;
+  return n;
 }
 
-namespace {
 size_t RingIndex(int64_t slot) {
   return static_cast<size_t>(((slot % WeekOfHalfHours::kSlots) + WeekOfHalfHours::kSlots) % WeekOfHalfHours::kSlots);
 }
 }  // namespace
+
+absl::Time Horizon::StartOf(absl::Time t) const { return anchor + StepsSince(anchor, length, t) * length; }
 
 void WeekOfHalfHours::Set(int64_t slot, double value) {
   slot_[RingIndex(slot)] = slot;
@@ -52,13 +56,7 @@ std::optional<double> WeekOfHalfHours::Mean() const {
   return sum / seen;
 }
 
-int64_t HorizonMemory::SlotAt(absl::Time t) {
-  absl::Duration rest;
-  int64_t n = absl::IDivDuration(t - absl::UnixEpoch(), kSlot, &rest);
-  if (absl::UnixEpoch() + n * kSlot > t) --n;
-  return n;
-}
-
+int64_t HorizonMemory::SlotAt(absl::Time t) { return StepsSince(absl::UnixEpoch(), kSlot, t); }
 
 namespace {
 
@@ -192,8 +190,8 @@ std::vector<PlanSlot> Outlook(const HorizonMemory& m, const PolicyInputs& inputs
 
 }  // namespace
 
-std::string_view HorizonTargetPolicy::kind() const {
-  return limit_.kind == PlanLimit::Kind::kMeanErrorPercent ? kAccuracyTarget : kCarbonBudget;
+std::string_view HorizonTargetPolicy::KindOf(PlanLimit::Kind limit) {
+  return limit == PlanLimit::Kind::kMeanErrorPercent ? kAccuracyTarget : kCarbonBudget;
 }
 
 Decision HorizonTargetPolicy::Decide(const PolicyInputs& inputs) const {
@@ -283,10 +281,7 @@ class HorizonTargetSpec final : public PolicySpec {
  public:
   HorizonTargetSpec(PlanLimit limit, Horizon horizon) : limit_(limit), horizon_(horizon) {}
 
-  std::string_view kind() const override {
-    return limit_.kind == PlanLimit::Kind::kMeanErrorPercent ? HorizonTargetPolicy::kAccuracyTarget
-                                                             : HorizonTargetPolicy::kCarbonBudget;
-  }
+  std::string_view kind() const override { return HorizonTargetPolicy::KindOf(limit_.kind); }
   nlohmann::json Render() const override {
     nlohmann::json out = nlohmann::json::object();
     out[limit_.kind == PlanLimit::Kind::kMeanErrorPercent ? "max_mean_error_percent" : "grams_per_horizon"] =

@@ -99,7 +99,10 @@ class HorizonTargetPolicy final : public RoutingPolicy {
   HorizonTargetPolicy(const Pool& pool, PolicySettings settings, PlanLimit limit, Horizon horizon)
       : pool_(pool), settings_(settings), limit_(limit), horizon_(horizon) {}
 
-  std::string_view kind() const override;
+  // The `kind` of the policy that keeps a limit of this kind.
+  static std::string_view KindOf(PlanLimit::Kind limit);
+
+  std::string_view kind() const override { return KindOf(limit_.kind); }
   Decision Decide(const PolicyInputs& inputs) const override;
 
  private:
