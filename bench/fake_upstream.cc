@@ -8,26 +8,42 @@
 #include "common/happens_before.h"
 
 namespace carbon::bench {
-namespace {
-
-// Finishes a unary call after the model's service time, without blocking a server thread.
+// Finishes a unary call after the model's service time, without blocking a server thread. With a
+// queue (the model has instances), the service time starts only when an instance is free.
 class DelayedUnaryReactor final : public grpc::ServerUnaryReactor {
  public:
-  DelayedUnaryReactor(absl::Duration delay, grpc::Status status, std::atomic<int64_t>* cancelled)
-      : status_(std::move(status)), cancelled_(cancelled) {
+  DelayedUnaryReactor(absl::Duration delay, grpc::Status status, std::atomic<int64_t>* cancelled,
+                      FakeInferenceService::ModelQueue* queue)
+      : delay_(delay), status_(std::move(status)), cancelled_(cancelled), queue_(queue) {
     HappensBefore(this);  // common/happens_before.h: each step is started by the one before
-    if (delay <= absl::ZeroDuration()) {
+    if (delay_ <= absl::ZeroDuration()) {
       Finish(status_);
       return;
     }
-    alarm_.Set(absl::ToChronoTime(absl::Now() + delay), [this](bool fired) {
-      HappensAfter(this);
-      Finish(fired ? status_ : grpc::Status::CANCELLED);
-    });
+    if (queue_ != nullptr) {
+      absl::MutexLock lock(&queue_->mu);
+      if (queue_->running >= queue_->instances) {
+        queue_->waiting.push_back(this);
+        return;
+      }
+      ++queue_->running;
+    }
+    Run();
   }
-  // A cancelled call (client gone, deadline passed, server shutting down) ends at once.
+  // A cancelled call (client gone, deadline passed, server shutting down) ends at once; one still
+  // waiting leaves the queue.
   void OnCancel() override {
     cancelled_->fetch_add(1);
+    if (queue_ != nullptr) {
+      absl::MutexLock lock(&queue_->mu);
+      auto it = std::find(queue_->waiting.begin(), queue_->waiting.end(), this);
+      if (it != queue_->waiting.end()) {
+        queue_->waiting.erase(it);
+        HappensBefore(this);
+        Finish(grpc::Status::CANCELLED);
+        return;
+      }
+    }
     alarm_.Cancel();
     HappensBefore(this);
   }
@@ -37,10 +53,35 @@ class DelayedUnaryReactor final : public grpc::ServerUnaryReactor {
   }
 
  private:
+  // Holds an instance for the service time, then frees it for the next call waiting.
+  void Run() {
+    alarm_.Set(absl::ToChronoTime(absl::Now() + delay_), [this](bool fired) {
+      HappensAfter(this);
+      if (queue_ != nullptr) {
+        DelayedUnaryReactor* next = nullptr;
+        {
+          absl::MutexLock lock(&queue_->mu);
+          if (queue_->waiting.empty()) {
+            --queue_->running;
+          } else {
+            next = queue_->waiting.front();  // takes over this instance
+            queue_->waiting.pop_front();
+          }
+        }
+        if (next != nullptr) next->Run();
+      }
+      Finish(fired ? status_ : grpc::Status::CANCELLED);
+    });
+  }
+
+  absl::Duration delay_;
   grpc::Status status_;
   std::atomic<int64_t>* cancelled_;
+  FakeInferenceService::ModelQueue* queue_;
   grpc::Alarm alarm_;
 };
+
+namespace {
 
 grpc::ServerUnaryReactor* Done(grpc::CallbackServerContext* ctx, grpc::Status status = grpc::Status::OK) {
   auto* reactor = ctx->DefaultReactor();
@@ -58,7 +99,19 @@ uint64_t Fnv1a64(std::string_view bytes, uint64_t hash) {
   return hash;
 }
 
-FakeInferenceService::FakeInferenceService(FakeUpstreamOptions options) : options_(std::move(options)) {}
+FakeInferenceService::FakeInferenceService(FakeUpstreamOptions options) : options_(std::move(options)) {
+  for (const auto& [model, instances] : options_.instances) {
+    if (instances <= 0) continue;
+    auto queue = std::make_unique<ModelQueue>();
+    queue->instances = instances;
+    queues_[model] = std::move(queue);
+  }
+}
+
+FakeInferenceService::ModelQueue* FakeInferenceService::QueueOf(const std::string& model) {
+  auto it = queues_.find(model);
+  return it == queues_.end() ? nullptr : it->second.get();
+}
 
 bool FakeInferenceService::Serves(const std::string& model) const {
   return std::find(options_.models.begin(), options_.models.end(), model) != options_.models.end();
@@ -226,7 +279,7 @@ grpc::ServerUnaryReactor* FakeInferenceService::ModelInfer(grpc::CallbackServerC
   Record(ctx, "ModelInfer", request->model_name(), request->model_version(), request);
   grpc::Status status = Infer(*request, response);
   return new DelayedUnaryReactor(status.ok() ? ServiceTime(request->model_name()) : absl::ZeroDuration(),
-                                 status, &cancelled_unary_);
+                                 status, &cancelled_unary_, status.ok() ? QueueOf(request->model_name()) : nullptr);
 }
 
 // Answers each request of the stream in order, one response per request.

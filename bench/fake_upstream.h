@@ -36,10 +36,15 @@ uint64_t Fnv1a64(std::string_view bytes, uint64_t hash = 0xcbf29ce484222325ull);
 struct FakeUpstreamOptions {
   std::vector<std::string> models;  // the variant names it serves
   absl::flat_hash_map<std::string, absl::Duration> service_time;  // per model, default none
+  // Per model, how many unary ModelInfer calls it executes at once (its instances); the others wait
+  // in arrival order, as in Triton's scheduler queue. Absent: no limit.
+  absl::flat_hash_map<std::string, int> instances;
   size_t max_recorded = 10000;  // older records are dropped
   // Called as each request arrives (before any service time), from gRPC's threads.
   std::function<void(const ReceivedRequest&)> on_request;
 };
+
+class DelayedUnaryReactor;
 
 // A real inference server for tests, demos and benchmarks: it serves the inference service for
 // the configured model names. ModelInfer answers with two outputs: "served_by" (BYTES, the model
@@ -91,7 +96,17 @@ class FakeInferenceService final : public inference::GRPCInferenceService::Callb
 
  private:
   friend class StreamInferReactor;
+  friend class DelayedUnaryReactor;
+  // The executions of one model with instances: those running, and the calls waiting for one.
+  struct ModelQueue {
+    int instances = 0;
+    absl::Mutex mu;
+    int running ABSL_GUARDED_BY(mu) = 0;
+    std::deque<DelayedUnaryReactor*> waiting ABSL_GUARDED_BY(mu);
+  };
+  ModelQueue* QueueOf(const std::string& model);
   FakeUpstreamOptions options_;
+  absl::flat_hash_map<std::string, std::unique_ptr<ModelQueue>> queues_;  // fixed after construction
   mutable absl::Mutex mu_;
   std::deque<ReceivedRequest> received_ ABSL_GUARDED_BY(mu_);
   std::atomic<int64_t> cancelled_streams_{0};

@@ -7,6 +7,7 @@
 #include "common/command_line.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/flags/parse.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "bench/fake_upstream.h"
@@ -18,11 +19,15 @@ ABSL_FLAG(bool, announce_requests, false,
           "Print \"received <method> <model>\" as each request arrives (tests poll for it).");
 ABSL_FLAG(std::vector<std::string>, service_time, {},
           "Per-model service time, e.g. resnet152=5ms,resnet34=1ms.");
+ABSL_FLAG(std::vector<std::string>, instances, {},
+          "Per-model executions at once, e.g. resnet152=2 (the others queue, as in Triton's scheduler; "
+          "default: no limit).");
 
 int main(int argc, char** argv) {
   carbon::StartBinary(
       "a fake KServe v2 / Triton inference server for the demo, the tests and the benchmarks.\n"
-      "Usage: fake-upstream [--listen HOST:PORT] [--models a,b,c] [--service_time model=5ms,...] [--announce_requests]",
+      "Usage: fake-upstream [--listen HOST:PORT] [--models a,b,c] [--service_time model=5ms,...] "
+      "[--instances model=2,...] [--announce_requests]",
       __FILE__, argc, argv);
   sigset_t signals;
   sigemptyset(&signals);
@@ -41,6 +46,15 @@ int main(int argc, char** argv) {
       return 2;
     }
     options.service_time[kv.first] = d;
+  }
+  for (const std::string& entry : absl::GetFlag(FLAGS_instances)) {
+    std::pair<std::string, std::string> kv = absl::StrSplit(entry, '=');
+    int n = 0;
+    if (!absl::SimpleAtoi(kv.second, &n) || n < 1) {
+      std::fprintf(stderr, "bad --instances entry '%s'\n", entry.c_str());
+      return 2;
+    }
+    options.instances[kv.first] = n;
   }
   if (absl::GetFlag(FLAGS_announce_requests)) {
     options.on_request = [](const carbon::bench::ReceivedRequest& r) {

@@ -422,6 +422,45 @@ TEST_F(ProxyTest, SlowUpstreamPastTheDeadlineIsDeadlineExceeded) {
   EXPECT_TRUE(PollUntil([&] { return upstream_->service().cancelled_unary() == 2; }));
 }
 
+// The fake upstream's capacity, which the guard's tests and benchmark stand on: with one instance,
+// calls run one after another in arrival order, and one that gives up while waiting leaves the
+// queue without holding up the rest.
+TEST(FakeUpstreamTest, InstancesQueueCallsAndACancelledWaiterLeavesTheQueue) {
+  bench::FakeUpstreamOptions options;
+  options.models = {"resnet152"};
+  options.service_time["resnet152"] = absl::Milliseconds(200);
+  options.instances["resnet152"] = 1;
+  auto upstream = bench::FakeUpstreamServer::Start("127.0.0.1:0", options);
+  ASSERT_TRUE(upstream.ok());
+  auto stub = inference::GRPCInferenceService::NewStub(
+      grpc::CreateChannel(absl::StrCat("127.0.0.1:", (*upstream)->port()), grpc::InsecureChannelCredentials()));
+  const auto call = [&](absl::Duration deadline) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(absl::ToChronoTime(absl::Now() + deadline));
+    inference::ModelInferRequest request;
+    request.set_model_name("resnet152");
+    inference::ModelInferResponse resp;
+    return stub->ModelInfer(&ctx, request, &resp);
+  };
+  const absl::Time start = absl::Now();
+  std::vector<std::thread> callers;
+  std::vector<grpc::Status> statuses(3);
+  for (int i = 0; i < 3; ++i) callers.emplace_back([&, i] { statuses[i] = call(absl::Seconds(10)); });
+  for (auto& t : callers) t.join();
+  for (const auto& s : statuses) EXPECT_TRUE(s.ok()) << s.error_message();
+  // One instance: the three cannot have overlapped.
+  EXPECT_GE(absl::Now() - start, absl::Milliseconds(600));
+
+  // One call holds the instance; a second waits and gives up at its deadline; a third, queued
+  // behind it, is served once the first is done.
+  std::thread holder([&] { EXPECT_TRUE(call(absl::Seconds(10)).ok()); });
+  ASSERT_TRUE(PollUntil([&] { return (*upstream)->service().received_count() == 4; }));
+  EXPECT_EQ(call(absl::Milliseconds(50)).error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
+  EXPECT_TRUE(PollUntil([&] { return (*upstream)->service().cancelled_unary() == 1; }));
+  EXPECT_TRUE(call(absl::Seconds(10)).ok());
+  holder.join();
+}
+
 TEST_F(ProxyTest, OversizedMetadataIsRefusedAndTheProxyCarriesOn) {
   auto ctx = Context();
   ctx->AddMetadata("x-huge", std::string(64 * 1024, 'm'));
