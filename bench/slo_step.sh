@@ -14,7 +14,7 @@ cd "$(dirname "$0")/.."
 source bench/lib.sh
 
 build_dir=build
-out_dir=bench/results/slo-step
+out_dir=bench/results/slo-step  # bench/slo-step/ holds the run bench/RESULTS.md reports
 rate=300
 seconds=24
 while [[ $# -gt 0 ]]; do
