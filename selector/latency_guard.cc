@@ -1,6 +1,7 @@
 #include "selector/latency_guard.h"
 
 #include <algorithm>
+#include <cmath>
 
 namespace carbon::selector {
 
@@ -64,6 +65,28 @@ std::vector<VariantWeight> CappedWeights(const std::vector<VariantWeight>& weigh
     if (share[v] > 1e-9) out.push_back({v, share[v]});
   }
   return out;
+}
+
+std::vector<VariantWeight> RampedWeights(const std::vector<VariantWeight>& from, const std::vector<VariantWeight>& to,
+                                         double progress) {
+  progress = std::clamp(progress, 0.0, 1.0);
+  size_t n = 0;
+  for (const auto& w : from) n = std::max(n, w.variant + 1);
+  for (const auto& w : to) n = std::max(n, w.variant + 1);
+  std::vector<double> share(n, 0.0);
+  for (const auto& w : from) share[w.variant] += (1 - progress) * w.weight;
+  for (const auto& w : to) share[w.variant] += progress * w.weight;
+  std::vector<VariantWeight> out;
+  for (size_t v = 0; v < n; ++v) {
+    if (share[v] > 1e-9) out.push_back({v, share[v]});
+  }
+  return out;
+}
+
+bool SameWeights(const std::vector<VariantWeight>& a, const std::vector<VariantWeight>& b) {
+  return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin(), [](const auto& x, const auto& y) {
+           return x.variant == y.variant && std::abs(x.weight - y.weight) < 1e-6;
+         });
 }
 
 }  // namespace carbon::selector

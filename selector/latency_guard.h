@@ -52,4 +52,12 @@ class LatencyGuard {
 std::vector<VariantWeight> CappedWeights(const std::vector<VariantWeight>& weights, const std::vector<double>& caps,
                                          uint64_t ready);
 
+// The weights a fraction `progress` (0 to 1) of the way from `from` to `to`, variant by variant:
+// a change of decision moved over a ramp instead of at once. Ascending by variant, zeros dropped.
+std::vector<VariantWeight> RampedWeights(const std::vector<VariantWeight>& from, const std::vector<VariantWeight>& to,
+                                         double progress);
+
+// Whether two weight lists give every variant the same share (within a millionth).
+bool SameWeights(const std::vector<VariantWeight>& a, const std::vector<VariantWeight>& b);
+
 }  // namespace carbon::selector

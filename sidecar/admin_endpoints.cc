@@ -450,6 +450,7 @@ std::string RenderSelectionJson(const RoutingSnapshot& snapshot, absl::Time wall
     routes.push_back({
         {"route", route.route->config.name},
         {"policy", route.route->policy->kind()},
+        {"ramp_progress", route.ramp_progress ? json(*route.ramp_progress) : json(nullptr)},
         {"model", route.pool()[d.primary].name},
         {"reason", d.reason},
         {"explanation", explanation},
@@ -514,6 +515,7 @@ nlohmann::json RouteJson(const RouteConfig& r) {
           {"policy", policy_json},
           {"min_dwell", Duration(r.min_dwell)},
           {"max_in_flight", limits},
+          {"ramp", Duration(r.ramp)},
           {"slo", r.slo ? nlohmann::json{{"latency_p99", Duration(r.slo->latency_p99)}, {"window", Duration(r.slo->window)}}
                         : nlohmann::json(nullptr)},
           {"batch_dimension", r.batch_dimension}};

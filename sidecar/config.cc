@@ -299,6 +299,7 @@ absl::Status ReadRoute(const YAML::Node& node, size_t index, const std::string& 
   r.String("baseline", &baseline, true);
   r.String("default", &default_variant, true);
   r.Duration("min_dwell", &out->min_dwell, /*allow_zero=*/true);
+  r.Duration("ramp", &out->ramp, /*allow_zero=*/true);
   r.Bool("batch_dimension", &out->batch_dimension);
   YAML::Node policy = r.Get("policy", false);
   YAML::Node max_in_flight = r.Get("max_in_flight", false);

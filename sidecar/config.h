@@ -72,6 +72,8 @@ struct RouteConfig {
   // Per variant (indexed like the pool), the unary inference calls it may have in flight from this
   // sidecar; 0: no limit. Empty: no variant has one.
   std::vector<int64_t> max_in_flight;
+  // A change of the policy's decision moves the route's traffic over this long (0: at once).
+  absl::Duration ramp = absl::ZeroDuration();
   // The route's latency objective; absent: no latency guard.
   std::optional<selector::LatencySlo> slo;
 };

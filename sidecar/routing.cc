@@ -143,6 +143,12 @@ struct SelectionPublisher::State {
   std::vector<selector::GuardCaps> caps;
   std::vector<std::vector<std::optional<absl::Duration>>> window_p99;
   std::vector<std::vector<double>> served_share;  // the weights last published, per variant
+  // Per route with a ramp: where the traffic is moving from and to, and since when (wall clock).
+  struct Ramp {
+    std::vector<selector::VariantWeight> from, to, current;
+    absl::Time start = absl::InfinitePast();
+  };
+  std::vector<Ramp> ramps;
   absl::Status last_poll;                                     // of the provider
   std::vector<selector::IntensityReading> forecast;           // include_forecast: what is coming
   std::optional<absl::StatusOr<selector::IntensityReading>> first_reading;  // from MakeState
@@ -198,13 +204,14 @@ bool SelectionPublisher::ShouldWake() const {
 namespace {
 
 // How often the latency guard samples its windows and steps: four times a window (the shortest
-// of the routes'), so that a breach is acted on within a quarter of it; never when no route has an SLO.
+// of the routes'), so that a breach is acted on within a quarter of it; and a ramp moves in twenty
+// steps. Never when no route has an SLO or a ramp.
 std::optional<absl::Duration> GuardInterval(const std::vector<std::shared_ptr<const CompiledRoute>>& routes) {
   std::optional<absl::Duration> interval;
+  const auto take = [&](absl::Duration d) { interval = interval ? std::min(*interval, d) : d; };
   for (const auto& route : routes) {
-    if (!route->config.slo) continue;
-    const absl::Duration d = std::max(absl::Milliseconds(250), route->config.slo->window / 4);
-    interval = interval ? std::min(*interval, d) : d;
+    if (route->config.slo) take(std::max(absl::Milliseconds(250), route->config.slo->window / 4));
+    if (route->config.ramp > absl::ZeroDuration()) take(std::max(absl::Milliseconds(100), route->config.ramp / 20));
   }
   return interval;
 }
@@ -266,6 +273,10 @@ absl::Status SelectionPublisher::Reload(const SidecarConfig& config) {
         const selector::Pool& before = *state_->routes[j]->config.pool;
         const selector::Pool& after = *(*state)->routes[i]->config.pool;
         (*state)->ready[i] = CarryReady(before, state_->ready[j], after);
+        // A ramp in progress goes on when the pool is unchanged (its weights name variants by index).
+        bool same_pool = before.size() == after.size();
+        for (size_t v = 0; same_pool && v < after.size(); ++v) same_pool = before[v].name == after[v].name;
+        if (same_pool) (*state)->ramps[i] = state_->ramps[j];
         // The guard's caps follow the variants by name, so a reload does not undo a spill the
         // upstream still needs.
         for (size_t v = 0; v < after.size(); ++v) {
@@ -435,9 +446,34 @@ void SelectionPublisher::Publish(State& s) {
         s.previous[i]->weights.size() != decision.weights.size()) {
       LogDecision(route, decision, s.previous[i] ? &*s.previous[i] : nullptr);
     }
-    // The policy remembers its own decision; the view serves the guarded one.
+    // The policy remembers its own decision; the view serves the ramped and guarded one.
     s.previous[i] = decision;
     std::vector<selector::VariantWeight> policy_weights;
+    std::optional<double> ramp_progress;
+    if (route.config.ramp > absl::ZeroDuration()) {
+      State::Ramp& ramp = s.ramps[i];
+      const absl::Time wall = absl::Now();  // a server warms in real time, whatever the provider's clock
+      if (!selector::SameWeights(ramp.to, decision.weights)) {
+        // A new decision: from what is served now (mid-ramp, the blend) towards it. The first
+        // decision of a route has nothing to move from.
+        if (!ramp.current.empty()) {
+          ramp.from = ramp.current;
+          ramp.start = wall;
+        }
+        ramp.to = decision.weights;
+      }
+      const double progress =
+          ramp.start == absl::InfinitePast() ? 1.0 : std::min(1.0, absl::FDivDuration(wall - ramp.start, route.config.ramp));
+      if (progress < 1) {
+        ramp_progress = progress;
+        policy_weights = decision.weights;
+        decision.weights = selector::RampedWeights(ramp.from, ramp.to, progress);
+        decision.primary = std::max_element(decision.weights.begin(), decision.weights.end(),
+                                            [](const auto& a, const auto& b) { return a.weight < b.weight; })
+                               ->variant;
+      }
+      ramp.current = decision.weights;
+    }
     if (route.config.slo) {
       std::vector<selector::VariantWeight> capped = selector::CappedWeights(decision.weights, s.caps[i].cap, ready);
       const bool changed = capped.size() != decision.weights.size() ||
@@ -446,7 +482,7 @@ void SelectionPublisher::Publish(State& s) {
                                          return a.variant == b.variant && std::abs(a.weight - b.weight) < 1e-9;
                                        });
       if (changed) {
-        policy_weights = std::move(decision.weights);
+        if (policy_weights.empty()) policy_weights = std::move(decision.weights);
         decision.weights = std::move(capped);
         decision.primary = std::max_element(decision.weights.begin(), decision.weights.end(),
                                             [](const auto& a, const auto& b) { return a.weight < b.weight; })
@@ -457,7 +493,8 @@ void SelectionPublisher::Publish(State& s) {
     }
     std::shared_ptr<const selector::WeightedDraw> draw;
     if (decision.weights.size() > 1) draw = std::make_shared<const selector::WeightedDraw>(decision.weights);
-    RouteView view{s.routes[i], std::move(decision), std::move(policy_weights), {}, {}, std::move(draw), ready};
+    RouteView view{s.routes[i], std::move(decision), std::move(policy_weights), {}, {}, ramp_progress, std::move(draw),
+                   ready};
     if (route.config.slo) {
       view.guard_caps = s.caps[i].cap;
       view.window_p99 = s.window_p99[i];
@@ -510,6 +547,7 @@ absl::StatusOr<std::shared_ptr<SelectionPublisher::State>> SelectionPublisher::M
     state->caps.push_back({std::vector<double>(route.pool->size(), 1.0), std::vector<bool>(route.pool->size(), false)});
     state->window_p99.emplace_back(route.pool->size());
     state->served_share.emplace_back(route.pool->size(), 0.0);
+    state->ramps.emplace_back();
   }
   return state;
 }

@@ -48,6 +48,8 @@ struct RouteView {
   // Per variant, the guard's cap on its share (empty without an SLO) and its windowed p99.
   std::vector<double> guard_caps;
   std::vector<std::optional<absl::Duration>> window_p99;
+  // While a change of decision is being ramped in: how far (0 to 1).
+  std::optional<double> ramp_progress;
   // Serves a decision of several variants; null when one variant takes everything.
   std::shared_ptr<const selector::WeightedDraw> draw;
   uint64_t ready = 0;  // variants the upstream can serve

@@ -509,6 +509,44 @@ TEST(LatencyGuardRouteTest, AVariantOverTheObjectiveLosesTrafficDownTheEnergyLad
   std::filesystem::remove(scrape + ".out");
 }
 
+// With a 2 s ramp, the grid turning from dirty (resnet34) to clean (resnet152) moves the route's
+// traffic over two seconds: weights in between while it lasts, the new decision's after.
+TEST(RampTest, AChangeOfDecisionMovesTrafficOverTheRamp) {
+  bench::FakeUpstreamOptions options;
+  options.models = {"resnet34", "resnet50", "resnet101", "resnet152"};
+  auto upstream = bench::FakeUpstreamServer::Start("127.0.0.1:0", options);
+  ASSERT_TRUE(upstream.ok());
+  SidecarConfig config = testing::StaticSidecarConfig((*upstream)->port(), 300);  // t = 0: resnet34
+  config.routes[0].ramp = absl::Seconds(2);
+  auto sidecar = SidecarServer::Start(config);
+  ASSERT_TRUE(sidecar.ok()) << sidecar.status();
+  httplib::Client http("127.0.0.1", (*sidecar)->admin_port());
+  http.set_read_timeout(5, 0);
+  const auto route = [&] { return nlohmann::json::parse(http.Get("/v1/selection")->body)["routes"][0]; };
+  EXPECT_EQ(route()["candidates"][0]["weight"], 1);  // the first decision is served at once
+  EXPECT_TRUE(route()["ramp_progress"].is_null());
+
+  config.intensity.provider = telemetry::StaticIntensity(100, "test-region");  // t = 1: resnet152
+  ASSERT_TRUE((*sidecar)->Reload(config).ok());
+  bool seen_between = false;
+  const absl::Time give_up = absl::Now() + absl::Seconds(10);
+  nlohmann::json now;
+  while (absl::Now() < give_up) {
+    now = route();
+    if (now["ramp_progress"].is_null()) break;
+    const double to_152 = now["candidates"][3]["weight"].get<double>();
+    const double to_34 = now["candidates"][0]["weight"].get<double>();
+    EXPECT_NEAR(to_152 + to_34, 1, 1e-9);
+    EXPECT_EQ(now["candidates"][3]["policy_weight"], 1);
+    if (to_152 > 0.05 && to_152 < 0.95) seen_between = true;
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+  EXPECT_TRUE(seen_between) << "never saw the traffic part-way";
+  EXPECT_TRUE(now["ramp_progress"].is_null()) << now.dump();
+  EXPECT_EQ(now["candidates"][3]["weight"], 1);
+  EXPECT_EQ(now["model"], "resnet152");
+}
+
 TEST_F(AdminTest, ConfigHealthAndReadiness) {
   auto config = http_->Get("/v1/config");
   ASSERT_TRUE(config);

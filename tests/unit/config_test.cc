@@ -390,6 +390,10 @@ TEST_F(ConfigTest, ALatencyObjectiveNeedsItsPercentileAndAWindowOfASecondOrMore)
   EXPECT_THAT(ErrorOf(head + route + "    slo: { latency_p99: fast }\n"),
               HasSubstr("routes[0].slo.latency_p99 must be a positive duration"));
   EXPECT_THAT(ErrorOf(head + route + "    slo: { latency_p99: 1s, p95: 1s }\n"), HasSubstr("unknown key 'p95'"));
+  auto ramped = LoadConfig(Write("ramped.yaml", head + route + "    ramp: 60s\n"));
+  ASSERT_TRUE(ramped.ok()) << ramped.status();
+  EXPECT_EQ(ramped->routes[0].ramp, absl::Seconds(60));
+  EXPECT_THAT(ErrorOf(head + route + "    ramp: soon\n"), HasSubstr("routes[0].ramp must be a duration"));
 }
 
 TEST_F(ConfigTest, ErrorsInAPoolFileNameThePoolFile) {

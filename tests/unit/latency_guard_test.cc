@@ -83,5 +83,17 @@ TEST(LatencyGuardTest, SettlesNearTheLimitWithoutFlapping) {
   EXPECT_GE(lowest, 0.25);
 }
 
+TEST(RampedWeightsTest, MovesEachVariantsShareInProportion) {
+  const std::vector<VariantWeight> from = {{1, 1.0}};
+  const std::vector<VariantWeight> to = {{2, 0.5}, {3, 0.5}};
+  EXPECT_THAT(RampedWeights(from, to, 0), ElementsAre(Weight(1, 1.0)));
+  EXPECT_THAT(RampedWeights(from, to, 0.25), ElementsAre(Weight(1, 0.75), Weight(2, 0.125), Weight(3, 0.125)));
+  EXPECT_THAT(RampedWeights(from, to, 1), ElementsAre(Weight(2, 0.5), Weight(3, 0.5)));
+  EXPECT_THAT(RampedWeights(from, to, 7), ElementsAre(Weight(2, 0.5), Weight(3, 0.5)));  // held to [0, 1]
+  EXPECT_TRUE(SameWeights(to, {{2, 0.5}, {3, 0.5000001}}));
+  EXPECT_FALSE(SameWeights(to, {{2, 0.5}, {1, 0.5}}));
+  EXPECT_FALSE(SameWeights(to, from));
+}
+
 }  // namespace
 }  // namespace carbon::selector
