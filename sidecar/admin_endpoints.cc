@@ -183,12 +183,7 @@ class MetricsRenderer {
     guarded("carbon_sidecar_policy_weight_ratio",
             "The share the route's policy gives each model, before the latency guard (routes with an slo "
             "only; carbon_sidecar_model_weight_ratio is what is served).",
-            [](const RouteView& route, size_t v) -> std::optional<double> {
-              if (route.policy_weights.empty()) return route.decision.WeightOf(v);
-              double weight = 0;
-              for (const auto& w : route.policy_weights) weight += w.variant == v ? w.weight : 0;
-              return weight;
-            });
+            [](const RouteView& route, size_t v) -> std::optional<double> { return route.PolicyWeightOf(v); });
     guarded("carbon_sidecar_guard_cap_ratio",
             "The latency guard's cap on each model's share of the route (1: none), halved while the model "
             "is over the route's SLO and grown back as it recovers.",
@@ -421,12 +416,7 @@ std::string RenderSelectionJson(const RoutingSnapshot& snapshot, absl::Time wall
                             {"ready", (route.ready >> v & 1) != 0},
                             {"weight", d.WeightOf(v)},
                             {"in_flight", route.route->ledger->variant(v).in_flight()},
-                            {"policy_weight", [&] {
-                               if (route.policy_weights.empty()) return d.WeightOf(v);
-                               double weight = 0;
-                               for (const auto& w : route.policy_weights) weight += w.variant == v ? w.weight : 0;
-                               return weight;
-                             }()},
+                            {"policy_weight", route.PolicyWeightOf(v)},
                             {"guard_cap", route.guard_caps.empty() ? json(nullptr) : json(route.guard_caps[v])},
                             {"window_p99_seconds", route.window_p99.empty() || !route.window_p99[v]
                                                        ? json(nullptr)

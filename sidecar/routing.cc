@@ -20,6 +20,13 @@ CompiledRoute::CompiledRoute(RouteConfig route_config, absl::Duration stale_afte
   }
 }
 
+double RouteView::PolicyWeightOf(size_t variant) const {
+  if (policy_weights.empty()) return decision.WeightOf(variant);
+  double weight = 0;
+  for (const selector::VariantWeight& w : policy_weights) weight += w.variant == variant ? w.weight : 0;
+  return weight;
+}
+
 RoutingSnapshot::RoutingSnapshot(std::vector<RouteView> routes, SourceStatus source)
     : routes_(std::move(routes)), source_(std::move(source)) {
   for (size_t i = 0; i < routes_.size(); ++i) by_name_[routes_[i].route->config.name] = i;

@@ -55,6 +55,8 @@ struct RouteView {
   uint64_t ready = 0;  // variants the upstream can serve
 
   const selector::Pool& pool() const { return *route->config.pool; }
+  // The share the policy itself gives `variant`, before any ramp or guard.
+  double PolicyWeightOf(size_t variant) const;
   // The variant for the next request: lock-free and allocation-free.
   size_t Draw() const { return draw ? draw->Next() : decision.primary; }
 };

@@ -67,6 +67,16 @@ std::map<std::string, double> ParseSamples(const std::string& text) {
   return samples;
 }
 
+// Whether Prometheus's own linter accepts an exposition (promtool, installed by scripts/setup.sh).
+void ExpectPromtoolAccepts(const std::string& exposition) {
+  const std::string file = (std::filesystem::temp_directory_path() / absl::StrCat("scrape_", getpid(), ".txt")).string();
+  std::ofstream(file) << exposition;
+  const std::string check = absl::StrCat("promtool check metrics < ", file, " > ", file, ".out 2>&1");
+  EXPECT_EQ(std::system(check.c_str()), 0) << std::ifstream(file + ".out").rdbuf();
+  std::filesystem::remove(file);
+  std::filesystem::remove(file + ".out");
+}
+
 class AdminTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -338,10 +348,7 @@ TEST(AimedRouteTest, AnAccuracyTargetEndsItsHorizonAtOrUnderTheTargetAsTheLedger
   EXPECT_GT(pinned, 20);
   EXPECT_GE(samples.at(R"(carbon_sidecar_inferences_total{route="resnet",model="resnet34"})"), pinned.load());
   // The exposition with the aimed policy's families passes Prometheus's own linter.
-  const std::string scrape = (dir / "scrape.txt").string();
-  std::ofstream(scrape) << res->body;
-  const std::string check = absl::StrCat("promtool check metrics < ", scrape, " > ", scrape, ".out 2>&1");
-  EXPECT_EQ(std::system(check.c_str()), 0) << std::ifstream(scrape + ".out").rdbuf();
+  ExpectPromtoolAccepts(res->body);
   std::filesystem::remove_all(dir);
 }
 
@@ -501,12 +508,7 @@ TEST(LatencyGuardRouteTest, AVariantOverTheObjectiveLosesTrafficDownTheEnergyLad
   EXPECT_EQ(samples.at(R"(carbon_sidecar_policy_weight_ratio{route="resnet",model="resnet152"})"), 1);
   EXPECT_LT(samples.at(R"(carbon_sidecar_guard_cap_ratio{route="resnet",model="resnet152"})"), 1);
   EXPECT_LT(samples.at(R"(carbon_sidecar_model_weight_ratio{route="resnet",model="resnet152"})"), 1);
-  const std::string scrape = (std::filesystem::temp_directory_path() / absl::StrCat("guard_", getpid(), ".txt")).string();
-  std::ofstream(scrape) << res->body;
-  const std::string check = absl::StrCat("promtool check metrics < ", scrape, " > ", scrape, ".out 2>&1");
-  EXPECT_EQ(std::system(check.c_str()), 0) << std::ifstream(scrape + ".out").rdbuf();
-  std::filesystem::remove(scrape);
-  std::filesystem::remove(scrape + ".out");
+  ExpectPromtoolAccepts(res->body);
 }
 
 // With a 2 s ramp, the grid turning from dirty (resnet34) to clean (resnet152) moves the route's
