@@ -23,7 +23,7 @@ if [ "$build_only" = 0 ]; then
   packages+=(
     libgtest-dev libgmock-dev googletest libbenchmark-dev
     python3 python3-grpcio python3-protobuf python3-yaml
-    curl procps prometheus gnuplot-nox
+    curl procps prometheus gnuplot-nox bc
     clang libclang-rt-14-dev
     shellcheck yamllint
     # The container test: an engine and locally made base images (tests/e2e/container_test.py).
