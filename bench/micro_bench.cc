@@ -52,7 +52,7 @@ void BM_SelectionReadAndLedgerUpdate(benchmark::State& state) {
   for (auto _ : state) {
     const auto& snapshot = publisher->snapshots().Load();
     const sidecar::RouteView* route = snapshot->Find(name);
-    const size_t variant = route->Draw();
+    const size_t variant = route->Draw().variant;
     route->route->ledger->variant(variant).RecordServed(1, 1, route->decision.intensity->gco2_per_kwh);
     benchmark::DoNotOptimize(route);
   }
@@ -77,7 +77,7 @@ void BM_WeightedDrawAndLedgerUpdate(benchmark::State& state) {
   for (auto _ : state) {
     const auto& snapshot = mixed->Load();
     const sidecar::RouteView* route = snapshot->Find(name);
-    const size_t variant = route->Draw();
+    const size_t variant = route->Draw().variant;
     route->route->ledger->variant(variant).RecordServed(1, 1, route->decision.intensity->gco2_per_kwh);
     benchmark::DoNotOptimize(route);
   }
@@ -95,7 +95,7 @@ void BM_SelectionInFlightAndLedgerUpdate(benchmark::State& state) {
   for (auto _ : state) {
     const auto& snapshot = publisher->snapshots().Load();
     const sidecar::RouteView* route = snapshot->Find(name);
-    const size_t variant = route->Draw();
+    const size_t variant = route->Draw().variant;
     telemetry::VariantLedger& cell = route->route->ledger->variant(variant);
     if (auto ticket = cell.TryStartCall(state.range(0))) {
       cell.RecordServed(1, 1, route->decision.intensity->gco2_per_kwh);

@@ -30,6 +30,29 @@ GuardCaps LatencyGuard::Next(const GuardCaps& previous, const std::vector<Varian
   return next;
 }
 
+LearnedLimit NextLearnedLimit(const LearnedLimit& previous, const VariantLoad& load, bool limit_reached,
+                              const LatencySlo& slo, absl::Time now) {
+  LearnedLimit next = previous;
+  const bool over = load.overload_answers > 0 || (load.p99 && *load.p99 > slo.latency_p99);
+  const bool fast = load.overload_answers == 0 && load.p99 && *load.p99 < slo.latency_p99 * LatencyGuard::kRecoverBelow;
+  if (over) {
+    if (now - previous.last_cut < slo.window) return next;
+    // Overload answers, or a p99 past the histogram's last bound, cut by the most.
+    const bool measured = load.p99 && *load.p99 > slo.latency_p99 && *load.p99 != absl::InfiniteDuration();
+    const double ratio = measured ? std::max(0.5, absl::FDivDuration(slo.latency_p99, *load.p99)) : 0.5;
+    // From the calls it actually had in flight, when fewer than the limit.
+    std::optional<double> base;
+    if (load.span > absl::ZeroDuration()) base = load.busy_seconds / absl::ToDoubleSeconds(load.span);
+    if (previous.limit) base = std::min(base.value_or(HUGE_VAL), static_cast<double>(*previous.limit));
+    if (!base) return next;  // nothing to learn from yet
+    next.limit = std::max<int64_t>(1, static_cast<int64_t>(std::floor(*base * ratio)));
+    next.last_cut = now;
+  } else if (fast && limit_reached && previous.limit) {
+    next.limit = *previous.limit + std::max<int64_t>(1, *previous.limit / 10);
+  }
+  return next;
+}
+
 std::vector<VariantWeight> CappedWeights(const std::vector<VariantWeight>& weights, const std::vector<double>& caps,
                                          uint64_t ready) {
   std::optional<size_t> cheapest_ready;

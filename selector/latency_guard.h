@@ -20,6 +20,8 @@ struct VariantLoad {
   uint64_t completions = 0;                 // calls that ended in the window
   std::optional<absl::Duration> p99;        // their 99th percentile (nullopt: too few to tell)
   uint64_t overload_answers = 0;            // RESOURCE_EXHAUSTED, UNAVAILABLE or DEADLINE_EXCEEDED
+  double busy_seconds = 0;                  // the sum of those calls' durations
+  absl::Duration span;                      // how much time the figures cover (up to the window)
 };
 
 // Per variant, the largest share of the route's calls the guard lets it have (1: no cap), and
@@ -45,6 +47,25 @@ class LatencyGuard {
   static GuardCaps Next(const GuardCaps& previous, const std::vector<VariantLoad>& load,
                         const std::vector<double>& served_share, const LatencySlo& slo);
 };
+
+// A variant's in-flight limit learned from its own latency, on a route with an slo where the operator
+// set no max_in_flight. In the spirit of Envoy's adaptive concurrency filter (a limit scaled by the
+// ratio of a target latency to the measured one), with the route's objective as the target:
+//  - none until the variant first goes over the objective (p99 above it, or overload answers); then
+//    the calls it had in flight on average over the window (Little's law: busy seconds / span),
+//    times objective / p99 (at least one half);
+//  - while over, cut again the same way (from the limit, or the calls in flight when fewer), at most
+//    once a window (the window still holds the calls
+//    that made it slow, and cutting on every tick would collapse the limit);
+//  - well inside the objective while the limit was reached (calls spilled at it), grown by a tenth,
+//    at least one call, a tick;
+//  - otherwise unchanged. Never below one call.
+struct LearnedLimit {
+  std::optional<int64_t> limit;
+  absl::Time last_cut = absl::InfinitePast();
+};
+LearnedLimit NextLearnedLimit(const LearnedLimit& previous, const VariantLoad& load, bool limit_reached,
+                              const LatencySlo& slo, absl::Time now);
 
 // The weights actually served: each variant's weight held to its cap, the excess passed down to the
 // next lower-energy ready variant (and on down; the cheapest ready variant takes what is left).

@@ -26,22 +26,42 @@ class WeightedDraw {
   static constexpr size_t kCursors = 16;
 
   // `weights` as a Decision holds them (sum 1, none zero); at most Pool::kMaxVariants variants.
-  explicit WeightedDraw(const std::vector<VariantWeight>& weights);
+  // `origin`, when given, are the weights the draw's were made from (the policy's, before a guard or
+  // a ramp moved them): each position then also says which variant the origin would have served
+  // there, so that every moved request can be counted as it is drawn.
+  explicit WeightedDraw(const std::vector<VariantWeight>& weights,
+                        const std::vector<VariantWeight>& origin = {});
 
   size_t Next() const {
     if (sequence_.size() == 1) return sequence_[0];
-    const uint64_t n = cursors_[ThisThreadSlot(kCursors)].next.fetch_add(1, std::memory_order_relaxed);
-    return sequence_[n % kPeriod];
+    return sequence_[NextPosition()];
+  }
+
+  // The variant for the next request, and the one the origin weights would have served instead.
+  struct Pick {
+    size_t variant;
+    size_t origin;
+  };
+  Pick NextPick() const {
+    if (sequence_.size() == 1) return {sequence_[0], origins_.empty() ? sequence_[0] : origins_[0]};
+    const uint32_t n = NextPosition();
+    return {sequence_[n], origins_.empty() ? sequence_[n] : origins_[n]};
   }
 
   // Each variant's share after rounding, in thousandths (what Next() serves over a period).
   const std::vector<std::pair<size_t, uint32_t>>& shares() const { return shares_; }
 
  private:
+  uint32_t NextPosition() const {
+    return static_cast<uint32_t>(cursors_[ThisThreadSlot(kCursors)].next.fetch_add(1, std::memory_order_relaxed) %
+                                 kPeriod);
+  }
+
   struct alignas(64) Cursor {
     mutable std::atomic<uint64_t> next{0};
   };
   std::vector<uint8_t> sequence_;  // kPeriod positions, or one for a single variant
+  std::vector<uint8_t> origins_;   // like sequence_, when origin weights were given
   std::vector<std::pair<size_t, uint32_t>> shares_;
   std::array<Cursor, kCursors> cursors_;
 };

@@ -201,31 +201,39 @@ class MetricsRenderer {
                  return static_cast<double>(route.route->ledger->variant(v).in_flight());
                });
     w_.Family("carbon_sidecar_max_in_flight_requests", MetricType::kGauge,
-              "The in-flight limit configured for a model of a route (routes[].max_in_flight); models "
-              "without one have no sample.");
+              "The in-flight limit of a model of a route: configured (routes[].max_in_flight) or learned "
+              "from its latency on a route with an slo; models without one have no sample.");
     for (const RouteView& route : snapshot_.routes()) {
-      const std::vector<int64_t>& limits = route.route->config.max_in_flight;
-      for (size_t v = 0; v < limits.size(); ++v) {
-        if (limits[v] > 0) {
-          w_.Sample({{"route", route.route->config.name}, {"model", route.pool()[v].name}},
-                    static_cast<double>(limits[v]));
-        }
+      for (size_t v = 0; v < route.max_in_flight.size(); ++v) {
+        const int64_t limit = route.max_in_flight[v];
+        if (limit <= 0 || limit == RouteView::kNotLearnedYet) continue;
+        const bool learned = !route.learned_limit.empty() && route.learned_limit[v];
+        w_.Sample({{"route", route.route->config.name},
+                   {"model", route.pool()[v].name},
+                   {"source", learned ? "learned" : "configured"}},
+                  static_cast<double>(limit));
       }
     }
     w_.Family("carbon_sidecar_spilled_requests_total", MetricType::kCounter,
-              "Calls the capacity guard moved from the model drawn to a lower-energy one, by reason "
-              "(in_flight_limit: the drawn model was at its limit). Pairs with a limited model to move "
-              "from.");
+              "Calls served by another model than the route's policy gave them, by reason: in_flight_limit "
+              "(the model drawn was at its in-flight limit; moved to a lower-energy one), latency_slo (the "
+              "latency guard capped the model's share), ramp (a change of decision was being ramped in). "
+              "Pairs that can occur on the route only.");
     for (const RouteView& route : snapshot_.routes()) {
-      const std::vector<int64_t>& limits = route.route->config.max_in_flight;
-      for (size_t from = 0; from < limits.size(); ++from) {
-        if (limits[from] == 0) continue;
-        for (size_t to = 0; to < from; ++to) {
-          w_.Sample({{"route", route.route->config.name},
-                     {"from", route.pool()[from].name},
-                     {"to", route.pool()[to].name},
-                     {"reason", "in_flight_limit"}},
-                    static_cast<double>(route.route->ledger->spilled(from, to).load(std::memory_order_relaxed)));
+      const std::string& name = route.route->config.name;
+      const telemetry::RouteLedger& ledger = *route.route->ledger;
+      const auto sample = [&](size_t from, size_t to, telemetry::SpillReason reason) {
+        w_.Sample({{"route", name},
+                   {"from", route.pool()[from].name},
+                   {"to", route.pool()[to].name},
+                   {"reason", telemetry::SpillReasonName(reason)}},
+                  static_cast<double>(ledger.spilled(from, to, reason).load(std::memory_order_relaxed)));
+      };
+      for (size_t from = 0; from < route.pool().size(); ++from) {
+        for (size_t to = 0; to < route.pool().size(); ++to) {
+          if (to < from && route.InFlightLimit(from) > 0) sample(from, to, telemetry::SpillReason::kInFlightLimit);
+          if (to < from && route.route->config.slo) sample(from, to, telemetry::SpillReason::kLatencySlo);
+          if (to != from && route.route->config.ramp > absl::ZeroDuration()) sample(from, to, telemetry::SpillReason::kRamp);
         }
       }
     }
@@ -410,6 +418,7 @@ std::string RenderSelectionJson(const RoutingSnapshot& snapshot, absl::Time wall
     json candidates = json::array();
     for (size_t v = 0; v < route.pool().size(); ++v) {
       const selector::Variant& variant = route.pool()[v];
+      const int64_t limit = route.InFlightLimit(v);
       candidates.push_back({{"model", variant.name},
                             {"energy_mj", variant.energy_mj},
                             {"error_percent", variant.error_percent},
@@ -421,10 +430,12 @@ std::string RenderSelectionJson(const RoutingSnapshot& snapshot, absl::Time wall
                             {"window_p99_seconds", route.window_p99.empty() || !route.window_p99[v]
                                                        ? json(nullptr)
                                                        : json(absl::ToDoubleSeconds(*route.window_p99[v]))},
-                            {"max_in_flight", route.route->config.max_in_flight.empty() ||
-                                                      route.route->config.max_in_flight[v] == 0
-                                                  ? json(nullptr)
-                                                  : json(route.route->config.max_in_flight[v])}});
+                            {"max_in_flight", limit > 0 && limit != RouteView::kNotLearnedYet ? json(limit) : json(nullptr)},
+                            {"max_in_flight_source", limit <= 0                          ? json(nullptr)
+                                                     : !route.learned_limit.empty() && route.learned_limit[v] ? json("learned")
+                                                     : route.learned_limit.empty() || limit != RouteView::kNotLearnedYet
+                                                         ? json("configured")
+                                                         : json("learning")}});
     }
     const telemetry::RouteReport report = telemetry::Report(*route.route->ledger);
     const auto finite_or_null = [](double v) { return std::isfinite(v) ? json(v) : json(nullptr); };
@@ -441,6 +452,9 @@ std::string RenderSelectionJson(const RoutingSnapshot& snapshot, absl::Time wall
         {"route", route.route->config.name},
         {"policy", route.route->policy->kind()},
         {"ramp_progress", route.ramp_progress ? json(*route.ramp_progress) : json(nullptr)},
+        // Why the weights served differ from the policy's (latency_slo or ramp); null when they do not.
+        {"weights_moved_by", route.policy_weights.empty() ? json(nullptr)
+                                                          : json(std::string(telemetry::SpillReasonName(route.moved_by)))},
         {"model", route.pool()[d.primary].name},
         {"reason", d.reason},
         {"explanation", explanation},

@@ -191,12 +191,18 @@ class RequestRouter {
         RecordRefused(*route, variant);
         return absl::ResourceExhaustedError(
             absl::StrCat(kPinModelHeader, " '", ToAbsl(controls_->pin), "' is at its limit of ",
-                         route->route->config.max_in_flight[variant],
+                         route->InFlightLimit(variant),
                          " calls in flight; pinned calls are not moved to another variant"));
       }
     } else {
       // Pinned requests take no turn of the draw, so the others still follow the weights.
-      variant = route->Draw();
+      const selector::WeightedDraw::Pick pick = route->Draw();
+      variant = pick.variant;
+      if (pick.origin != pick.variant) {
+        // The latency guard or a ramp moved this share of the route from what the policy wants.
+        route->route->ledger->spilled(pick.origin, pick.variant, route->moved_by).fetch_add(1, std::memory_order_relaxed);
+        reason = telemetry::SpillReasonName(route->moved_by);
+      }
       if (controls_->max_error_percent) {
         const size_t floored = selector::ApplyQualityFloor(pool, variant, route->decision.aim_energy_mj,
                                                            *controls_->max_error_percent, route->ready);
@@ -225,8 +231,9 @@ class RequestRouter {
             controls_->max_error_percent ? " within the requested error" : "", " are at their in-flight limits"));
       }
       if (*with_room != drawn) {
-        route->route->ledger->spilled(drawn, *with_room).fetch_add(1, std::memory_order_relaxed);
-        reason = "in_flight_limit";
+        route->route->ledger->spilled(drawn, *with_room, telemetry::SpillReason::kInFlightLimit)
+            .fetch_add(1, std::memory_order_relaxed);
+        reason = telemetry::SpillReasonName(telemetry::SpillReason::kInFlightLimit);
       }
       variant = *with_room;
     }
@@ -259,14 +266,13 @@ class RequestRouter {
   // variant is at it. Other calls (streams, metadata) are not counted and always start.
   bool StartCall(const RouteView& route, size_t variant) {
     if (kind_ != MethodKind::kInfer) return true;
-    const std::vector<int64_t>& limits = route.route->config.max_in_flight;
-    started_ = route.route->ledger->variant(variant).TryStartCall(limits.empty() ? 0 : limits[variant]);
+    started_ = route.route->ledger->variant(variant).TryStartCall(route.InFlightLimit(variant));
     return started_.has_value();
   }
 
   // A call refused for capacity: charged as failed to the variant it wanted.
   void RecordRefused(const RouteView& route, size_t variant) const {
-    route.route->ledger->variant(variant).RecordFailed(static_cast<int>(grpc::StatusCode::RESOURCE_EXHAUSTED));
+    route.route->ledger->variant(variant).RecordRefused();
   }
 
   // Whether the call carried routed inferences, which the ledger charges (model metadata and

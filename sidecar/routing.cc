@@ -102,6 +102,15 @@ std::optional<selector::Decision> CarryDecision(const selector::Pool& before, se
   return decision;
 }
 
+// Calls to variant `v` that met its in-flight limit so far: spilled elsewhere or refused.
+uint64_t LimitHits(const telemetry::RouteLedger& ledger, size_t v) {
+  uint64_t hits = ledger.variant(v).refused();
+  for (size_t to = 0; to < ledger.pool().size(); ++to) {
+    hits += ledger.spilled(v, to, telemetry::SpillReason::kInFlightLimit).load(std::memory_order_relaxed);
+  }
+  return hits;
+}
+
 // One line per change of a route's decision, with the policy's own explanation.
 void LogDecision(const CompiledRoute& route, const selector::Decision& d, const selector::Decision* previous) {
   const selector::Pool& pool = *route.config.pool;
@@ -150,6 +159,10 @@ struct SelectionPublisher::State {
   std::vector<selector::GuardCaps> caps;
   std::vector<std::vector<std::optional<absl::Duration>>> window_p99;
   std::vector<std::vector<double>> served_share;  // the weights last published, per variant
+  // Per route with an SLO, per variant without a configured max_in_flight: the limit learned, and
+  // how many calls had met it (spilled or refused) at the last guard tick.
+  std::vector<std::vector<selector::LearnedLimit>> learned;
+  std::vector<std::vector<uint64_t>> limit_hits;
   // Per route with a ramp: where the traffic is moving from and to, and since when (wall clock).
   struct Ramp {
     std::vector<selector::VariantWeight> from, to, current;
@@ -290,6 +303,8 @@ absl::Status SelectionPublisher::Reload(const SidecarConfig& config) {
           if (const std::optional<size_t> old = before.IndexOf(after[v].name)) {
             (*state)->caps[i].cap[v] = state_->caps[j].cap[*old];
             (*state)->caps[i].over[v] = state_->caps[j].over[*old];
+            (*state)->learned[i][v] = state_->learned[j][*old];
+            (*state)->limit_hits[i][v] = state_->limit_hits[j][*old];
           }
         }
         if (state_->previous[j]) (*state)->previous[i] = CarryDecision(before, *state_->previous[j], after);
@@ -418,6 +433,20 @@ void SelectionPublisher::StepGuards(State& s) {
       s.window_p99[i][v] = load.back().p99;
     }
     const selector::GuardCaps next = selector::LatencyGuard::Next(s.caps[i], load, s.served_share[i], *route.config.slo);
+    for (size_t v = 0; v < load.size(); ++v) {
+      if (!route.config.max_in_flight.empty() && route.config.max_in_flight[v] > 0) continue;
+      const uint64_t hits = LimitHits(*route.ledger, v);
+      const selector::LearnedLimit learned =
+          selector::NextLearnedLimit(s.learned[i][v], load[v], hits > s.limit_hits[i][v], *route.config.slo, now);
+      if (learned.limit != s.learned[i][v].limit) {
+        spdlog::info("event=learned_in_flight_limit route={} model={} from={} to={} p99_seconds={}", route.config.name,
+                     (*route.config.pool)[v].name,
+                     s.learned[i][v].limit ? absl::StrCat(*s.learned[i][v].limit) : "none", *learned.limit,
+                     load[v].p99 ? absl::StrCat(absl::ToDoubleSeconds(*load[v].p99)) : "unknown");
+      }
+      s.learned[i][v] = learned;
+      s.limit_hits[i][v] = hits;
+    }
     for (size_t v = 0; v < next.over.size(); ++v) {
       if (next.over[v] != s.caps[i].over[v]) {
         spdlog::log(next.over[v] ? spdlog::level::warn : spdlog::level::info,
@@ -481,6 +510,7 @@ void SelectionPublisher::Publish(State& s) {
       }
       ramp.current = decision.weights;
     }
+    bool guard_moved = false;
     if (route.config.slo) {
       std::vector<selector::VariantWeight> capped = selector::CappedWeights(decision.weights, s.caps[i].cap, ready);
       const bool changed = capped.size() != decision.weights.size() ||
@@ -489,6 +519,7 @@ void SelectionPublisher::Publish(State& s) {
                                          return a.variant == b.variant && std::abs(a.weight - b.weight) < 1e-9;
                                        });
       if (changed) {
+        guard_moved = true;
         if (policy_weights.empty()) policy_weights = std::move(decision.weights);
         decision.weights = std::move(capped);
         decision.primary = std::max_element(decision.weights.begin(), decision.weights.end(),
@@ -498,13 +529,24 @@ void SelectionPublisher::Publish(State& s) {
       std::fill(s.served_share[i].begin(), s.served_share[i].end(), 0.0);
       for (const selector::VariantWeight& w : decision.weights) s.served_share[i][w.variant] = w.weight;
     }
+    const telemetry::SpillReason moved_by = guard_moved ? telemetry::SpillReason::kLatencySlo : telemetry::SpillReason::kRamp;
     std::shared_ptr<const selector::WeightedDraw> draw;
-    if (decision.weights.size() > 1) draw = std::make_shared<const selector::WeightedDraw>(decision.weights);
+    if (decision.weights.size() > 1 || !policy_weights.empty()) {
+      draw = std::make_shared<const selector::WeightedDraw>(decision.weights, policy_weights);
+    }
     RouteView view{s.routes[i], std::move(decision), std::move(policy_weights), {}, {}, ramp_progress, std::move(draw),
-                   ready};
+                   ready, moved_by, {}, {}};
+    view.max_in_flight = route.config.max_in_flight;
     if (route.config.slo) {
       view.guard_caps = s.caps[i].cap;
       view.window_p99 = s.window_p99[i];
+      view.max_in_flight.resize(route.config.pool->size(), 0);
+      view.learned_limit.assign(route.config.pool->size(), false);
+      for (size_t v = 0; v < view.max_in_flight.size(); ++v) {
+        if (view.max_in_flight[v] > 0) continue;
+        view.max_in_flight[v] = s.learned[i][v].limit.value_or(RouteView::kNotLearnedYet);
+        view.learned_limit[v] = s.learned[i][v].limit.has_value();
+      }
     }
     views.push_back(std::move(view));
   }
@@ -554,6 +596,8 @@ absl::StatusOr<std::shared_ptr<SelectionPublisher::State>> SelectionPublisher::M
     state->caps.push_back({std::vector<double>(route.pool->size(), 1.0), std::vector<bool>(route.pool->size(), false)});
     state->window_p99.emplace_back(route.pool->size());
     state->served_share.emplace_back(route.pool->size(), 0.0);
+    state->learned.emplace_back(route.pool->size());
+    state->limit_hits.emplace_back(route.pool->size(), 0);
     state->ramps.emplace_back();
   }
   return state;

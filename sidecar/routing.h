@@ -2,6 +2,7 @@
 
 #include <array>
 #include <functional>
+#include <limits>
 #include <memory>
 #include <optional>
 #include <string>
@@ -50,15 +51,30 @@ struct RouteView {
   std::vector<std::optional<absl::Duration>> window_p99;
   // While a change of decision is being ramped in: how far (0 to 1).
   std::optional<double> ramp_progress;
-  // Serves a decision of several variants; null when one variant takes everything.
+  // Serves a decision of several variants, or one the guard or a ramp moved from the policy's
+  // weights; null when one variant takes everything as the policy said.
   std::shared_ptr<const selector::WeightedDraw> draw;
   uint64_t ready = 0;  // variants the upstream can serve
+  // Why the served weights differ from the policy's, when they do: the guard's caps (latency_slo)
+  // or else a ramp.
+  telemetry::SpillReason moved_by = telemetry::SpillReason::kRamp;
+  // Per variant, the in-flight limit each call is checked against: the configured max_in_flight, or
+  // on a route with an slo one learned from latency (kNotLearnedYet until the variant first goes
+  // over); 0: not limited, and not counted on the shared counter. Empty: none at all.
+  static constexpr int64_t kNotLearnedYet = std::numeric_limits<int64_t>::max();
+  std::vector<int64_t> max_in_flight;
+  std::vector<bool> learned_limit;  // per variant: whether max_in_flight was learned
 
   const selector::Pool& pool() const { return *route->config.pool; }
   // The share the policy itself gives `variant`, before any ramp or guard.
   double PolicyWeightOf(size_t variant) const;
-  // The variant for the next request: lock-free and allocation-free.
-  size_t Draw() const { return draw ? draw->Next() : decision.primary; }
+  // The variant for the next request, and the one the policy's weights would have given it:
+  // lock-free and allocation-free.
+  selector::WeightedDraw::Pick Draw() const {
+    return draw ? draw->NextPick() : selector::WeightedDraw::Pick{decision.primary, decision.primary};
+  }
+  // The limit a call to `variant` is checked against (see max_in_flight).
+  int64_t InFlightLimit(size_t variant) const { return max_in_flight.empty() ? 0 : max_in_flight[variant]; }
 };
 
 // How the intensity source is doing: ok (fresh readings), failing (polls fail but the last reading is

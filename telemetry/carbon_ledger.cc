@@ -3,6 +3,7 @@
 #include <cmath>
 #include <limits>
 
+#include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "common/thread_slot.h"
 #include "telemetry/latency_histogram.h"
@@ -26,6 +27,20 @@ void VariantLedger::RecordServed(uint64_t requests, uint64_t items, double gco2_
 
 void VariantLedger::RecordFailed(int code, uint64_t requests) {
   failed_[GrpcCodeIndex(code)].fetch_add(requests, std::memory_order_relaxed);
+}
+
+void VariantLedger::RecordRefused() {
+  RecordFailed(static_cast<int>(absl::StatusCode::kResourceExhausted));
+  refused_.fetch_add(1, std::memory_order_relaxed);
+}
+
+std::string_view SpillReasonName(SpillReason reason) {
+  switch (reason) {
+    case SpillReason::kInFlightLimit: return "in_flight_limit";
+    case SpillReason::kLatencySlo: return "latency_slo";
+    case SpillReason::kRamp: return "ramp";
+  }
+  return "unknown";
 }
 
 int64_t VariantLedger::in_flight() const {
@@ -100,9 +115,12 @@ std::shared_ptr<const RouteLedger> CarbonLedger::Route(const std::string& route,
     if (cell == nullptr) cell = std::make_unique<VariantLedger>();
     cells.push_back(cell.get());
     for (const selector::Variant& to : pool->variants()) {
-      std::unique_ptr<std::atomic<uint64_t>>& n = spilled_[absl::StrCat(route, nul, v.name, nul, to.name)];
-      if (n == nullptr) n = std::make_unique<std::atomic<uint64_t>>(0);
-      spilled.push_back(n.get());
+      for (size_t reason = 0; reason < kSpillReasons; ++reason) {
+        std::unique_ptr<std::atomic<uint64_t>>& n =
+            spilled_[absl::StrCat(route, nul, v.name, nul, to.name, nul, reason)];
+        if (n == nullptr) n = std::make_unique<std::atomic<uint64_t>>(0);
+        spilled.push_back(n.get());
+      }
     }
   }
   auto ledger = std::make_shared<RouteLedger>(route, std::move(pool), baseline, std::move(cells));

@@ -7,6 +7,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
@@ -47,6 +48,15 @@ struct VariantTotals {
 
 class LatencyHistogram;
 
+// Why a call went to another variant than the policy's weights would have sent it to.
+enum class SpillReason : uint8_t {
+  kInFlightLimit,  // the variant drawn was at its in-flight limit
+  kLatencySlo,     // the latency guard capped the variant's share
+  kRamp,           // a change of decision was still being ramped in
+};
+inline constexpr size_t kSpillReasons = 3;
+std::string_view SpillReasonName(SpillReason reason);
+
 // The ledger of one (route, variant), identified by name, kept across reloads so counters only
 // ever grow, with the duration histogram of the requests routed to it. Thread-safe; Record* and
 // the histogram never block.
@@ -60,6 +70,10 @@ class VariantLedger {
   void RecordServed(uint64_t requests, uint64_t items, double gco2_per_kwh);
   // `requests` routed here that did not succeed; `code` is their gRPC status code.
   void RecordFailed(int code, uint64_t requests = 1);
+  // A call the sidecar itself refused for capacity (RESOURCE_EXHAUSTED, recorded as failed too):
+  // counted apart, so that the guard does not read its own refusals as the upstream's overload.
+  void RecordRefused();
+  uint64_t refused() const { return refused_.load(std::memory_order_relaxed); }
   VariantTotals Totals() const;
   LatencyHistogram& latency() const { return *latency_; }
 
@@ -101,6 +115,7 @@ class VariantLedger {
   // Failures are rare enough to share one line per code.
   std::array<std::atomic<uint64_t>, kGrpcCodes> failed_{};
   alignas(64) std::atomic<int64_t> limited_in_flight_{0};
+  std::atomic<uint64_t> refused_{0};
   std::unique_ptr<LatencyHistogram> latency_;
 };
 
@@ -115,8 +130,10 @@ class RouteLedger {
   const selector::Pool& pool() const { return *pool_; }
   size_t baseline() const { return baseline_; }
   VariantLedger& variant(size_t i) const { return *variants_[i]; }
-  // Requests the capacity guard moved from variant `from` (the one drawn) to `to`.
-  std::atomic<uint64_t>& spilled(size_t from, size_t to) const { return *spilled_[from * variants_.size() + to]; }
+  // Requests moved from variant `from` (the one the policy's weights gave) to `to`, for `reason`.
+  std::atomic<uint64_t>& spilled(size_t from, size_t to, SpillReason reason) const {
+    return *spilled_[(from * variants_.size() + to) * kSpillReasons + static_cast<size_t>(reason)];
+  }
 
  private:
   friend class CarbonLedger;
@@ -124,7 +141,7 @@ class RouteLedger {
   std::shared_ptr<const selector::Pool> pool_;
   size_t baseline_;
   std::vector<VariantLedger*> variants_;
-  std::vector<std::atomic<uint64_t>*> spilled_;  // size × size, kept by the CarbonLedger
+  std::vector<std::atomic<uint64_t>*> spilled_;  // size × size × reasons, kept by the CarbonLedger
 };
 
 // A route's totals at one moment and what follows from them (docs/design.md §5, "The
@@ -168,7 +185,7 @@ class CarbonLedger {
  private:
   absl::Mutex mu_;
   absl::flat_hash_map<std::string, std::unique_ptr<VariantLedger>> variants_ ABSL_GUARDED_BY(mu_);
-  // By (route, from, to) names, so that a reload keeps counting.
+  // By (route, from, to, reason) names, so that a reload keeps counting.
   absl::flat_hash_map<std::string, std::unique_ptr<std::atomic<uint64_t>>> spilled_ ABSL_GUARDED_BY(mu_);
 };
 

@@ -7,9 +7,14 @@
 namespace carbon::telemetry {
 namespace {
 
-// The answers that say the upstream is overloaded rather than the request wrong.
-uint64_t OverloadAnswers(const VariantTotals& t) {
-  return t.failed[static_cast<size_t>(absl::StatusCode::kResourceExhausted)] +
+// The answers that say the upstream is overloaded rather than the request wrong; the sidecar's own
+// refusals at an in-flight limit are not the upstream's.
+uint64_t OverloadAnswers(const VariantLedger& variant) {
+  // Refusals are counted as failed first: read them first, and never take more than were failed.
+  const uint64_t refused = variant.refused();
+  const VariantTotals t = variant.Totals();
+  const uint64_t exhausted = t.failed[static_cast<size_t>(absl::StatusCode::kResourceExhausted)];
+  return (exhausted > refused ? exhausted - refused : 0) +
          t.failed[static_cast<size_t>(absl::StatusCode::kUnavailable)] +
          t.failed[static_cast<size_t>(absl::StatusCode::kDeadlineExceeded)];
 }
@@ -26,7 +31,7 @@ std::optional<absl::Duration> P99(const LatencyHistogram::Counts& counts) {
 }
 
 selector::VariantLoad LoadWindow::Sample(const VariantLedger& variant, absl::Time now, absl::Duration window) {
-  snapshots_.push_back({now, variant.latency().Read(), OverloadAnswers(variant.Totals())});
+  snapshots_.push_back({now, variant.latency().Read(), OverloadAnswers(variant)});
   // Keep one snapshot at or before the window's start as the base.
   while (snapshots_.size() > 2 && snapshots_[1].at <= now - window) snapshots_.pop_front();
   const Snapshot& base = snapshots_.front();
@@ -39,6 +44,8 @@ selector::VariantLoad LoadWindow::Sample(const VariantLedger& variant, absl::Tim
   in_window.sum = last.latency.sum - base.latency.sum;
   selector::VariantLoad load;
   load.completions = in_window.count;
+  load.busy_seconds = in_window.sum;
+  load.span = last.at - base.at;
   load.overload_answers = last.overload_answers - base.overload_answers;
   if (in_window.count >= kMinCompletions) load.p99 = P99(in_window);
   return load;

@@ -428,8 +428,8 @@ TEST(CapacityGuardTest, AVariantAtItsLimitSpillsTheExcessDownAndTakesCallsAgainO
   EXPECT_EQ(metric(R"(carbon_sidecar_in_flight_requests{route="resnet",model="resnet101"})"), 0);
   EXPECT_EQ(metric(R"(carbon_sidecar_spilled_requests_total{route="resnet",from="resnet152",to="resnet101",reason="in_flight_limit"})"), 2);
   EXPECT_EQ(metric(R"(carbon_sidecar_spilled_requests_total{route="resnet",from="resnet152",to="resnet34",reason="in_flight_limit"})"), 0);
-  EXPECT_EQ(metric(R"(carbon_sidecar_max_in_flight_requests{route="resnet",model="resnet152"})"), 2);
-  EXPECT_EQ(metric(R"(carbon_sidecar_max_in_flight_requests{route="resnet",model="resnet101"})"), -1);  // no limit
+  EXPECT_EQ(metric(R"(carbon_sidecar_max_in_flight_requests{route="resnet",model="resnet152",source="configured"})"), 2);
+  EXPECT_EQ(metric(R"(carbon_sidecar_max_in_flight_requests{route="resnet",model="resnet101",source="configured"})"), -1);  // no limit
   EXPECT_EQ(metric(R"(carbon_sidecar_requests_total{route="resnet",model="resnet152",code="RESOURCE_EXHAUSTED"})"), 2);
 
   // Free again: the policy's choice serves (its two slots are used one call at a time here).
@@ -438,8 +438,10 @@ TEST(CapacityGuardTest, AVariantAtItsLimitSpillsTheExcessDownAndTakesCallsAgainO
   EXPECT_EQ(again.reason, "heuristic");
   const auto selection = nlohmann::json::parse(http.Get("/v1/selection")->body)["routes"][0]["candidates"];
   EXPECT_EQ(selection[3]["max_in_flight"], 2);
+  EXPECT_EQ(selection[3]["max_in_flight_source"], "configured");
   EXPECT_EQ(selection[3]["in_flight"], 0);
   EXPECT_TRUE(selection[2]["max_in_flight"].is_null());
+  EXPECT_TRUE(selection[2]["max_in_flight_source"].is_null());  // no slo: nothing is learned
 }
 
 // resnet152 answers in 150 ms against an objective of 50 ms at the 99th percentile: under steady
@@ -462,7 +464,7 @@ TEST(LatencyGuardRouteTest, AVariantOverTheObjectiveLosesTrafficDownTheEnergyLad
   http.set_read_timeout(5, 0);
 
   std::atomic<bool> sending{true};
-  std::atomic<int> failed{0}, to_101{0};
+  std::atomic<int> failed{0}, to_101{0}, answered{0}, moved_by_guard{0};
   std::vector<std::thread> clients;
   for (int c = 0; c < 4; ++c) {
     clients.emplace_back([&] {
@@ -474,7 +476,9 @@ TEST(LatencyGuardRouteTest, AVariantOverTheObjectiveLosesTrafficDownTheEnergyLad
           ++failed;
           continue;
         }
+        ++answered;
         to_101 += ctx.GetServerInitialMetadata().find("x-carbon-model")->second == "resnet101";
+        moved_by_guard += ctx.GetServerInitialMetadata().find("x-carbon-reason")->second == "latency_slo";
         absl::SleepFor(absl::Milliseconds(2));
       }
     });
@@ -492,6 +496,7 @@ TEST(LatencyGuardRouteTest, AVariantOverTheObjectiveLosesTrafficDownTheEnergyLad
   EXPECT_LE(candidates[3]["weight"].get<double>(), 0.3) << candidates.dump();
   EXPECT_EQ(candidates[3]["policy_weight"], 1);
   EXPECT_LT(candidates[3]["guard_cap"].get<double>(), 1);
+  EXPECT_EQ(nlohmann::json::parse(http.Get("/v1/selection")->body)["routes"][0]["weights_moved_by"], "latency_slo");
   EXPECT_GE(candidates[3]["window_p99_seconds"].get<double>(), 0.1);
   EXPECT_GE(candidates[2]["weight"].get<double>(), 0.7);
   EXPECT_GT(to_101, 20);
@@ -509,6 +514,111 @@ TEST(LatencyGuardRouteTest, AVariantOverTheObjectiveLosesTrafficDownTheEnergyLad
   EXPECT_LT(samples.at(R"(carbon_sidecar_guard_cap_ratio{route="resnet",model="resnet152"})"), 1);
   EXPECT_LT(samples.at(R"(carbon_sidecar_model_weight_ratio{route="resnet",model="resnet152"})"), 1);
   ExpectPromtoolAccepts(res->body);
+
+  // Every call the policy gave resnet152 either went there or was counted as moved, by reason, and
+  // each moved call said why in its x-carbon-reason.
+  const std::map<std::string, double> after = ParseSamples(http.Get("/metrics")->body);
+  const auto spilled = [&](const char* to, const char* reason) {
+    return after.at(absl::StrCat(R"(carbon_sidecar_spilled_requests_total{route="resnet",from="resnet152",to=")", to,
+                                 R"(",reason=")", reason, R"("})"));
+  };
+  double moved = 0, inferences = 0;
+  for (const char* to : {"resnet34", "resnet50", "resnet101"}) {
+    moved += spilled(to, "latency_slo") + spilled(to, "in_flight_limit");
+  }
+  for (const char* model : {"resnet34", "resnet50", "resnet101", "resnet152"}) {
+    inferences += after.at(absl::StrCat(R"(carbon_sidecar_inferences_total{route="resnet",model=")", model, R"("})"));
+  }
+  EXPECT_EQ(inferences, answered.load());
+  EXPECT_EQ(after.at(R"(carbon_sidecar_inferences_total{route="resnet",model="resnet152"})") + moved, inferences);
+  EXPECT_GT(spilled("resnet101", "latency_slo"), 0);
+  EXPECT_EQ(spilled("resnet101", "latency_slo") + spilled("resnet50", "latency_slo") + spilled("resnet34", "latency_slo"),
+            moved_by_guard.load());
+}
+
+// resnet152 runs two calls at a time, 100 ms each, and queues the rest; resnet101 is not served
+// at all (unready). Eight clients saturate resnet152: the sidecar learns an in-flight limit for it
+// from its latency (none is configured), spills the excess past the unready resnet101 to resnet50,
+// and loses no call.
+TEST(LatencyGuardRouteTest, ALearnedLimitHoldsASaturatedVariantAndItsExcessSkipsAnUnreadyOne) {
+  bench::FakeUpstreamOptions options;
+  options.models = {"resnet34", "resnet50", "resnet152"};
+  options.service_time["resnet152"] = absl::Milliseconds(100);
+  options.instances["resnet152"] = 2;
+  auto upstream = bench::FakeUpstreamServer::Start("127.0.0.1:0", options);
+  ASSERT_TRUE(upstream.ok());
+  SidecarConfig config = testing::StaticSidecarConfig((*upstream)->port(), 100);  // the policy: resnet152
+  config.upstream.readiness_interval = absl::Milliseconds(50);
+  config.routes[0].slo = selector::LatencySlo{absl::Milliseconds(250), absl::Seconds(1)};
+  auto sidecar = SidecarServer::Start(config);
+  ASSERT_TRUE(sidecar.ok()) << sidecar.status();
+  httplib::Client http("127.0.0.1", (*sidecar)->admin_port());
+  http.set_read_timeout(5, 0);
+  const auto candidates = [&] {
+    auto res = http.Get("/v1/selection");
+    return res && res->status == 200 ? nlohmann::json::parse(res->body)["routes"][0]["candidates"] : nlohmann::json();
+  };
+  // Wait for the upstream's word on resnet101 before any call is drawn.
+  const absl::Time unready_by = absl::Now() + absl::Seconds(10);
+  while (candidates()[2]["ready"] != false && absl::Now() < unready_by) absl::SleepFor(absl::Milliseconds(10));
+  ASSERT_EQ(candidates()[2]["ready"], false);
+  EXPECT_EQ(candidates()[3]["max_in_flight_source"], "learning");
+
+  auto stub = inference::GRPCInferenceService::NewStub(grpc::CreateChannel(
+      absl::StrCat("127.0.0.1:", (*sidecar)->port()), grpc::InsecureChannelCredentials()));
+  std::atomic<bool> sending{true};
+  std::atomic<int> failed{0}, answered{0};
+  std::vector<std::thread> clients;
+  for (int c = 0; c < 8; ++c) {
+    clients.emplace_back([&] {
+      while (sending) {
+        grpc::ClientContext ctx;
+        ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(10)));
+        inference::ModelInferResponse resp;
+        const grpc::Status status = stub->ModelInfer(&ctx, Request(1), &resp);
+        status.ok() ? ++answered : ++failed;
+      }
+    });
+  }
+  const auto limit_spills = [&] {
+    auto res = http.Get("/metrics");
+    if (!res) return -1.0;
+    const auto samples = ParseSamples(res->body);
+    const auto it = samples.find(
+        R"(carbon_sidecar_spilled_requests_total{route="resnet",from="resnet152",to="resnet50",reason="in_flight_limit"})");
+    return it == samples.end() ? -1.0 : it->second;
+  };
+  nlohmann::json now;
+  const absl::Time give_up = absl::Now() + absl::Seconds(20);
+  while (absl::Now() < give_up) {
+    now = candidates();
+    if (!now.is_null() && now[3]["max_in_flight_source"] == "learned" && limit_spills() > 0) break;
+    absl::SleepFor(absl::Milliseconds(50));
+  }
+  sending = false;
+  for (auto& t : clients) t.join();
+  EXPECT_EQ(failed, 0);
+  ASSERT_EQ(now[3]["max_in_flight_source"], "learned") << now.dump();
+  const int64_t learned = now[3]["max_in_flight"].get<int64_t>();
+  EXPECT_GE(learned, 1);
+  EXPECT_LT(learned, 8) << "eight clients queue on two instances; the limit must be below what they offer";
+  EXPECT_GT(limit_spills(), 0);
+
+  const std::map<std::string, double> samples = ParseSamples(http.Get("/metrics")->body);
+  EXPECT_GE(samples.at(R"(carbon_sidecar_max_in_flight_requests{route="resnet",model="resnet152",source="learned"})"), 1);
+  double inferences = 0;
+  for (const char* model : {"resnet34", "resnet50", "resnet101", "resnet152"}) {
+    inferences += samples.at(absl::StrCat(R"(carbon_sidecar_inferences_total{route="resnet",model=")", model, R"("})"));
+  }
+  EXPECT_EQ(inferences, answered.load());
+  EXPECT_EQ(samples.at(R"(carbon_sidecar_inferences_total{route="resnet",model="resnet101"})"), 0);
+  for (const char* reason : {"in_flight_limit", "latency_slo"}) {
+    EXPECT_EQ(samples.at(absl::StrCat(R"(carbon_sidecar_spilled_requests_total{route="resnet",from="resnet152",to="resnet101",reason=")",
+                                      reason, R"("})")),
+              0);
+  }
+  // The sidecar's own refusals are not the upstream's overload answers: there were none of either.
+  EXPECT_EQ(samples.count(R"(carbon_sidecar_requests_total{route="resnet",model="resnet152",code="RESOURCE_EXHAUSTED"})"), 0u);
 }
 
 // With a 2 s ramp, the grid turning from dirty (resnet34) to clean (resnet152) moves the route's
@@ -528,14 +638,27 @@ TEST(RampTest, AChangeOfDecisionMovesTrafficOverTheRamp) {
   EXPECT_EQ(route()["candidates"][0]["weight"], 1);  // the first decision is served at once
   EXPECT_TRUE(route()["ramp_progress"].is_null());
 
+  auto stub = inference::GRPCInferenceService::NewStub(grpc::CreateChannel(
+      absl::StrCat("127.0.0.1:", (*sidecar)->port()), grpc::InsecureChannelCredentials()));
+  int ramped_calls = 0;
   config.intensity.provider = telemetry::StaticIntensity(100, "test-region");  // t = 1: resnet152
   ASSERT_TRUE((*sidecar)->Reload(config).ok());
   bool seen_between = false;
   const absl::Time give_up = absl::Now() + absl::Seconds(10);
   nlohmann::json now;
   while (absl::Now() < give_up) {
+    // A call while the ramp lasts: on resnet34, it says so, and is counted as moved by the ramp.
+    grpc::ClientContext ctx;
+    inference::ModelInferResponse resp;
+    ASSERT_TRUE(stub->ModelInfer(&ctx, Request(1), &resp).ok());
+    const auto& md = ctx.GetServerInitialMetadata();
+    if (md.find("x-carbon-reason")->second == "ramp") {
+      EXPECT_EQ(md.find("x-carbon-model")->second, "resnet34");
+      ++ramped_calls;
+    }
     now = route();
     if (now["ramp_progress"].is_null()) break;
+    EXPECT_EQ(now["weights_moved_by"], "ramp");
     const double to_152 = now["candidates"][3]["weight"].get<double>();
     const double to_34 = now["candidates"][0]["weight"].get<double>();
     EXPECT_NEAR(to_152 + to_34, 1, 1e-9);
@@ -544,6 +667,10 @@ TEST(RampTest, AChangeOfDecisionMovesTrafficOverTheRamp) {
     absl::SleepFor(absl::Milliseconds(20));
   }
   EXPECT_TRUE(seen_between) << "never saw the traffic part-way";
+  EXPECT_GT(ramped_calls, 0);
+  const std::map<std::string, double> samples = ParseSamples(http.Get("/metrics")->body);
+  EXPECT_EQ(samples.at(R"(carbon_sidecar_spilled_requests_total{route="resnet",from="resnet152",to="resnet34",reason="ramp"})"),
+            ramped_calls);
   EXPECT_TRUE(now["ramp_progress"].is_null()) << now.dump();
   EXPECT_EQ(now["candidates"][3]["weight"], 1);
   EXPECT_EQ(now["model"], "resnet152");

@@ -1,5 +1,7 @@
 #include "selector/latency_guard.h"
 
+#include <algorithm>
+
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
@@ -30,7 +32,12 @@ TEST(CappedWeightsTest, OnlyTheExcessGoesDownToTheNextReadyVariant) {
 }
 
 VariantLoad Load(double p99_ms, uint64_t overloads = 0) {
-  return {100, absl::Milliseconds(p99_ms), overloads};
+  return {100, absl::Milliseconds(p99_ms), overloads, 0, absl::ZeroDuration()};
+}
+
+// `in_flight` calls on average over a 10 s window, with that p99.
+VariantLoad Busy(double in_flight, double p99_ms, uint64_t overloads = 0) {
+  return {100, absl::Milliseconds(p99_ms), overloads, in_flight * 10, absl::Seconds(10)};
 }
 
 TEST(LatencyGuardTest, HalvesTheShareOverTheObjectiveAndGrowsItBackWellInside) {
@@ -81,6 +88,70 @@ TEST(LatencyGuardTest, SettlesNearTheLimitWithoutFlapping) {
   }
   EXPECT_LE(max_over_in_a_row, 1);
   EXPECT_GE(lowest, 0.25);
+}
+
+TEST(LearnedLimitTest, StartsFromTheCallsInFlightWhenFirstOverAndScalesByTheObjective) {
+  const LatencySlo slo{absl::Milliseconds(100), absl::Seconds(10)};
+  const absl::Time t0 = absl::FromUnixSeconds(1000);
+  LearnedLimit limit;
+  // Inside the objective, nothing is learned, however busy.
+  limit = NextLearnedLimit(limit, Busy(40, 50), /*limit_reached=*/false, slo, t0);
+  EXPECT_FALSE(limit.limit);
+  // Over it at 125 ms with 20 calls in flight on average: 20 × 100/125 = 16.
+  limit = NextLearnedLimit(limit, Busy(20, 125), false, slo, t0);
+  EXPECT_EQ(limit.limit, 16);
+  // Still over a tick later: the window still holds the calls that made it slow; no second cut.
+  limit = NextLearnedLimit(limit, Busy(16, 400), true, slo, t0 + absl::Seconds(2.5));
+  EXPECT_EQ(limit.limit, 16);
+  // A window later: cut again, by at most half (400 ms would say a quarter).
+  limit = NextLearnedLimit(limit, Busy(16, 400), true, slo, t0 + absl::Seconds(10));
+  EXPECT_EQ(limit.limit, 8);
+  // From the calls in flight when fewer than the limit: 4 × 100/200.
+  limit = NextLearnedLimit(limit, Busy(4, 200), false, slo, t0 + absl::Seconds(20));
+  EXPECT_EQ(limit.limit, 2);
+  // Overload answers cut by half, and never below one call.
+  for (int k = 3; k < 6; ++k) limit = NextLearnedLimit(limit, Busy(2, 10, 5), true, slo, t0 + absl::Seconds(10 * k));
+  EXPECT_EQ(limit.limit, 1);
+}
+
+TEST(LearnedLimitTest, GrowsOnlyWhileReachedAndWellInsideTheObjective) {
+  const LatencySlo slo{absl::Milliseconds(100), absl::Seconds(10)};
+  const absl::Time t0 = absl::FromUnixSeconds(1000);
+  LearnedLimit limit{30, t0};
+  // Not reached: the limit says nothing about what more calls would do; held.
+  limit = NextLearnedLimit(limit, Busy(10, 20), false, slo, t0 + absl::Seconds(1));
+  EXPECT_EQ(limit.limit, 30);
+  // Reached, between 80 % of the objective and the objective: held.
+  limit = NextLearnedLimit(limit, Busy(30, 90), true, slo, t0 + absl::Seconds(2));
+  EXPECT_EQ(limit.limit, 30);
+  // Reached and well inside: a tenth more a tick, at least one.
+  limit = NextLearnedLimit(limit, Busy(30, 20), true, slo, t0 + absl::Seconds(3));
+  EXPECT_EQ(limit.limit, 33);
+  limit = LearnedLimit{3, t0};
+  limit = NextLearnedLimit(limit, Busy(3, 20), true, slo, t0 + absl::Seconds(3));
+  EXPECT_EQ(limit.limit, 4);
+  // Too few calls to tell a p99: held.
+  limit = NextLearnedLimit(limit, {2, std::nullopt, 0, 0.2, absl::Seconds(10)}, true, slo, t0 + absl::Seconds(4));
+  EXPECT_EQ(limit.limit, 4);
+}
+
+// A server that queues past 8 concurrent calls: latency 50 ms up to 8 in flight, and then grows
+// with the queue. Offered 20 calls, the learned limit settles where the server is inside the
+// objective, and does not swing back to the offered load.
+TEST(LearnedLimitTest, SettlesBelowWhereTheServerQueues) {
+  const LatencySlo slo{absl::Milliseconds(100), absl::Seconds(10)};
+  const auto p99_at = [](double in_flight) { return in_flight <= 8 ? 50.0 : 50.0 * in_flight / 8; };
+  absl::Time now = absl::FromUnixSeconds(1000);
+  LearnedLimit limit;
+  std::vector<int64_t> seen;
+  for (int tick = 0; tick < 200; ++tick, now += absl::Seconds(2.5)) {
+    const double in_flight = std::min<double>(20, limit.limit.value_or(20));
+    limit = NextLearnedLimit(limit, Busy(in_flight, p99_at(in_flight)), in_flight < 20, slo, now);
+    if (tick >= 100) seen.push_back(*limit.limit);
+  }
+  // 16 in flight would double the latency to the objective; the limit stays within [8, 16].
+  EXPECT_GE(*std::min_element(seen.begin(), seen.end()), 8);
+  EXPECT_LE(*std::max_element(seen.begin(), seen.end()), 16);
 }
 
 TEST(RampedWeightsTest, MovesEachVariantsShareInProportion) {

@@ -226,7 +226,7 @@ TEST(SelectionPublisherTest, AReorderedPoolKeepsDwellAndReadinessByVariantName) 
       while (reloading) {
         const auto& snapshot = (*publisher)->snapshots().Load();
         const RouteView* route = snapshot->Find("resnet");
-        const std::string& name = route->pool()[route->Draw()].name;
+        const std::string& name = route->pool()[route->Draw().variant].name;
         if (name != "small" && name != "mid" && name != "large") ++bad_names;
       }
     });

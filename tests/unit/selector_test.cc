@@ -1,3 +1,5 @@
+#include <map>
+#include <numeric>
 #include <thread>
 #include <vector>
 
@@ -261,6 +263,42 @@ TEST(WeightedDrawTest, ATinyWeightIsRoundedAwayAndTheRestSumsToAPeriod) {
   for (const auto& s : draw.shares()) sum += s.second;
   EXPECT_EQ(sum, WeightedDraw::kPeriod);
   EXPECT_EQ(Drawn(draw, 3, 1000)[0], 0);
+}
+
+// Each moved request counted once, from where the policy would have sent it to where it went.
+std::map<std::pair<size_t, size_t>, int> Moves(const WeightedDraw& draw, int n) {
+  std::map<std::pair<size_t, size_t>, int> moves;
+  for (int i = 0; i < n; ++i) {
+    const WeightedDraw::Pick pick = draw.NextPick();
+    ++moves[{pick.origin, pick.variant}];
+  }
+  return moves;
+}
+
+TEST(WeightedDrawTest, SaysWhichVariantTheOriginWeightsWouldHaveServed) {
+  using Moved = std::map<std::pair<size_t, size_t>, int>;
+  // The guard holds variant 2 to 0.6 of a route the policy gives wholly to it: 400 in 1000 moved
+  // down to variant 1, and the draw still serves 0.4 / 0.6.
+  EXPECT_EQ(Moves(WeightedDraw({{1, 0.4}, {2, 0.6}}, {{2, 1.0}}), 1000), (Moved{{{2, 1}, 400}, {{2, 2}, 600}}));
+  // A policy mix of 0.5 / 0.5 served as 0.7 / 0.3: only the 0.2 the guard took moves.
+  EXPECT_EQ(Moves(WeightedDraw({{0, 0.7}, {2, 0.3}}, {{0, 0.5}, {2, 0.5}}), 1000), (Moved{{{0, 0}, 500}, {{2, 0}, 200}, {{2, 2}, 300}}));
+  // A ramp from variant 0 to 2 a quarter of the way: three in four still on 0, counted as moved
+  // from 2, where the policy now sends everything.
+  EXPECT_EQ(Moves(WeightedDraw({{0, 0.75}, {2, 0.25}}, {{2, 1.0}}), 1000), (Moved{{{2, 0}, 750}, {{2, 2}, 250}}));
+  // One variant served, another wanted: every request is a move.
+  EXPECT_EQ(Moves(WeightedDraw({{0, 1.0}}, {{1, 1.0}}), 10), (Moved{{{1, 0}, 10}}));
+  // Without origin weights, every request is its own origin.
+  EXPECT_EQ(Moves(WeightedDraw({{0, 0.5}, {1, 0.5}}), 10), (Moved{{{0, 0}, 5}, {{1, 1}, 5}}));
+  // Moves are spread over the period, not bunched: any 100 consecutive requests hold 40 ± 1 moves.
+  WeightedDraw spread({{1, 0.4}, {2, 0.6}}, {{2, 1.0}});
+  std::vector<int> moved;
+  for (int i = 0; i < 1000; ++i) {
+    const WeightedDraw::Pick pick = spread.NextPick();
+    moved.push_back(pick.origin != pick.variant);
+  }
+  for (size_t start = 0; start + 100 <= moved.size(); start += 50) {
+    EXPECT_NEAR(std::accumulate(moved.begin() + start, moved.begin() + start + 100, 0), 40, 1) << start;
+  }
 }
 
 TEST(IntensityWindowTest, TrailingMinMax) {
