@@ -193,6 +193,10 @@ grpc::Status FakeInferenceService::Infer(const inference::ModelInferRequest& req
   std::string count(8, '\0');
   for (int i = 0; i < 8; ++i) count[i] = static_cast<char>(input_bytes >> (8 * i) & 0xff);
   response->add_raw_output_contents(count);
+  if (options_.gpu) {
+    const int64_t batch = request.inputs_size() > 0 && request.inputs(0).shape_size() > 0 ? request.inputs(0).shape(0) : 1;
+    options_.gpu->CountInference(request.model_name(), std::max<int64_t>(batch, 1));
+  }
   return grpc::Status::OK;
 }
 

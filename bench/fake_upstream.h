@@ -15,6 +15,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "bench/fake_gpu_meter.h"
 #include "inference/grpc_service.grpc.pb.h"
 
 namespace carbon::bench {
@@ -42,6 +43,9 @@ struct FakeUpstreamOptions {
   size_t max_recorded = 10000;  // older records are dropped
   // Called as each request arrives (before any service time), from gRPC's threads.
   std::function<void(const ReceivedRequest&)> on_request;
+  // When set, each ModelInfer (and streamed request) served is metered there, its batch size (the
+  // first input's leading dimension, else 1) as its inferences.
+  std::shared_ptr<FakeGpuMeter> gpu;
 };
 
 class DelayedUnaryReactor;

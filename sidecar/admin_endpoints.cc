@@ -44,6 +44,7 @@ class MetricsRenderer {
     Ledger();
     Pools();
     Horizons();
+    Energy();
     Latency();
     Intensity(snapshot_.source());
     Proxy();
@@ -288,6 +289,79 @@ class MetricsRenderer {
              {{"lambda_grams_per_error_percent", ""}});
   }
 
+  // Routes whose energy names a meter: what the calibrator has learned, and how well.
+  void Energy() {
+    std::vector<std::pair<const RouteView*, std::shared_ptr<const telemetry::CalibrationReport>>> calibrated;
+    for (const RouteView& route : snapshot_.routes()) {
+      if (route.energy) calibrated.emplace_back(&route, route.energy->Report());
+    }
+    const auto per_variant = [&](std::string_view name, std::string_view help, const auto& value_of) {
+      w_.Family(name, MetricType::kGauge, help);
+      for (const auto& [route, report] : calibrated) {
+        for (size_t v = 0; v < route->pool().size(); ++v) {
+          const telemetry::VariantEnergy& e = report->variants[v];
+          if (const std::optional<double> value = value_of(e)) {
+            w_.Sample({{"route", route->route->config.name},
+                       {"model", route->pool()[v].name},
+                       {"energy_source", e.measured ? "measured" : "table"}},
+                      *value);
+          }
+        }
+      }
+    };
+    per_variant("carbon_sidecar_calibrated_energy_joules",
+                "Energy per inference of each model as the route's calibrator has it: the meter's estimate "
+                "(energy_source=\"measured\") when it is certain enough, else the pool's table "
+                "(energy_source=\"table\"). Decisions and the ledger still use the table.",
+                [](const telemetry::VariantEnergy& e) -> std::optional<double> {
+                  return e.measured ? *e.measured_joules : e.table_joules;
+                });
+    per_variant("carbon_sidecar_measured_energy_joules",
+                "The calibrator's estimate of each model's energy per inference from the meter, whether or "
+                "not certain enough to use; absent before the model has run in a fitted interval.",
+                [](const telemetry::VariantEnergy& e) { return e.measured_joules; });
+    per_variant("carbon_sidecar_measured_energy_stderr_joules",
+                "The standard error of that estimate (absent when it cannot be told).",
+                [](const telemetry::VariantEnergy& e) -> std::optional<double> {
+                  if (!e.measured_joules || !std::isfinite(e.stderr_joules)) return std::nullopt;
+                  return e.stderr_joules;
+                });
+    const auto per_route = [&](std::string_view name, MetricType type, std::string_view help, const auto& value_of) {
+      w_.Family(name, type, help);
+      for (const auto& [route, report] : calibrated) {
+        if (const std::optional<double> value = value_of(*report)) {
+          w_.Sample({{"route", route->route->config.name}, {"source", report->source}}, *value);
+        }
+      }
+    };
+    per_route("carbon_sidecar_energy_idle_power_watts", MetricType::kGauge,
+              "The meter's devices' power with no inference running, as the calibrator's fit has it.",
+              [](const telemetry::CalibrationReport& r) { return r.idle_watts; });
+    per_route("carbon_sidecar_energy_fit_residual_joules", MetricType::kGauge,
+              "Root mean square of the metered joules per interval the fit does not explain.",
+              [](const telemetry::CalibrationReport& r) -> std::optional<double> {
+                if (!r.idle_watts) return std::nullopt;
+                return r.residual_rms_joules;
+              });
+    per_route("carbon_sidecar_energy_fit_intervals", MetricType::kGauge,
+              "Intervals between meter readings that the calibrator's fit uses now.",
+              [](const telemetry::CalibrationReport& r) { return std::optional<double>(static_cast<double>(r.intervals)); });
+    w_.Family("carbon_sidecar_energy_meter_reads_total", MetricType::kCounter,
+              "Reads of the route's energy meter, by result: ok, failed (no answer, or not the format), "
+              "reset (a counter went down or the devices changed: the pair was not used), quiet (an "
+              "interval with too few inferences to use).");
+    for (const auto& [route, report] : calibrated) {
+      const uint64_t ok = report->reads - report->read_failures - report->resets - report->quiet_intervals;
+      for (const auto& [result, n] : {std::pair<const char*, uint64_t>{"ok", ok},
+                                      {"failed", report->read_failures},
+                                      {"reset", report->resets},
+                                      {"quiet", report->quiet_intervals}}) {
+        w_.Sample({{"route", route->route->config.name}, {"source", report->source}, {"result", result}},
+                  static_cast<double>(n));
+      }
+    }
+  }
+
   void Latency() {
     w_.Family("carbon_sidecar_request_duration_seconds", MetricType::kHistogram,
               "Duration of routed unary calls through the sidecar, upstream included.");
@@ -437,6 +511,19 @@ std::string RenderSelectionJson(const RoutingSnapshot& snapshot, absl::Time wall
                                                          ? json("configured")
                                                          : json("learning")}});
     }
+    std::shared_ptr<const telemetry::CalibrationReport> calibration;
+    if (route.energy) calibration = route.energy->Report();
+    if (calibration) {
+      for (size_t v = 0; v < route.pool().size(); ++v) {
+        const telemetry::VariantEnergy& e = calibration->variants[v];
+        candidates[v]["energy"] = {
+            {"source", e.measured ? "measured" : "table"},
+            {"table_joules", e.table_joules},
+            {"measured_joules", e.measured_joules ? json(*e.measured_joules) : json(nullptr)},
+            {"stderr_joules", e.measured_joules && std::isfinite(e.stderr_joules) ? json(e.stderr_joules) : json(nullptr)},
+            {"table_because", e.measured ? json(nullptr) : json(e.table_because)}};
+      }
+    }
     const telemetry::RouteReport report = telemetry::Report(*route.route->ledger);
     const auto finite_or_null = [](double v) { return std::isfinite(v) ? json(v) : json(nullptr); };
     json ledger = {{"inferences", report.items},
@@ -452,6 +539,18 @@ std::string RenderSelectionJson(const RoutingSnapshot& snapshot, absl::Time wall
         {"route", route.route->config.name},
         {"policy", route.route->policy->kind()},
         {"ramp_progress", route.ramp_progress ? json(*route.ramp_progress) : json(nullptr)},
+        {"energy_calibration",
+         calibration == nullptr
+             ? json(nullptr)
+             : json{{"source", calibration->source},
+                    {"idle_watts", calibration->idle_watts ? json(*calibration->idle_watts) : json(nullptr)},
+                    {"residual_rms_joules", calibration->idle_watts ? json(calibration->residual_rms_joules) : json(nullptr)},
+                    {"explained", calibration->idle_watts ? json(calibration->explained) : json(nullptr)},
+                    {"intervals", calibration->intervals},
+                    {"last_error", calibration->last_read.ok() ? json(nullptr) : json(std::string(calibration->last_read.message()))},
+                    {"last_success", calibration->last_success
+                                         ? json(absl::FormatTime(absl::RFC3339_sec, *calibration->last_success, absl::UTCTimeZone()))
+                                         : json(nullptr)}}},
         // Why the weights served differ from the policy's (latency_slo or ramp); null when they do not.
         {"weights_moved_by", route.policy_weights.empty() ? json(nullptr)
                                                           : json(std::string(telemetry::SpillReasonName(route.moved_by)))},
@@ -500,6 +599,18 @@ nlohmann::json IntensityJson(const IntensityConfig& i) {
   return j;
 }
 
+nlohmann::json EnergyJson(const telemetry::EnergyCalibration& e) {
+  if (e.meter == nullptr) return {{"source", "table"}};
+  nlohmann::json j = e.meter->Render();
+  j["interval"] = Duration(e.interval);
+  j["half_life"] = Duration(e.half_life);
+  j["max_intervals"] = e.max_intervals;
+  j["min_inferences"] = e.min_inferences;
+  j["max_relative_error"] = e.max_relative_error;
+  if (!e.devices.empty()) j["devices"] = e.devices;
+  return j;
+}
+
 nlohmann::json RouteJson(const RouteConfig& r) {
   nlohmann::json variants = nlohmann::json::array();
   for (const auto& v : r.pool->variants()) {
@@ -519,6 +630,7 @@ nlohmann::json RouteJson(const RouteConfig& r) {
           {"policy", policy_json},
           {"min_dwell", Duration(r.min_dwell)},
           {"max_in_flight", limits},
+          {"energy", EnergyJson(r.energy)},
           {"ramp", Duration(r.ramp)},
           {"slo", r.slo ? nlohmann::json{{"latency_p99", Duration(r.slo->latency_p99)}, {"window", Duration(r.slo->window)}}
                         : nlohmann::json(nullptr)},

@@ -288,6 +288,54 @@ absl::Status ReadIntensity(MapReader& m, IntensityConfig* out) {
   return m.Finish();
 }
 
+// routes[].energy: `source` names the meter (or `table`), whose reader takes its own keys; the
+// calibration's keys are common to every meter.
+absl::Status ReadEnergy(const YAML::Node& node, size_t index, const std::string& file, telemetry::EnergyCalibration* out) {
+  MapReader e(node, file, absl::StrCat("routes[", index, "].energy"));
+  std::string source = "table";
+  e.String("source", &source);
+  e.Duration("interval", &out->interval, /*allow_zero=*/false);
+  e.Duration("half_life", &out->half_life, /*allow_zero=*/false);
+  e.Integer("max_intervals", &out->max_intervals);
+  e.Number("min_inferences", &out->min_inferences);
+  e.Number("max_relative_error", &out->max_relative_error);
+  YAML::Node devices = e.Get("devices", false);
+  if (!e.ok()) return e.status();
+  if (source != "table") {
+    std::vector<absl::string_view> known = {"table"};
+    for (const telemetry::EnergyMeterRegistration& m : telemetry::RegisteredEnergyMeters()) {
+      known.push_back(ToAbsl(m.kind));
+      if (m.kind == source) out->meter = m.read(e);
+    }
+    if (out->meter == nullptr && e.ok()) {
+      e.Fail("source", absl::StrCat(e.Path("source"), " '", source, "' is not known (known sources: ",
+                                    absl::StrJoin(known, ", "), ")"));
+    }
+  }
+  if (auto s = e.Finish(); !s.ok()) return s;
+  const auto fail = [&](const char* key, std::string_view message) {
+    return ErrorAt(file, node[key].Mark(), absl::StrCat("routes[", index, "].energy.", key, " ", ToAbsl(message)));
+  };
+  if (out->max_intervals < 3) return fail("max_intervals", "must be at least 3");
+  if (out->min_inferences < 0) return fail("min_inferences", "must not be negative");
+  if (!(out->max_relative_error > 0)) return fail("max_relative_error", "must be positive (0.1: ±10 %)");
+  if (devices.IsDefined()) {
+    if (!devices.IsSequence() || devices.size() == 0) return fail("devices", "must be a non-empty list of device ids");
+    for (const YAML::Node& d : devices) {
+      if (!d.IsScalar() || d.Scalar().empty()) {
+        return ErrorAt(file, d.Mark(), absl::StrCat("routes[", index, "].energy.devices must hold device ids (strings)"));
+      }
+      out->devices.push_back(d.Scalar());
+    }
+  }
+  if (out->meter == nullptr && (devices.IsDefined() || node["interval"].IsDefined())) {
+    return ErrorAt(file, node.Mark(),
+                   absl::StrCat("routes[", index, "].energy: source 'table' reads no meter; interval and devices "
+                                "need a meter (triton-metrics, dcgm-exporter or prometheus)"));
+  }
+  return absl::OkStatus();
+}
+
 absl::Status ReadRoute(const YAML::Node& node, size_t index, const std::string& file,
                        const std::string& base_dir, absl::Duration intensity_refresh, RouteConfig* out) {
   MapReader r(node, file, absl::StrCat("routes[", index, "]"));
@@ -304,7 +352,11 @@ absl::Status ReadRoute(const YAML::Node& node, size_t index, const std::string& 
   YAML::Node policy = r.Get("policy", false);
   YAML::Node max_in_flight = r.Get("max_in_flight", false);
   YAML::Node slo = r.Get("slo", false);
+  YAML::Node energy = r.Get("energy", false);
   if (auto s = r.Finish(); !s.ok()) return s;
+  if (energy.IsDefined()) {
+    if (auto s = ReadEnergy(energy, index, file, &out->energy); !s.ok()) return s;
+  }
   if (slo.IsDefined()) {
     MapReader o(slo, file, absl::StrCat("routes[", index, "].slo"));
     selector::LatencySlo read;

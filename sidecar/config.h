@@ -9,6 +9,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "telemetry/energy_calibrator.h"
 #include "selector/intensity_window.h"
 #include "selector/latency_guard.h"
 #include "selector/policy_spec.h"
@@ -76,6 +77,8 @@ struct RouteConfig {
   absl::Duration ramp = absl::ZeroDuration();
   // The route's latency objective; absent: no latency guard.
   std::optional<selector::LatencySlo> slo;
+  // Where its energy per inference is learned from; no meter: the pool's table alone.
+  telemetry::EnergyCalibration energy;
 };
 
 struct SidecarConfig {

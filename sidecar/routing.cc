@@ -102,6 +102,32 @@ std::optional<selector::Decision> CarryDecision(const selector::Pool& before, se
   return decision;
 }
 
+// The route's calibrator when its energy names a meter; null for the table alone, or when the
+// meter cannot be built (logged: the table stands).
+std::shared_ptr<telemetry::EnergyCalibrator> MakeCalibrator(const RouteConfig& route,
+                                                           std::shared_ptr<const telemetry::RouteLedger> ledger) {
+  if (route.energy.meter == nullptr) return nullptr;
+  auto meter = route.energy.meter->Build();
+  if (!meter.ok()) {
+    spdlog::warn("event=energy_meter_unusable route={} error=\"{}\"", route.name, ToStd(meter.status().message()));
+    return nullptr;
+  }
+  // Inferences as the ledger counts them (served, with their batch sizes), for meters that do not
+  // count them per model.
+  auto counts = [ledger] {
+    std::vector<double> items;
+    for (size_t v = 0; v < ledger->pool().size(); ++v) items.push_back(static_cast<double>(ledger->variant(v).Totals().items));
+    return items;
+  };
+  return std::make_shared<telemetry::EnergyCalibrator>(route.energy, route.pool, counts, *std::move(meter));
+}
+
+bool SameCalibration(const telemetry::EnergyCalibration& a, const telemetry::EnergyCalibration& b) {
+  return a.meter && b.meter && a.meter->Render() == b.meter->Render() && a.interval == b.interval &&
+         a.half_life == b.half_life && a.max_intervals == b.max_intervals && a.min_inferences == b.min_inferences &&
+         a.max_relative_error == b.max_relative_error && a.devices == b.devices;
+}
+
 // Calls to variant `v` that met its in-flight limit so far: spilled elsewhere or refused.
 uint64_t LimitHits(const telemetry::RouteLedger& ledger, size_t v) {
   uint64_t hits = ledger.variant(v).refused();
@@ -163,6 +189,8 @@ struct SelectionPublisher::State {
   // how many calls had met it (spilled or refused) at the last guard tick.
   std::vector<std::vector<selector::LearnedLimit>> learned;
   std::vector<std::vector<uint64_t>> limit_hits;
+  // Per route: its energy calibrator, or null (the table alone).
+  std::vector<std::shared_ptr<telemetry::EnergyCalibrator>> energy;
   // Per route with a ramp: where the traffic is moving from and to, and since when (wall clock).
   struct Ramp {
     std::vector<selector::VariantWeight> from, to, current;
@@ -204,15 +232,23 @@ void SelectionPublisher::Start() {
   absl::MutexLock lock(&mu_);
   if (thread_.joinable()) return;
   stopping_ = false;
+  for (const auto& calibrator : state_->energy) {
+    if (calibrator) calibrator->Start();
+  }
   thread_ = std::thread([this] { Run(); });
 }
 
 void SelectionPublisher::Stop() {
+  std::vector<std::shared_ptr<telemetry::EnergyCalibrator>> calibrators;
   {
     absl::MutexLock lock(&mu_);
     stopping_ = true;
+    calibrators = state_->energy;
   }
   if (thread_.joinable()) thread_.join();
+  for (const auto& calibrator : calibrators) {
+    if (calibrator) calibrator->Stop();
+  }
 }
 
 void SelectionPublisher::RefreshNow() { PollOnce(/*poll_intensity=*/true, /*ask_readiness=*/true); }
@@ -308,6 +344,24 @@ absl::Status SelectionPublisher::Reload(const SidecarConfig& config) {
           }
         }
         if (state_->previous[j]) (*state)->previous[i] = CarryDecision(before, *state_->previous[j], after);
+        // An unchanged meter over an unchanged pool keeps its calibrator, and what it has learned.
+        bool same_table = same_pool;
+        for (size_t v = 0; same_table && v < after.size(); ++v) same_table = before[v].energy_mj == after[v].energy_mj;
+        if (same_table && state_->energy[j] && (*state)->energy[i] &&
+            SameCalibration(state_->routes[j]->config.energy, (*state)->routes[i]->config.energy)) {
+          (*state)->energy[i] = state_->energy[j];
+        }
+      }
+    }
+    // Calibrators no route keeps are stopped here, not by whichever thread drops the last snapshot.
+    for (const auto& old : state_->energy) {
+      if (old && std::find((*state)->energy.begin(), (*state)->energy.end(), old) == (*state)->energy.end()) {
+        old->Stop();
+      }
+    }
+    if (thread_.joinable()) {
+      for (const auto& calibrator : (*state)->energy) {
+        if (calibrator) calibrator->Start();
       }
     }
     state_ = *state;
@@ -537,6 +591,7 @@ void SelectionPublisher::Publish(State& s) {
     RouteView view{s.routes[i], std::move(decision), std::move(policy_weights), {}, {}, ramp_progress, std::move(draw),
                    ready, moved_by, {}, {}};
     view.max_in_flight = route.config.max_in_flight;
+    view.energy = s.energy[i];
     if (route.config.slo) {
       view.guard_caps = s.caps[i].cap;
       view.window_p99 = s.window_p99[i];
@@ -598,6 +653,7 @@ absl::StatusOr<std::shared_ptr<SelectionPublisher::State>> SelectionPublisher::M
     state->served_share.emplace_back(route.pool->size(), 0.0);
     state->learned.emplace_back(route.pool->size());
     state->limit_hits.emplace_back(route.pool->size(), 0);
+    state->energy.push_back(MakeCalibrator(route, state->routes.back()->ledger));
     state->ramps.emplace_back();
   }
   return state;

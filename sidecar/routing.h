@@ -22,6 +22,7 @@
 #include "selector/snapshot_cell.h"
 #include "sidecar/config.h"
 #include "telemetry/carbon_ledger.h"
+#include "telemetry/energy_calibrator.h"
 #include "telemetry/intensity_provider.h"
 #include "telemetry/load_window.h"
 
@@ -64,6 +65,8 @@ struct RouteView {
   static constexpr int64_t kNotLearnedYet = std::numeric_limits<int64_t>::max();
   std::vector<int64_t> max_in_flight;
   std::vector<bool> learned_limit;  // per variant: whether max_in_flight was learned
+  // The route's energy calibrator, when its `energy` names a meter (its report is read when asked).
+  std::shared_ptr<const telemetry::EnergyCalibrator> energy;
 
   const selector::Pool& pool() const { return *route->config.pool; }
   // The share the policy itself gives `variant`, before any ramp or guard.
