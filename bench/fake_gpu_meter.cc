@@ -87,7 +87,9 @@ absl::StatusOr<std::unique_ptr<FakeMetricsServer>> FakeMetricsServer::Start(std:
   FakeMetricsServer* self = server.get();
   server->server_->Get("/metrics", [self](const httplib::Request&, httplib::Response& res) {
     self->scrapes_.fetch_add(1);
+    self->in_progress_.fetch_add(1);
     if (const int64_t ms = self->delay_ms_.load(); ms > 0) absl::SleepFor(absl::Milliseconds(ms));
+    self->in_progress_.fetch_sub(1);
     if (self->garbage_.load()) {
       res.set_content("<html><body>502 Bad Gateway</body></html>\n{nv_energy_consumption 12", "text/plain");
       return;

@@ -74,7 +74,8 @@ class FakeMetricsServer {
   std::string url() const;
   void set_delay(absl::Duration delay) { delay_ms_ = absl::ToInt64Milliseconds(delay); }
   void set_garbage(bool garbage) { garbage_ = garbage; }
-  int64_t scrapes() const { return scrapes_.load(); }
+  int64_t scrapes() const { return scrapes_.load(); }  // begun
+  int64_t scrapes_in_progress() const { return in_progress_.load(); }
 
  private:
   FakeMetricsServer() = default;
@@ -85,6 +86,7 @@ class FakeMetricsServer {
   std::atomic<int64_t> delay_ms_{0};
   std::atomic<bool> garbage_{false};
   std::atomic<int64_t> scrapes_{0};
+  std::atomic<int64_t> in_progress_{0};
 };
 
 }  // namespace carbon::bench

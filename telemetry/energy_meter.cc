@@ -255,4 +255,10 @@ constexpr EnergyMeterRegistration kMeters[] = {
 
 std::span<const EnergyMeterRegistration> RegisteredEnergyMeters() { return kMeters; }
 
+std::shared_ptr<const EnergyMeterSpec> TritonMetricsMeter(std::string url) {
+  auto spec = std::make_shared<HttpMeterSpec>("triton-metrics", &ReadTritonMetrics);
+  spec->url = std::move(url);
+  return spec;
+}
+
 }  // namespace carbon::telemetry

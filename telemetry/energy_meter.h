@@ -74,6 +74,9 @@ struct EnergyMeterRegistration {
   std::string_view kind;
   std::unique_ptr<EnergyMeterSpec> (*read)(ConfigBlock& block);
 };
+// A triton-metrics meter reading `url`, as `source: triton-metrics` configures it.
+std::shared_ptr<const EnergyMeterSpec> TritonMetricsMeter(std::string url);
+
 // Every kind but `table` (which needs no meter), in the order docs and messages list them.
 std::span<const EnergyMeterRegistration> RegisteredEnergyMeters();
 

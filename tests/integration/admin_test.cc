@@ -7,6 +7,7 @@
 #include <fstream>
 #include <set>
 #include <map>
+#include <random>
 #include <regex>
 #include <thread>
 
@@ -674,6 +675,124 @@ TEST(RampTest, AChangeOfDecisionMovesTrafficOverTheRamp) {
   EXPECT_TRUE(now["ramp_progress"].is_null()) << now.dump();
   EXPECT_EQ(now["candidates"][3]["weight"], 1);
   EXPECT_EQ(now["model"], "resnet152");
+}
+
+// A server whose GPUs cost other energies than the paper's table, metered as Triton meters them
+// (a real HTTP server on loopback) while the test sends known mixes of inferences through the
+// sidecar: the route's calibrator recovers each variant's energy within 5 %, keeps it through
+// garbage, a restart of the server and a lost GPU, and a meter that hangs delays no request.
+TEST(EnergyCalibrationTest, LearnsEachVariantsEnergyFromTritonsMeterThroughTheSidecar) {
+  const std::map<std::string, double> truth = {
+      {"resnet34", 0.30}, {"resnet50", 0.45}, {"resnet101", 0.90}, {"resnet152", 1.40}};
+  bench::FakeGpuOptions gpu_options;
+  for (const auto& [model, joules] : truth) gpu_options.joules_per_inference[model] = joules;
+  gpu_options.idle_watts = 30;
+  gpu_options.jitter = 0.05;
+  gpu_options.gpu_uuids = {"GPU-0e9fdafb-5adb-91cd-26a8-308d34357efc", "GPU-a07dfe08-b87f-1f96-7083-07a26d0fa83e"};
+  auto gpu = std::make_shared<bench::FakeGpuMeter>(gpu_options);
+  auto meter = bench::FakeMetricsServer::Start(gpu);
+  ASSERT_TRUE(meter.ok()) << meter.status();
+  bench::FakeUpstreamOptions options;
+  options.models = {"resnet34", "resnet50", "resnet101", "resnet152"};
+  options.gpu = gpu;
+  auto upstream = bench::FakeUpstreamServer::Start("127.0.0.1:0", options);
+  ASSERT_TRUE(upstream.ok());
+  SidecarConfig config = testing::StaticSidecarConfig((*upstream)->port(), 200);
+  config.routes[0].energy.meter = telemetry::TritonMetricsMeter((*meter)->url());
+  config.routes[0].energy.interval = absl::Milliseconds(100);
+  config.routes[0].energy.min_inferences = 5;
+  config.routes[0].energy.max_relative_error = 0.02;
+  auto sidecar = SidecarServer::Start(config);
+  ASSERT_TRUE(sidecar.ok()) << sidecar.status();
+  auto stub = inference::GRPCInferenceService::NewStub(grpc::CreateChannel(
+      absl::StrCat("127.0.0.1:", (*sidecar)->port()), grpc::InsecureChannelCredentials()));
+  httplib::Client http("127.0.0.1", (*sidecar)->admin_port());
+  http.set_read_timeout(5, 0);
+  const auto route = [&] {
+    auto res = http.Get("/v1/selection");
+    return res && res->status == 200 ? nlohmann::json::parse(res->body)["routes"][0] : nlohmann::json();
+  };
+  const auto pinned = [&](const std::string& model, int64_t batch) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(10)));
+    ctx.AddMetadata("x-carbon-pin-model", model);
+    inference::ModelInferResponse resp;
+    return stub->ModelInfer(&ctx, Request(batch), &resp);
+  };
+  // One phase: a random mix, then until the meter has been read again.
+  std::mt19937 random(11);
+  std::uniform_int_distribution<int> calls(0, 6);
+  const auto phase = [&] {
+    for (const auto& [model, joules] : truth) {
+      for (int k = calls(random); k > 0; --k) ASSERT_TRUE(pinned(model, 2).ok());
+    }
+    const int64_t scrapes = (*meter)->scrapes();
+    while ((*meter)->scrapes() == scrapes) absl::SleepFor(absl::Milliseconds(2));
+  };
+  const auto all_measured = [&](const nlohmann::json& r) {
+    if (r.is_null()) return false;
+    for (const auto& c : r["candidates"]) {
+      if (c["energy"]["source"] != "measured") return false;
+    }
+    return true;
+  };
+  nlohmann::json now;
+  const absl::Time give_up = absl::Now() + absl::Seconds(30);
+  while (absl::Now() < give_up && !all_measured(now = route())) phase();
+  ASSERT_TRUE(all_measured(now)) << now.dump(1);
+  for (const auto& c : now["candidates"]) {
+    const double expected = truth.at(c["model"].get<std::string>());
+    EXPECT_NEAR(c["energy"]["measured_joules"].get<double>(), expected, 0.05 * expected) << c.dump();
+    EXPECT_EQ(c["energy"]["table_joules"], c["energy_mj"].get<double>() / 1000);
+  }
+  EXPECT_NEAR(now["energy_calibration"]["idle_watts"].get<double>(), 30, 3);
+  EXPECT_EQ(now["energy_calibration"]["source"], "triton-metrics");
+  auto res = http.Get("/metrics");
+  ASSERT_TRUE(res);
+  std::map<std::string, double> samples = ParseSamples(res->body);
+  EXPECT_NEAR(samples.at(R"(carbon_sidecar_calibrated_energy_joules{route="resnet",model="resnet152",energy_source="measured"})"),
+              1.40, 0.07);
+  EXPECT_EQ(samples.count(R"(carbon_sidecar_energy_idle_power_watts{route="resnet",source="triton-metrics"})"), 1u);
+  ExpectPromtoolAccepts(res->body);
+
+  const auto reads = [&](const char* result) {
+    auto r = http.Get("/metrics");
+    if (!r) return -1.0;
+    const auto all = ParseSamples(r->body);
+    const auto it = all.find(absl::StrCat(
+        R"(carbon_sidecar_energy_meter_reads_total{route="resnet",source="triton-metrics",result=")", result, R"("})"));
+    return it == all.end() ? -1.0 : it->second;
+  };
+  const auto wait_for = [&](const std::function<bool()>& condition) {
+    const absl::Time until = absl::Now() + absl::Seconds(10);
+    while (!condition() && absl::Now() < until) absl::SleepFor(absl::Milliseconds(10));
+    return condition();
+  };
+  // Garbage from the meter: a clear status, and the last good calibration kept.
+  (*meter)->set_garbage(true);
+  ASSERT_TRUE(wait_for([&] { return route()["energy_calibration"]["last_error"].is_string(); }));
+  now = route();
+  EXPECT_THAT(now["energy_calibration"]["last_error"].get<std::string>(), HasSubstr("expected a metric name"));
+  EXPECT_TRUE(all_measured(now));
+  EXPECT_GE(reads("failed"), 1);
+  (*meter)->set_garbage(false);
+
+  // The server restarts: its counters start from zero; that pair is a reset, not a negative interval.
+  const double resets = reads("reset");
+  gpu->Restart();
+  ASSERT_TRUE(wait_for([&] { return reads("reset") > resets; }));
+  EXPECT_TRUE(all_measured(route()));
+  // A GPU stops being reported: a reset too, saying which.
+  const double resets_before_loss = reads("reset");
+  gpu->RemoveGpu("GPU-a07dfe08-b87f-1f96-7083-07a26d0fa83e");
+  ASSERT_TRUE(wait_for([&] { return reads("reset") > resets_before_loss; }));
+
+  // A meter that hangs: a call through the sidecar is answered while the read is still waiting.
+  (*meter)->set_delay(absl::Seconds(3));
+  ASSERT_TRUE(wait_for([&] { return (*meter)->scrapes_in_progress() > 0; }));
+  EXPECT_TRUE(pinned("resnet50", 1).ok());
+  EXPECT_GT((*meter)->scrapes_in_progress(), 0) << "the call waited for the meter";
+  (*meter)->set_delay(absl::ZeroDuration());
 }
 
 TEST_F(AdminTest, ConfigHealthAndReadiness) {

@@ -396,6 +396,48 @@ TEST_F(ConfigTest, ALatencyObjectiveNeedsItsPercentileAndAWindowOfASecondOrMore)
   EXPECT_THAT(ErrorOf(head + route + "    ramp: soon\n"), HasSubstr("routes[0].ramp must be a duration"));
 }
 
+TEST_F(ConfigTest, AnEnergySourceNamesAKnownMeterWithItsOwnKeys) {
+  const std::string head = "upstream: { target: a }\nintensity: { provider: static, gco2_per_kwh: 1 }\nroutes:\n";
+  const std::string route = "  - name: r\n    pool: pools/resnet.yaml\n    baseline: resnet50\n    default: resnet50\n";
+  auto triton = LoadConfig(Write("triton.yaml", head + route +
+                                                    "    energy:\n      source: triton-metrics\n"
+                                                    "      url: http://triton:8002/metrics\n      interval: 30s\n"
+                                                    "      half_life: 2h\n      devices: [GPU-1, GPU-2]\n"));
+  ASSERT_TRUE(triton.ok()) << triton.status();
+  const telemetry::EnergyCalibration& e = triton->routes[0].energy;
+  ASSERT_NE(e.meter, nullptr);
+  EXPECT_EQ(e.meter->kind(), "triton-metrics");
+  EXPECT_EQ(e.interval, absl::Seconds(30));
+  EXPECT_EQ(e.half_life, absl::Hours(2));
+  EXPECT_THAT(e.devices, ::testing::ElementsAre("GPU-1", "GPU-2"));
+  auto prometheus = LoadConfig(Write("prometheus.yaml", head + route +
+                                                            "    energy: { source: prometheus, url: http://prom:9090, "
+                                                            "query: 'sum(kepler_container_joules_total)' }\n"));
+  ASSERT_TRUE(prometheus.ok()) << prometheus.status();
+  EXPECT_EQ(prometheus->routes[0].energy.meter->Render()["query"], "sum(kepler_container_joules_total)");
+  auto table = LoadConfig(Write("table.yaml", head + route + "    energy: { source: table }\n"));
+  ASSERT_TRUE(table.ok()) << table.status();
+  EXPECT_EQ(table->routes[0].energy.meter, nullptr);
+
+  EXPECT_EQ(ErrorOf(head + route + "    energy: { source: wattmeter }\n"),
+            Path("sidecar.yaml") + ":8:23: routes[0].energy.source 'wattmeter' is not known (known sources: table, "
+                                   "triton-metrics, dcgm-exporter, prometheus)");
+  EXPECT_EQ(ErrorOf(head + route + "    energy: { source: dcgm-exporter }\n"),
+            Path("sidecar.yaml") + ":8:13: routes[0].energy is missing required key 'url'");
+  EXPECT_EQ(ErrorOf(head + route + "    energy: { source: triton-metrics, url: triton:8002 }\n"),
+            Path("sidecar.yaml") + ":8:44: routes[0].energy.url must be an http:// or https:// URL");
+  EXPECT_EQ(ErrorOf(head + route + "    energy: { source: prometheus, url: http://p:9090 }\n"),
+            Path("sidecar.yaml") + ":8:13: routes[0].energy is missing required key 'query'");
+  EXPECT_THAT(ErrorOf(head + route + "    energy: { source: triton-metrics, url: http://t, max_intervals: 2 }\n"),
+              HasSubstr("routes[0].energy.max_intervals must be at least 3"));
+  EXPECT_THAT(ErrorOf(head + route + "    energy: { source: triton-metrics, url: http://t, devices: GPU-1 }\n"),
+              HasSubstr("routes[0].energy.devices must be a non-empty list of device ids"));
+  EXPECT_THAT(ErrorOf(head + route + "    energy: { interval: 10s }\n"),
+              HasSubstr("routes[0].energy: source 'table' reads no meter"));
+  EXPECT_THAT(ErrorOf(head + route + "    energy: { source: triton-metrics, url: http://t, query: x }\n"),
+              HasSubstr("unknown key 'query'"));
+}
+
 TEST_F(ConfigTest, ErrorsInAPoolFileNameThePoolFile) {
   Write("pools/resnet.yaml", "variants:\n  - { name: resnet34, energy_mj: -1, error_percent: 8 }\n");
   const std::string error = ErrorOf(kValid);
