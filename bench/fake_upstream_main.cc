@@ -23,11 +23,17 @@ ABSL_FLAG(std::vector<std::string>, instances, {},
           "Per-model executions at once, e.g. resnet152=2 (the others queue, as in Triton's scheduler; "
           "default: no limit).");
 
+ABSL_FLAG(std::vector<std::string>, gpu_joules, {},
+          "Meter a simulated GPU, as Triton's metrics port does (GET /metrics on --metrics_listen): "
+          "energy per inference per model, e.g. resnet34=0.36,resnet152=1.24 (joules).");
+ABSL_FLAG(double, idle_watts, 50, "The simulated GPU's idle power (with --gpu_joules).");
+ABSL_FLAG(double, gpu_jitter, 0.05, "Relative noise of each inference's and each scrape's energy.");
+
 int main(int argc, char** argv) {
   carbon::StartBinary(
       "a fake KServe v2 / Triton inference server for the demo, the tests and the benchmarks.\n"
       "Usage: fake-upstream [--listen HOST:PORT] [--models a,b,c] [--service_time model=5ms,...] "
-      "[--instances model=2,...] [--announce_requests]",
+      "[--instances model=2,...] [--announce_requests] [--gpu_joules model=0.4,... [--idle_watts 50]]",
       __FILE__, argc, argv);
   sigset_t signals;
   sigemptyset(&signals);
@@ -63,6 +69,29 @@ int main(int argc, char** argv) {
       std::fwrite(line.data(), 1, line.size(), stdout);
       std::fflush(stdout);
     };
+  }
+  std::unique_ptr<carbon::bench::FakeMetricsServer> metrics;
+  if (!absl::GetFlag(FLAGS_gpu_joules).empty()) {
+    carbon::bench::FakeGpuOptions gpu;
+    gpu.idle_watts = absl::GetFlag(FLAGS_idle_watts);
+    gpu.jitter = absl::GetFlag(FLAGS_gpu_jitter);
+    for (const std::string& entry : absl::GetFlag(FLAGS_gpu_joules)) {
+      std::pair<std::string, std::string> kv = absl::StrSplit(entry, '=');
+      double joules = 0;
+      if (!absl::SimpleAtod(kv.second, &joules) || !(joules >= 0)) {
+        std::fprintf(stderr, "bad --gpu_joules entry '%s'\n", entry.c_str());
+        return 2;
+      }
+      gpu.joules_per_inference[kv.first] = joules;
+    }
+    options.gpu = std::make_shared<carbon::bench::FakeGpuMeter>(gpu);
+    auto started = carbon::bench::FakeMetricsServer::Start(options.gpu);
+    if (!started.ok()) {
+      std::fprintf(stderr, "%s\n", std::string(started.status().message()).c_str());
+      return 1;
+    }
+    metrics = *std::move(started);
+    std::printf("fake-upstream metrics at %s\n", metrics->url().c_str());
   }
   auto server = carbon::bench::FakeUpstreamServer::Start(absl::GetFlag(FLAGS_listen), options);
   if (!server.ok()) {

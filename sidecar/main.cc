@@ -13,6 +13,7 @@
 #include "absl/flags/usage.h"
 #include "absl/synchronization/notification.h"
 #include "common/string_view_compat.h"
+#include "sidecar/calibration.h"
 #include "sidecar/config.h"
 #include "sidecar/probe.h"
 #include "sidecar/server.h"
@@ -26,10 +27,20 @@ ABSL_FLAG(bool, probe_intensity, false,
           "Ask the configured intensity provider now, print its answer, the window and each route's "
           "choice, and exit (non-zero on failure).");
 
+ABSL_FLAG(std::string, calibrate, "",
+          "Measure the energy per inference of this route's variants on the upstream, with the meter its "
+          "energy names, write a pool file (--calibrate_out) and exit.");
+ABSL_FLAG(std::string, calibrate_out, "measured-pool.yaml", "The pool file --calibrate writes.");
+ABSL_FLAG(absl::Duration, calibrate_idle, absl::Seconds(10), "How long --calibrate reads the idle power.");
+ABSL_FLAG(absl::Duration, calibrate_duration, absl::Seconds(30), "How long --calibrate runs each variant.");
+ABSL_FLAG(int64_t, calibrate_batch, 1, "Inferences per request --calibrate sends.");
+ABSL_FLAG(int, calibrate_concurrency, 4, "Calls --calibrate keeps in flight.");
+
 int main(int argc, char** argv) {
   carbon::StartBinary(
       "carbon-aware gRPC sidecar for KServe v2 / Triton inference servers.\n"
-      "Usage: carbon-sidecar [--config FILE] [--log_level LEVEL] [--check_config | --probe_intensity]",
+      "Usage: carbon-sidecar [--config FILE] [--log_level LEVEL] [--check_config | --probe_intensity |\n"
+      "                      --calibrate ROUTE [--calibrate_out FILE] [--calibrate_duration 30s] ...]",
       __FILE__, argc, argv);
   // glibc gives each thread that allocates its own arena (up to 8 per core), and gRPC's threads
   // take turns with every message, so freed 600 KB messages were kept in many arenas at once:
@@ -68,6 +79,21 @@ int main(int argc, char** argv) {
     return 0;
   }
   if (absl::GetFlag(FLAGS_probe_intensity)) return carbon::sidecar::RunIntensityProbe(*config, stdout);
+  if (!absl::GetFlag(FLAGS_calibrate).empty()) {
+    carbon::sidecar::CalibrationRunOptions options;
+    options.route = absl::GetFlag(FLAGS_calibrate);
+    options.out_path = absl::GetFlag(FLAGS_calibrate_out);
+    options.idle = absl::GetFlag(FLAGS_calibrate_idle);
+    options.per_variant = absl::GetFlag(FLAGS_calibrate_duration);
+    options.batch = absl::GetFlag(FLAGS_calibrate_batch);
+    options.concurrency = absl::GetFlag(FLAGS_calibrate_concurrency);
+    const absl::Status calibrated = carbon::sidecar::RunCalibration(*config, options, stdout);
+    if (!calibrated.ok()) {
+      spdlog::error("event=calibration_failed error=\"{}\"", carbon::ToStd(calibrated.message()));
+      return 1;
+    }
+    return 0;
+  }
   auto server = carbon::sidecar::SidecarServer::Start(*config);
   if (!server.ok()) {
     spdlog::error("event=start_failed error=\"{}\"", carbon::ToStd(server.status().message()));

@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <fstream>
 #include <set>
+#include <sstream>
 #include <map>
 #include <random>
 #include <regex>
@@ -793,6 +794,86 @@ TEST(EnergyCalibrationTest, LearnsEachVariantsEnergyFromTritonsMeterThroughTheSi
   EXPECT_TRUE(pinned("resnet50", 1).ok());
   EXPECT_GT((*meter)->scrapes_in_progress(), 0) << "the call waited for the meter";
   (*meter)->set_delay(absl::ZeroDuration());
+}
+
+// `carbon-sidecar --calibrate` against a server whose GPUs cost other energies than the table: it
+// drives each variant, reads the meter, and writes a pool file with the measured energies (and the
+// table's errors) that --check_config accepts.
+TEST(CalibrateCommandTest, WritesAPoolOfMeasuredEnergiesThatTheSidecarAccepts) {
+  const std::map<std::string, double> truth = {
+      {"resnet34", 0.30}, {"resnet50", 0.45}, {"resnet101", 0.90}, {"resnet152", 1.40}};
+  bench::FakeGpuOptions gpu_options;
+  for (const auto& [model, joules] : truth) gpu_options.joules_per_inference[model] = joules;
+  gpu_options.idle_watts = 40;
+  gpu_options.jitter = 0.05;
+  auto gpu = std::make_shared<bench::FakeGpuMeter>(gpu_options);
+  auto meter = bench::FakeMetricsServer::Start(gpu);
+  ASSERT_TRUE(meter.ok());
+  bench::FakeUpstreamOptions options;
+  options.models = {"resnet34", "resnet50", "resnet101", "resnet152"};
+  options.gpu = gpu;
+  auto upstream = bench::FakeUpstreamServer::Start("127.0.0.1:0", options);
+  ASSERT_TRUE(upstream.ok());
+  const std::filesystem::path dir = std::filesystem::temp_directory_path() / absl::StrCat("calibrate_", getpid());
+  std::filesystem::create_directories(dir);
+  std::filesystem::copy_file(std::string(CARBON_SOURCE_DIR) + "/config/pools/resnet-v100.yaml", dir / "table.yaml",
+                             std::filesystem::copy_options::overwrite_existing);
+  const auto write_config = [&](const std::string& name, const std::string& pool) {
+    std::ofstream(dir / name) << "upstream: { target: 127.0.0.1:" << (*upstream)->port() << " }\n"
+                              << "intensity: { provider: static, gco2_per_kwh: 200 }\n"
+                              << "routes:\n  - name: resnet\n    pool: " << pool
+                              << "\n    baseline: resnet50\n    default: resnet50\n"
+                              << "    energy: { source: triton-metrics, url: " << (*meter)->url() << " }\n";
+  };
+  write_config("sidecar.yaml", "table.yaml");
+  const std::string out = (dir / "measured.yaml").string();
+  const std::string log = (dir / "calibrate.log").string();
+  const std::string command = absl::StrCat(
+      CARBON_SIDECAR_BINARY, " --config ", (dir / "sidecar.yaml").string(), " --calibrate resnet --calibrate_out ", out,
+      " --calibrate_idle 300ms --calibrate_duration 600ms --calibrate_batch 2 --calibrate_concurrency 2 > ", log,
+      " 2>&1");
+  ASSERT_EQ(std::system(command.c_str()), 0) << std::ifstream(log).rdbuf();
+  std::stringstream printed;
+  printed << std::ifstream(log).rdbuf();
+  EXPECT_THAT(printed.str(), HasSubstr("idle: "));
+  EXPECT_THAT(printed.str(), HasSubstr("J per inference"));
+
+  auto pool = LoadPoolFile(out);
+  ASSERT_TRUE(pool.ok()) << pool.status();
+  const std::shared_ptr<const selector::Pool> table = testing::PaperResnetPool();
+  for (const auto& [model, joules] : truth) {
+    const std::optional<size_t> v = pool->IndexOf(model);
+    ASSERT_TRUE(v) << model;
+    EXPECT_NEAR((*pool)[*v].energy_mj, joules * 1000, 0.05 * joules * 1000) << model;
+    EXPECT_EQ((*pool)[*v].error_percent, (*table)[*table->IndexOf(model)].error_percent);
+  }
+  std::stringstream written;
+  written << std::ifstream(out).rdbuf();
+  EXPECT_THAT(written.str(), HasSubstr("# Measured by carbon-sidecar --calibrate resnet on "));
+  EXPECT_THAT(written.str(), HasSubstr("GPU-0e9fdafb-5adb-91cd-26a8-308d34357efc"));
+  EXPECT_THAT(written.str(), HasSubstr("batch size 2"));
+
+  // Ready to load: a config naming it passes --check_config.
+  write_config("measured-sidecar.yaml", "measured.yaml");
+  EXPECT_EQ(std::system(absl::StrCat(CARBON_SIDECAR_BINARY, " --check_config --config ",
+                                     (dir / "measured-sidecar.yaml").string(), " > ", log, " 2>&1")
+                            .c_str()),
+            0)
+      << std::ifstream(log).rdbuf();
+
+  // A route without a meter says what is missing.
+  std::ofstream(dir / "no-meter.yaml") << "upstream: { target: 127.0.0.1:" << (*upstream)->port() << " }\n"
+                                       << "intensity: { provider: static, gco2_per_kwh: 200 }\n"
+                                       << "routes:\n  - { name: resnet, pool: table.yaml, baseline: resnet50, "
+                                          "default: resnet50 }\n";
+  EXPECT_NE(std::system(absl::StrCat(CARBON_SIDECAR_BINARY, " --config ", (dir / "no-meter.yaml").string(),
+                                     " --calibrate resnet > ", log, " 2>&1")
+                            .c_str()),
+            0);
+  std::stringstream refused;
+  refused << std::ifstream(log).rdbuf();
+  EXPECT_THAT(refused.str(), HasSubstr("route 'resnet' has no energy meter"));
+  std::filesystem::remove_all(dir);
 }
 
 TEST_F(AdminTest, ConfigHealthAndReadiness) {
