@@ -110,6 +110,7 @@ PolicyResult ReplayPolicy(const std::vector<ReplayPeriod>& periods, const select
                                                  previous ? &*previous : nullptr, served, forecast});
     result.choices.push_back(decision.primary);
     const PeriodOutcome outcome = Charge(pool, *charged.route, decision.weights, p.requests, p.gco2_per_kwh);
+    result.weights.push_back(decision.weights);
     served.items += outcome.items;
     served.error_percent_sum += outcome.error_percent_sum;
     served.grams += outcome.grams;
@@ -136,9 +137,43 @@ PolicyResult ReplayFixed(const std::vector<ReplayPeriod>& periods, const selecto
   for (const ReplayPeriod& p : periods) {
     result.choices.push_back(variant);
     result.periods.push_back(Charge(pool, *charged.route, {{variant, 1.0}}, p.requests, p.gco2_per_kwh));
+    result.weights.push_back({{variant, 1.0}});
   }
   result.report = telemetry::Report(*charged.route);
   return result;
+}
+
+absl::StatusOr<telemetry::RouteReport> Recost(const std::vector<ReplayPeriod>& periods, const PolicyResult& result,
+                                              const selector::Pool& decided_with, const selector::Pool& charged_with,
+                                              size_t baseline) {
+  if (result.weights.size() != periods.size()) {
+    return absl::InvalidArgumentError(absl::StrCat(result.policy, " has ", result.weights.size(), " decisions for ",
+                                                   periods.size(), " periods"));
+  }
+  std::vector<size_t> to(decided_with.size());
+  for (size_t v = 0; v < decided_with.size(); ++v) {
+    const std::optional<size_t> i = charged_with.IndexOf(decided_with[v].name);
+    if (!i) return absl::NotFoundError(absl::StrCat("'", decided_with[v].name, "' is not in the pool charged"));
+    to[v] = *i;
+  }
+  PolicyLedger charged(result.policy, charged_with, baseline);
+  for (size_t i = 0; i < periods.size(); ++i) {
+    std::vector<selector::VariantWeight> weights = result.weights[i];
+    for (auto& w : weights) w.variant = to[w.variant];
+    Charge(charged_with, *charged.route, weights, periods[i].requests, periods[i].gco2_per_kwh);
+  }
+  return telemetry::Report(*charged.route);
+}
+
+absl::StatusOr<selector::Pool> ScaledPool(const selector::Pool& pool,
+                                          const std::vector<std::pair<std::string, double>>& factors) {
+  std::vector<selector::Variant> variants = pool.variants();
+  for (const auto& [name, factor] : factors) {
+    const std::optional<size_t> v = pool.IndexOf(name);
+    if (!v) return absl::NotFoundError(absl::StrCat("'", name, "' is not a variant of the pool"));
+    variants[*v].energy_mj *= factor;
+  }
+  return selector::Pool::Create(std::move(variants));
 }
 
 PolicyResult ReplayHindsight(const std::vector<ReplayPeriod>& periods, const selector::Pool& pool, size_t baseline,
@@ -163,6 +198,7 @@ PolicyResult ReplayHindsight(const std::vector<ReplayPeriod>& periods, const sel
       if (up > 0 && low + 1 < hull.size()) weights.push_back({hull[low + 1], up});
       result.choices.push_back(up > 0.5 && low + 1 < hull.size() ? hull[low + 1] : hull[low]);
       result.periods.push_back(Charge(pool, *charged.route, weights, periods[i].requests, periods[i].gco2_per_kwh));
+      result.weights.push_back(std::move(weights));
     }
     first = last;
   }

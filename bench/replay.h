@@ -48,6 +48,7 @@ struct PolicyResult {
   telemetry::RouteReport report;
   std::vector<size_t> choices;  // per period, the decision's primary variant
   std::vector<PeriodOutcome> periods;
+  std::vector<std::vector<selector::VariantWeight>> weights;  // per period, the split charged
 };
 
 // Runs `policy` (built from the sidecar's selector library) over the periods, one decision per
@@ -73,6 +74,17 @@ PolicyResult ReplayFixed(const std::vector<ReplayPeriod>& periods, const selecto
 // horizons is measured against.
 PolicyResult ReplayHindsight(const std::vector<ReplayPeriod>& periods, const selector::Pool& pool, size_t baseline,
                              const selector::PlanLimit& limit, const selector::Horizon& horizon, std::string label);
+
+// The same decisions charged on another pool: `result` was decided on `decided_with`; each period's
+// split is charged on `charged_with` (variants matched by name), whose baseline is `baseline`. What a
+// sidecar deciding on a table costs when the hardware's true energies are `charged_with`'s.
+absl::StatusOr<telemetry::RouteReport> Recost(const std::vector<ReplayPeriod>& periods, const PolicyResult& result,
+                                              const selector::Pool& decided_with, const selector::Pool& charged_with,
+                                              size_t baseline);
+
+// `pool` with each variant's energy multiplied by its factor (1 when absent; by name).
+absl::StatusOr<selector::Pool> ScaledPool(const selector::Pool& pool,
+                                          const std::vector<std::pair<std::string, double>>& factors);
 
 // A result's totals over each horizon the periods fall in.
 struct HorizonOutcome {

@@ -4,6 +4,7 @@
 // West England intensity and the June 1998 World Cup request trace, and writes table.md, table.csv,
 // choices.dat and, when gnuplot is installed, intensity.svg and efficiency.svg.
 #include <cstdio>
+#include <tuple>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -161,16 +162,6 @@ int main(int argc, char** argv) {
 
   const std::filesystem::path out = absl::GetFlag(FLAGS_out_dir);
   std::filesystem::create_directories(out);
-  if (getenv("DBG")) {
-    for (const auto& r : results) {
-      if (r.policy.find("4246 g") == std::string::npos) continue;
-      auto d = carbon::bench::ByHorizon(periods, r, daily);
-      std::printf("%s\n", r.policy.c_str());
-      double cum = 0;
-      for (auto& x : d) { cum += x.grams; std::printf("  %s items=%.0f err=%.3f g=%.1f cum=%.0f\n", absl::FormatTime("%m-%d", x.start, absl::UTCTimeZone()).c_str(), x.items, x.mean_error_percent(), x.grams, cum); }
-    }
-  }
-
   // The mean-error vs extra-grams plane: fixed variants and heuristics as points, the online
   // accuracy-target and the hindsight optimum swept over targets (whole-trace horizon).
   {
@@ -240,6 +231,68 @@ int main(int argc, char** argv) {
     absl::StrAppend(&table, absl::StrFormat("\nDays missed: accuracy-target %d of %zu, carbon-budget %d of %zu.\n",
                                             error_misses, e.size(), budget_misses, b.size()));
     std::ofstream(out / "days.md") << table;
+  }
+  // Sensitivity to the energy table (issue 17): the sidecar decides on the table; the hardware's
+  // true energies are off by ±20 % (all variants, or one). Each policy's decisions charged at the
+  // true energies, against the same policy deciding on the true energies (a calibrated table).
+  {
+    std::vector<std::pair<std::string, std::vector<std::pair<std::string, double>>>> scenarios;
+    for (double f : {0.8, 1.2}) {
+      std::vector<std::pair<std::string, double>> all;
+      for (const auto& v : pool->variants()) all.emplace_back(v.name, f);
+      scenarios.push_back({absl::StrFormat("every variant ×%.1f", f), all});
+    }
+    for (const auto& v : pool->variants()) {
+      for (double f : {0.8, 1.2}) scenarios.push_back({absl::StrFormat("%s ×%.1f", v.name, f), {{v.name, f}}});
+    }
+    const auto heuristic_on = [&](const carbon::selector::Pool& p, size_t base) {
+      carbon::bench::WindowMode mode;
+      const std::optional<size_t> d = p.IndexOf((*pool)[*default_variant].name);
+      return carbon::bench::ReplayHeuristic(periods, p, base, *d, mode);
+    };
+    const auto target_on = [&](const carbon::selector::Pool& p, size_t base) {
+      const auto spec = carbon::selector::MakeHorizonTargetSpec({Kind::kMeanErrorPercent, target_error}, whole);
+      const std::optional<size_t> d = p.IndexOf((*pool)[*default_variant].name);
+      const auto policy = spec->Build(p, {*d, absl::InfiniteDuration(), absl::ZeroDuration()});
+      carbon::bench::WindowMode mode;
+      mode.kind = carbon::bench::WindowMode::Kind::kTrailing;
+      return carbon::bench::ReplayPolicy(periods, p, base, *policy, "accuracy-target", mode);
+    };
+    const PolicyResult table_heuristic = heuristic_on(*pool, *baseline);
+    const PolicyResult table_target = target_on(*pool, *baseline);
+    std::string table = absl::StrFormat(
+        "| true energies | policy | periods decided otherwise with the true table | grams, decided on the table | "
+        "grams, decided on the true table | extra grams vs %s (table / true) | mean error %% (table / true) | "
+        "efficiency %%/g (table / true) |\n|---|---|---|---|---|---|---|---|\n",
+        (*pool)[*baseline].name);
+    const auto efficiency = [](const carbon::telemetry::RouteReport& r) {
+      return std::isfinite(r.efficiency) ? absl::StrFormat("%.5f", r.efficiency) : std::string("n/a");
+    };
+    for (const auto& [label, factors] : scenarios) {
+      auto truth = carbon::bench::ScaledPool(*pool, factors);
+      if (!truth.ok()) return Fail(std::string(truth.status().message()));
+      const size_t true_baseline = *truth->IndexOf((*pool)[*baseline].name);
+      for (const auto& [name, decided, calibrated] :
+           {std::tuple<std::string, const PolicyResult*, PolicyResult>{"heuristic (whole-trace)", &table_heuristic,
+                                                                       heuristic_on(*truth, true_baseline)},
+            std::tuple<std::string, const PolicyResult*, PolicyResult>{
+                absl::StrCat("accuracy-target ", error_text, " (", month, ")"), &table_target,
+                target_on(*truth, true_baseline)}}) {
+        auto recosted = carbon::bench::Recost(periods, *decided, *pool, *truth, true_baseline);
+        if (!recosted.ok()) return Fail(std::string(recosted.status().message()));
+        size_t differ = 0;
+        for (size_t i = 0; i < periods.size(); ++i) {
+          differ += (*pool)[decided->choices[i]].name != (*truth)[calibrated.choices[i]].name;
+        }
+        absl::StrAppend(&table, absl::StrFormat("| %s | %s | %.1f %% | %.0f | %.0f | %+.0f / %+.0f | %.3f / %.3f | %s / %s |\n",
+                                                label, name, 100.0 * static_cast<double>(differ) / static_cast<double>(periods.size()),
+                                                recosted->grams, calibrated.report.grams, recosted->extra_grams,
+                                                calibrated.report.extra_grams, recosted->mean_error_percent,
+                                                calibrated.report.mean_error_percent, efficiency(*recosted),
+                                                efficiency(calibrated.report)));
+      }
+    }
+    std::ofstream(out / "sensitivity.md") << table;
   }
   uint64_t total_requests = 0;
   double item_intensity = 0;

@@ -53,6 +53,30 @@ TEST(ReplayTest, WholeTraceTableByHand) {
   EXPECT_THAT(table, ::testing::HasSubstr("| heuristic (whole-trace) |"));
 }
 
+TEST(ReplayTest, TheSameDecisionsRecostAtTrueEnergiesByHand) {
+  // The heuristic decides on the table (152, 34, 101, 101, as above); the hardware's resnet101 is
+  // truly 20 % dearer and resnet34 10 % cheaper. Charged at the truth: the same choices, the grams
+  // of the true energies, the baseline's counterfactual at its (unchanged) true energy.
+  const std::vector<ReplayPeriod> periods = {{T(0), 100, 10}, {T(1), 300, 20}, {T(2), 200, 30}, {T(3), 150, 40}};
+  const selector::Pool table = ResnetPool();
+  const PolicyResult h = ReplayHeuristic(periods, table, 1, 1, WindowMode{});
+  auto truth = ScaledPool(table, {{"resnet101", 1.2}, {"resnet34", 0.9}});
+  ASSERT_TRUE(truth.ok()) << truth.status();
+  EXPECT_DOUBLE_EQ((*truth)[*truth->IndexOf("resnet101")].energy_mj, kE[2] * 1.2);
+  auto report = Recost(periods, h, table, *truth, *truth->IndexOf("resnet50"));
+  ASSERT_TRUE(report.ok()) << report.status();
+  const double grams = Grams(3, 10, 100) + 0.9 * Grams(0, 20, 300) + 1.2 * (Grams(2, 30, 200) + Grams(2, 40, 150));
+  const double baseline = Grams(1, 10, 100) + Grams(1, 20, 300) + Grams(1, 30, 200) + Grams(1, 40, 150);
+  EXPECT_NEAR(report->grams, grams, 1e-15);
+  EXPECT_NEAR(report->extra_grams, grams - baseline, 1e-15);
+  EXPECT_NEAR(report->mean_error_percent, h.report.mean_error_percent, 1e-12);
+  // Every energy scaled alike: the table's choices, the grams scaled.
+  auto doubled = ScaledPool(table, {{"resnet34", 2}, {"resnet50", 2}, {"resnet101", 2}, {"resnet152", 2}});
+  EXPECT_THAT(ReplayHeuristic(periods, *doubled, 1, 1, WindowMode{}).choices, ::testing::ElementsAre(3, 0, 2, 2));
+  EXPECT_NEAR(Recost(periods, h, table, *doubled, 1)->grams, 2 * h.report.grams, 1e-15);
+  EXPECT_EQ(ScaledPool(table, {{"vgg16", 2}}).status().code(), absl::StatusCode::kNotFound);
+}
+
 TEST(ReplayTest, TrailingWindowSeesOnlyThePastAndForecastSeesAhead) {
   // A 1 h trailing window over 30-minute periods holds this reading and the one before.
   const std::vector<ReplayPeriod> periods = {{T(0), 200, 1}, {T(1), 100, 1}, {T(2), 300, 1}, {T(3), 300, 1}};
