@@ -37,7 +37,7 @@ class MetricsRenderer {
   MetricsRenderer(const MetricsSources& sources, bool open_metrics)
       : sources_(sources), snapshot_(sources.snapshot), w_(open_metrics) {
     // One report per route, computed once for the families that share it.
-    for (const RouteView& route : snapshot_.routes()) reports_.push_back(telemetry::Report(*route.route->ledger));
+    for (const RouteView& route : snapshot_.routes()) reports_.push_back(route.Report());
   }
 
   std::string Render() {
@@ -45,6 +45,7 @@ class MetricsRenderer {
     Pools();
     Horizons();
     Energy();
+    Accounting();
     Latency();
     Intensity(snapshot_.source());
     Proxy();
@@ -100,17 +101,31 @@ class MetricsRenderer {
                [](const telemetry::RouteReport& rep, const RouteView&, size_t v) {
                  return static_cast<double>(rep.variants[v].items);
                });
-    PerVariant("carbon_sidecar_energy_joules_total", MetricType::kCounter,
-               "Energy of the inferences served, from the pool's energy per inference.",
-               [](const telemetry::RouteReport& rep, const RouteView& route, size_t v) {
-                 return telemetry::JoulesFor(route.pool()[v], rep.variants[v].items);
-               });
-    PerVariant("carbon_sidecar_emissions_grams_total", MetricType::kCounter,
-               "CO2 emitted by the inferences served, at the grid intensity in force when each was "
-               "served.",
-               [](const telemetry::RouteReport& rep, const RouteView& route, size_t v) {
-                 return telemetry::GramsFor(route.pool()[v], rep.variants[v].item_intensity);
-               });
+    // By where each inference's energy came from: the table always, a meter's estimate on routes
+    // that have a meter.
+    const auto by_source = [&](std::string_view name, std::string_view help,
+                               std::vector<std::array<double, 2>> telemetry::RouteReport::*field) {
+      w_.Family(name, MetricType::kCounter, help);
+      for (size_t r = 0; r < reports_.size(); ++r) {
+        const RouteView& route = snapshot_.routes()[r];
+        for (size_t v = 0; v < route.pool().size(); ++v) {
+          for (size_t source = 0; source < (route.energy ? 2u : 1u); ++source) {
+            w_.Sample({{"route", route.route->config.name},
+                       {"model", route.pool()[v].name},
+                       {"energy_source", source == 0 ? "table" : "measured"}},
+                      (reports_[r].*field)[v][source]);
+          }
+        }
+      }
+    };
+    by_source("carbon_sidecar_energy_joules_total",
+              "Energy of the inferences served (the devices', before PUE), by where the energy per "
+              "inference came from: the pool's table, or the route's meter once calibrated.",
+              &telemetry::RouteReport::variant_joules);
+    by_source("carbon_sidecar_emissions_grams_total",
+              "Operational CO2 of the inferences served, E x PUE x I at the grid intensity in force when "
+              "each was served, by where E came from.",
+              &telemetry::RouteReport::variant_grams);
     PerVariant("carbon_sidecar_counterfactual_emissions_grams_total", MetricType::kCounter,
                "CO2 the route would have emitted had every inference gone to this model, at the same "
                "intensities.",
@@ -289,6 +304,49 @@ class MetricsRenderer {
              {{"lambda_grams_per_error_percent", ""}});
   }
 
+  // The Software Carbon Intensity: operational grams plus the hardware's embodied grams amortised
+  // over the time in use, per inference. The embodied grams are shared between the routes' models
+  // by their share of the devices' energy.
+  void Accounting() {
+    const AccountingStatus& a = snapshot_.accounting();
+    const double embodied =
+        telemetry::EmbodiedGrams(a.config.embodied_kg * 1000, absl::Now() - a.started, a.config.lifespan, a.config.share);
+    double joules = 0;
+    for (const auto& r : reports_) joules += r.joules;
+    w_.Family("carbon_sidecar_pue_ratio", MetricType::kGauge,
+              "The facility's power usage effectiveness applied to the devices' energy (accounting.pue).");
+    w_.Sample({}, a.config.pue);
+    w_.Family("carbon_sidecar_embodied_emissions_grams", MetricType::kGauge,
+              "The hardware's embodied emissions amortised over the time this sidecar has run: "
+              "accounting.embodied_kg x time in use / lifespan x share (SCI's M).");
+    w_.Sample({}, embodied);
+    const auto allotted = [&](const telemetry::RouteReport& r, size_t v) {
+      return joules > 0 ? embodied * (r.variant_joules[v][0] + r.variant_joules[v][1]) / joules : 0.0;
+    };
+    w_.Family("carbon_sidecar_sci_grams_per_inference", MetricType::kGauge,
+              "Software Carbon Intensity per inference of each model since start, (E x PUE x I + M) / R, "
+              "with M shared by energy; models that served nothing have no sample.");
+    for (size_t r = 0; r < reports_.size(); ++r) {
+      const RouteView& route = snapshot_.routes()[r];
+      for (size_t v = 0; v < route.pool().size(); ++v) {
+        const telemetry::RouteReport& rep = reports_[r];
+        if (rep.variants[v].items == 0) continue;
+        w_.Sample({{"route", route.route->config.name}, {"model", route.pool()[v].name}},
+                  telemetry::SciPerInference(rep.variant_grams[v][0] + rep.variant_grams[v][1], allotted(rep, v),
+                                             rep.variants[v].items));
+      }
+    }
+    w_.Family("carbon_sidecar_route_sci_grams_per_inference", MetricType::kGauge,
+              "Software Carbon Intensity per inference of each route since start, over all its models.");
+    for (size_t r = 0; r < reports_.size(); ++r) {
+      const telemetry::RouteReport& rep = reports_[r];
+      if (rep.items == 0) continue;
+      double m = 0;
+      for (size_t v = 0; v < rep.variants.size(); ++v) m += allotted(rep, v);
+      w_.Sample({{"route", snapshot_.routes()[r].route->config.name}}, telemetry::SciPerInference(rep.grams, m, rep.items));
+    }
+  }
+
   // Routes whose energy names a meter: what the calibrator has learned, and how well.
   void Energy() {
     std::vector<std::pair<const RouteView*, std::shared_ptr<const telemetry::CalibrationReport>>> calibrated;
@@ -312,7 +370,7 @@ class MetricsRenderer {
     per_variant("carbon_sidecar_calibrated_energy_joules",
                 "Energy per inference of each model as the route's calibrator has it: the meter's estimate "
                 "(energy_source=\"measured\") when it is certain enough, else the pool's table "
-                "(energy_source=\"table\"). Decisions and the ledger still use the table.",
+                "(energy_source=\"table\"); the ledger charges calls at it, the policies choose on the table.",
                 [](const telemetry::VariantEnergy& e) -> std::optional<double> {
                   return e.measured ? *e.measured_joules : e.table_joules;
                 });
@@ -524,7 +582,7 @@ std::string RenderSelectionJson(const RoutingSnapshot& snapshot, absl::Time wall
             {"table_because", e.measured ? json(nullptr) : json(e.table_because)}};
       }
     }
-    const telemetry::RouteReport report = telemetry::Report(*route.route->ledger);
+    const telemetry::RouteReport report = route.Report();
     const auto finite_or_null = [](double v) { return std::isfinite(v) ? json(v) : json(nullptr); };
     json ledger = {{"inferences", report.items},
                    {"grams", report.grams},
@@ -666,6 +724,11 @@ std::string RenderConfigJson(const SidecarConfig& config) {
               {"drain_timeout", Duration(config.drain_timeout)},
               {"memory_limit_bytes", config.memory_limit_bytes},
               {"intensity", IntensityJson(config.intensity)},
+              {"accounting",
+               {{"pue", config.accounting.pue},
+                {"embodied_kg", config.accounting.embodied_kg},
+                {"lifespan", Duration(config.accounting.lifespan)},
+                {"share", config.accounting.share}}},
               {"routes", routes}};
   return doc.dump(2, ' ', false, json::error_handler_t::replace) + "\n";
 }

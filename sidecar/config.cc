@@ -476,7 +476,26 @@ absl::StatusOr<SidecarConfig> LoadConfig(const std::string& path) {
     YAML::Node upstream = top.Get("upstream", true);
     YAML::Node intensity = top.Get("intensity", true);
     YAML::Node routes = top.Get("routes", true);
+    YAML::Node accounting = top.Get("accounting", false);
     if (auto s = top.Finish(); !s.ok()) return s;
+
+    if (accounting.IsDefined()) {
+      MapReader a(accounting, path, "accounting");
+      a.Number("pue", &config.accounting.pue);
+      a.Number("embodied_kg", &config.accounting.embodied_kg);
+      a.Duration("lifespan", &config.accounting.lifespan, /*allow_zero=*/false);
+      a.Number("share", &config.accounting.share);
+      if (auto s = a.Finish(); !s.ok()) return s;
+      if (config.accounting.pue < 1) {
+        return ErrorAt(path, accounting["pue"].Mark(), "accounting.pue must be at least 1 (facility energy over IT energy)");
+      }
+      if (config.accounting.embodied_kg < 0) {
+        return ErrorAt(path, accounting["embodied_kg"].Mark(), "accounting.embodied_kg must not be negative");
+      }
+      if (!(config.accounting.share > 0 && config.accounting.share <= 1)) {
+        return ErrorAt(path, accounting["share"].Mark(), "accounting.share must be in (0, 1]: the share of the hardware reserved");
+      }
+    }
 
     if (admin.IsDefined()) {
       MapReader a(admin, path, "admin");

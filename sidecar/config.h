@@ -81,6 +81,21 @@ struct RouteConfig {
   telemetry::EnergyCalibration energy;
 };
 
+// How the ledger's energy becomes carbon beyond the grid's intensity (docs/metrics.md, "Accounting").
+struct AccountingConfig {
+  // Power usage effectiveness of the facility: operational grams are E × PUE × I. 1.0: the devices'
+  // energy alone (no facility overhead counted).
+  double pue = 1.0;
+  // The hardware's total embodied emissions (SCI's TE, from a life-cycle assessment), its expected
+  // lifespan (EL) and the share of it this deployment reserves (RR/TR). The default is one server
+  // without accelerators, 763.23 kg over six years: Tailpipe's published worked example of a
+  // c6gd.metal (https://tailpipe.ai/methodology/embodied-emissions-methodology-example) and its
+  // six-year lifespan (https://tailpipe.ai/methodology/lifespan). GPU servers embody more: set yours.
+  double embodied_kg = 763.23;
+  absl::Duration lifespan = absl::Hours(6 * 8760);
+  double share = 1.0;
+};
+
 struct SidecarConfig {
   std::string path;  // the file it came from
   std::string listen = "0.0.0.0:8001";
@@ -97,6 +112,7 @@ struct SidecarConfig {
   int64_t memory_limit_bytes = int64_t{512} * 1024 * 1024;
   IntensityConfig intensity;
   std::vector<RouteConfig> routes;
+  AccountingConfig accounting;
 };
 
 // How a reload (SIGHUP) treats each setting, declared here beside the schema. Restart-only settings
@@ -104,7 +120,7 @@ struct SidecarConfig {
 // quota): a reload that changes one keeps the running value and says so. The others are applied.
 // LoadConfig reads exactly the keys of these two lists (config_test checks that no key it accepts
 // is missing from both), so a new key has to be placed in one of them.
-inline constexpr std::string_view kReloadableKeys[] = {"drain_timeout", "intensity", "routes",
+inline constexpr std::string_view kReloadableKeys[] = {"accounting", "drain_timeout", "intensity", "routes",
                                                        "upstream.readiness_interval"};
 struct RestartOnlySetting {
   std::string_view key;

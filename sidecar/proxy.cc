@@ -243,21 +243,22 @@ class RequestRouter {
     const uint64_t items = route->route->config.batch_dimension && dim > 0 ? static_cast<uint64_t>(dim) : 1;
     const double intensity = route->decision.intensity ? route->decision.intensity->gco2_per_kwh : -1;
     telemetry::VariantLedger* cell = &route->route->ledger->variant(variant);
+    const double measured = variant < route->measured_joules.size() ? route->measured_joules[variant] : 0;
     if (first_message) {
-      first_ = Decision{snapshot, route, variant, reason, static_cast<int64_t>(items), Charge{cell, intensity, 1, items}};
+      first_ = Decision{snapshot, route, variant, reason, static_cast<int64_t>(items), Charge{cell, intensity, 1, items, measured}};
     } else {
       // Later messages of a stream: merged per (variant, intensity), so a long stream keeps a
       // handful of entries, not one per message.
       bool merged = false;
       for (Charge& c : more_charges_) {
-        if (c.cell == cell && c.intensity == intensity) {
+        if (c.cell == cell && c.intensity == intensity && c.measured_joules == measured) {
           ++c.requests;
           c.items += items;
           merged = true;
           break;
         }
       }
-      if (!merged) more_charges_.push_back(Charge{cell, intensity, 1, items});
+      if (!merged) more_charges_.push_back(Charge{cell, intensity, 1, items, measured});
     }
     return absl::OkStatus();
   }
@@ -287,7 +288,7 @@ class RequestRouter {
   void Settle(grpc::StatusCode code, std::optional<double> seconds) const {
     const auto settle = [code](const Charge& c) {
       if (code == grpc::StatusCode::OK) {
-        c.cell->RecordServed(c.requests, c.items, c.intensity);
+        c.cell->RecordServed(c.requests, c.items, c.intensity, c.measured_joules);
       } else {
         c.cell->RecordFailed(static_cast<int>(code), c.requests);
       }
@@ -309,7 +310,9 @@ class RequestRouter {
     if (route.decision.intensity) {
       const double c = route.decision.intensity->gco2_per_kwh;
       ctx->AddInitialMetadata(kIntensityHeader, ShortestDecimal(c));
-      const double grams = telemetry::GramsFor(v, c * static_cast<double>(first_->items));
+      // E × PUE × I for this request, at the energy it is charged at.
+      const double grams =
+          route.JoulesPerInference(first_->variant) * static_cast<double>(first_->items) / 3.6e6 * c * route.pue;
       ctx->AddInitialMetadata(kGramsHeader, ShortestDecimal(grams));
     }
   }
@@ -322,6 +325,7 @@ class RequestRouter {
     double intensity;  // gCO2/kWh in force when routed; negative: none known
     uint64_t requests;
     uint64_t items;
+    double measured_joules;  // per inference when measured; 0: the table's
   };
 
   // Where a unary inference call is counted in flight, until Settle.

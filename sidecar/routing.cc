@@ -27,8 +27,8 @@ double RouteView::PolicyWeightOf(size_t variant) const {
   return weight;
 }
 
-RoutingSnapshot::RoutingSnapshot(std::vector<RouteView> routes, SourceStatus source)
-    : routes_(std::move(routes)), source_(std::move(source)) {
+RoutingSnapshot::RoutingSnapshot(std::vector<RouteView> routes, SourceStatus source, AccountingStatus accounting)
+    : routes_(std::move(routes)), source_(std::move(source)), accounting_(std::move(accounting)) {
   for (size_t i = 0; i < routes_.size(); ++i) by_name_[routes_[i].route->config.name] = i;
 }
 
@@ -68,8 +68,8 @@ std::optional<selector::WindowBounds> ForecastBounds(const std::vector<selector:
 }
 
 // What a route's ledger has counted, as its policy reads it.
-selector::ServedTotals Served(const telemetry::RouteLedger& ledger) {
-  const telemetry::RouteReport report = telemetry::Report(ledger);
+selector::ServedTotals Served(const telemetry::RouteLedger& ledger, const telemetry::Accounting& accounting) {
+  const telemetry::RouteReport report = telemetry::Report(ledger, accounting);
   return {static_cast<double>(report.items), report.error_percent_sum, report.grams};
 }
 
@@ -191,6 +191,24 @@ struct SelectionPublisher::State {
   std::vector<std::vector<uint64_t>> limit_hits;
   // Per route: its energy calibrator, or null (the table alone).
   std::vector<std::shared_ptr<telemetry::EnergyCalibrator>> energy;
+  // The calibrators' reports the last publish used: a newer one is published at the next check.
+  std::vector<std::shared_ptr<const telemetry::CalibrationReport>> energy_published;
+  AccountingConfig accounting;
+
+  // How often to look for new calibrations: the shortest meter interval; nullopt without meters.
+  std::optional<absl::Duration> EnergyInterval() const {
+    std::optional<absl::Duration> shortest;
+    for (const auto& c : energy) {
+      if (c) shortest = std::min(shortest.value_or(absl::InfiniteDuration()), c->config().interval);
+    }
+    return shortest;
+  }
+  bool NewCalibration() const {
+    for (size_t i = 0; i < energy.size(); ++i) {
+      if (energy[i] && energy[i]->Report() != energy_published[i]) return true;
+    }
+    return false;
+  }
   // Per route with a ramp: where the traffic is moving from and to, and since when (wall clock).
   struct Ramp {
     std::vector<selector::VariantWeight> from, to, current;
@@ -275,12 +293,13 @@ std::optional<absl::Duration> GuardInterval(const std::vector<std::shared_ptr<co
 }  // namespace
 
 void SelectionPublisher::Run() {
-  absl::Time next_poll, next_ask, next_guard;
+  absl::Time next_poll, next_ask, next_guard, next_energy;
   {
     absl::MutexLock lock(&mu_);
     next_poll = absl::Now() + NextPollDelay(*state_, state_->last_poll);
     next_ask = absl::Now() + state_->readiness_interval;
     next_guard = absl::Now() + GuardInterval(state_->routes).value_or(absl::ZeroDuration());
+    next_energy = absl::Now() + state_->EnergyInterval().value_or(absl::ZeroDuration());
   }
   while (true) {
     bool poll, ask, guard;
@@ -288,9 +307,11 @@ void SelectionPublisher::Run() {
       absl::MutexLock lock(&mu_);
       const bool asks = readiness_ && state_->readiness_interval > absl::ZeroDuration();
       const std::optional<absl::Duration> guard_interval = GuardInterval(state_->routes);
+      const std::optional<absl::Duration> energy_interval = state_->EnergyInterval();
       absl::Time wake = next_poll;
       if (asks) wake = std::min(wake, next_ask);
       if (guard_interval) wake = std::min(wake, next_guard);
+      if (energy_interval) wake = std::min(wake, next_energy);
       // Waits for the next poll, question or guard step, waking early to stop or after a reload
       // (whose new intervals then apply; the reload itself has just read the provider).
       mu_.AwaitWithDeadline(absl::Condition(this, &SelectionPublisher::ShouldWake), wake);
@@ -301,7 +322,13 @@ void SelectionPublisher::Run() {
         next_poll = now + NextPollDelay(*state_, state_->last_poll);
         next_ask = now + state_->readiness_interval;
         next_guard = now + guard_interval.value_or(absl::ZeroDuration());
+        next_energy = now + energy_interval.value_or(absl::ZeroDuration());
         continue;
+      }
+      // A new calibration is published on its own: no provider to ask.
+      if (energy_interval && now >= next_energy) {
+        next_energy = now + *energy_interval;
+        if (state_->NewCalibration()) Publish(*state_);
       }
       poll = now >= next_poll;
       ask = asks && now >= next_ask;
@@ -529,9 +556,18 @@ void SelectionPublisher::Publish(State& s) {
   for (size_t i = 0; i < s.routes.size(); ++i) {
     const CompiledRoute& route = *s.routes[i];
     const uint64_t ready = s.ready[i];
+    // The calibrator's estimates that are certain enough; the table for the others.
+    std::vector<double> measured_joules;
+    if (s.energy[i]) {
+      const std::shared_ptr<const telemetry::CalibrationReport> calibration = s.energy[i]->Report();
+      s.energy_published[i] = calibration;
+      for (const telemetry::VariantEnergy& e : calibration->variants) {
+        measured_joules.push_back(e.measured ? *e.measured_joules : 0.0);
+      }
+    }
     selector::Decision decision =
         route.policy->Decide({s.window.latest(), bounds, now, ready, s.previous[i] ? &*s.previous[i] : nullptr,
-                              Served(*route.ledger), forecast});
+                              Served(*route.ledger, {s.accounting.pue, measured_joules}), forecast});
     if (!s.previous[i] || s.previous[i]->primary != decision.primary || s.previous[i]->reason != decision.reason ||
         s.previous[i]->weights.size() != decision.weights.size()) {
       LogDecision(route, decision, s.previous[i] ? &*s.previous[i] : nullptr);
@@ -592,6 +628,8 @@ void SelectionPublisher::Publish(State& s) {
                    ready, moved_by, {}, {}};
     view.max_in_flight = route.config.max_in_flight;
     view.energy = s.energy[i];
+    view.measured_joules = std::move(measured_joules);
+    view.pue = s.accounting.pue;
     if (route.config.slo) {
       view.guard_caps = s.caps[i].cap;
       view.window_p99 = s.window_p99[i];
@@ -614,7 +652,8 @@ void SelectionPublisher::Publish(State& s) {
                       s.last_poll.ok() ? "" : std::string(s.last_poll.message()),
                       counters_,
                       upstream_reachable_};
-  snapshots_.Publish(std::make_shared<const RoutingSnapshot>(std::move(views), std::move(source)));
+  snapshots_.Publish(std::make_shared<const RoutingSnapshot>(std::move(views), std::move(source),
+                                                             AccountingStatus{s.accounting, started_}));
 }
 
 absl::StatusOr<std::shared_ptr<SelectionPublisher::State>> SelectionPublisher::MakeState(
@@ -624,6 +663,7 @@ absl::StatusOr<std::shared_ptr<SelectionPublisher::State>> SelectionPublisher::M
   auto state = std::make_shared<State>();
   state->intensity = config.intensity;
   state->readiness_interval = config.upstream.readiness_interval;
+  state->accounting = config.accounting;
   state->provider = *std::move(provider);
   state->window = selector::IntensityWindow(config.intensity.window);
   state->window.SetFixedBounds(config.intensity.fixed_bounds);
@@ -654,6 +694,7 @@ absl::StatusOr<std::shared_ptr<SelectionPublisher::State>> SelectionPublisher::M
     state->learned.emplace_back(route.pool->size());
     state->limit_hits.emplace_back(route.pool->size(), 0);
     state->energy.push_back(MakeCalibrator(route, state->routes.back()->ledger));
+    state->energy_published.emplace_back();
     state->ramps.emplace_back();
   }
   return state;

@@ -67,6 +67,18 @@ struct RouteView {
   std::vector<bool> learned_limit;  // per variant: whether max_in_flight was learned
   // The route's energy calibrator, when its `energy` names a meter (its report is read when asked).
   std::shared_ptr<const telemetry::EnergyCalibrator> energy;
+  // Per variant, the energy per inference its calls are charged at when measured (the calibrator's
+  // estimate, once certain enough); 0: the pool's table. Empty: all from the table.
+  std::vector<double> measured_joules;
+  double pue = 1;  // accounting.pue
+
+  // The energy per inference a call to `variant` is charged at, and whether it was measured.
+  double JoulesPerInference(size_t variant) const {
+    const double m = variant < measured_joules.size() ? measured_joules[variant] : 0;
+    return m > 0 ? m : pool()[variant].energy_mj / 1000;
+  }
+  // The ledger's reading of this route, with the accounting in force.
+  telemetry::RouteReport Report() const { return telemetry::Report(*route->ledger, {pue, measured_joules}); }
 
   const selector::Pool& pool() const { return *route->config.pool; }
   // The share the policy itself gives `variant`, before any ramp or guard.
@@ -110,9 +122,16 @@ struct SourceStatus {
 
 // Everything the request path and the admin port read, swapped whole when intensity or config
 // changes, so that no reader sees half an update. Immutable.
+// The accounting in force when a snapshot was made.
+struct AccountingStatus {
+  AccountingConfig config;
+  absl::Time started = absl::Now();  // the sidecar's start: its hardware is reserved from then
+};
+
 class RoutingSnapshot {
  public:
-  explicit RoutingSnapshot(std::vector<RouteView> routes, SourceStatus source = {});
+  explicit RoutingSnapshot(std::vector<RouteView> routes, SourceStatus source = {}, AccountingStatus accounting = {});
+  const AccountingStatus& accounting() const { return accounting_; }
   // The route a client's model name selects, or null for names the sidecar passes through.
   const RouteView* Find(std::string_view model_name) const;
   const std::vector<RouteView>& routes() const { return routes_; }
@@ -121,6 +140,7 @@ class RoutingSnapshot {
  private:
   std::vector<RouteView> routes_;
   SourceStatus source_;
+  AccountingStatus accounting_;
   absl::flat_hash_map<std::string_view, size_t> by_name_;  // keys point into routes_
 };
 
@@ -185,6 +205,7 @@ class SelectionPublisher {
   absl::Mutex poll_mu_ ABSL_ACQUIRED_BEFORE(mu_);
   absl::Mutex mu_;
   std::shared_ptr<State> state_ ABSL_GUARDED_BY(mu_);
+  const absl::Time started_ = absl::Now();
   SourceCounters counters_ ABSL_GUARDED_BY(mu_);
   int consecutive_failures_ ABSL_GUARDED_BY(mu_) = 0;
   std::optional<bool> upstream_reachable_ ABSL_GUARDED_BY(mu_);

@@ -1,5 +1,6 @@
 #include "telemetry/carbon_ledger.h"
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 
@@ -15,13 +16,22 @@ size_t ThisThreadShard() { return ThisThreadSlot(kLedgerShards); }
 VariantLedger::VariantLedger() : latency_(std::make_unique<LatencyHistogram>()) {}
 VariantLedger::~VariantLedger() = default;
 
-void VariantLedger::RecordServed(uint64_t requests, uint64_t items, double gco2_per_kwh) {
+void VariantLedger::RecordServed(uint64_t requests, uint64_t items, double gco2_per_kwh, double measured_joules) {
   Shard& s = shards_[ThisThreadShard()];
   s.requests.fetch_add(requests, std::memory_order_relaxed);
   s.items.fetch_add(items, std::memory_order_relaxed);
+  const double n = static_cast<double>(items);
   if (gco2_per_kwh >= 0) {
     s.items_with_intensity.fetch_add(items, std::memory_order_relaxed);
-    s.item_intensity.fetch_add(static_cast<double>(items) * gco2_per_kwh, std::memory_order_relaxed);
+    s.item_intensity.fetch_add(n * gco2_per_kwh, std::memory_order_relaxed);
+  }
+  if (measured_joules > 0) {
+    s.measured_items.fetch_add(items, std::memory_order_relaxed);
+    s.measured_joules.fetch_add(n * measured_joules, std::memory_order_relaxed);
+    if (gco2_per_kwh >= 0) {
+      s.measured_item_intensity.fetch_add(n * gco2_per_kwh, std::memory_order_relaxed);
+      s.measured_joule_intensity.fetch_add(n * measured_joules * gco2_per_kwh, std::memory_order_relaxed);
+    }
   }
 }
 
@@ -57,6 +67,10 @@ VariantTotals VariantLedger::Totals() const {
     t.items += s.items.load(std::memory_order_relaxed);
     t.items_with_intensity += s.items_with_intensity.load(std::memory_order_relaxed);
     t.item_intensity += s.item_intensity.load(std::memory_order_relaxed);
+    t.measured_items += s.measured_items.load(std::memory_order_relaxed);
+    t.measured_joules += s.measured_joules.load(std::memory_order_relaxed);
+    t.measured_item_intensity += s.measured_item_intensity.load(std::memory_order_relaxed);
+    t.measured_joule_intensity += s.measured_joule_intensity.load(std::memory_order_relaxed);
   }
   for (size_t c = 0; c < kGrpcCodes; ++c) t.failed[c] = failed_[c].load(std::memory_order_relaxed);
   return t;
@@ -75,7 +89,7 @@ double GramsFor(const selector::Variant& v, double item_intensity) {
   return item_intensity * v.energy_mj * 1e-3 / 3.6e6;
 }
 
-RouteReport Report(const RouteLedger& route) {
+RouteReport Report(const RouteLedger& route, const Accounting& accounting) {
   const selector::Pool& pool = route.pool();
   RouteReport r;
   double item_intensity = 0;
@@ -83,13 +97,26 @@ RouteReport Report(const RouteLedger& route) {
     VariantTotals t = route.variant(i).Totals();
     r.requests += t.requests;
     r.items += t.items;
-    r.joules += JoulesFor(pool[i], t.items);
-    r.grams += GramsFor(pool[i], t.item_intensity);
+    // The items not measured are charged at the table; a shard read between two of a measured
+    // charge's adds could make a difference a rounding below zero.
+    const std::array<double, 2> joules = {JoulesFor(pool[i], t.items - std::min(t.items, t.measured_items)),
+                                          t.measured_joules};
+    const std::array<double, 2> grams = {
+        GramsFor(pool[i], std::max(0.0, t.item_intensity - t.measured_item_intensity)) * accounting.pue,
+        t.measured_joule_intensity / 3.6e6 * accounting.pue};
+    r.variant_joules.push_back(joules);
+    r.variant_grams.push_back(grams);
+    r.joules += joules[0] + joules[1];
+    r.grams += grams[0] + grams[1];
     r.error_percent_sum += static_cast<double>(t.items) * pool[i].error_percent;
     item_intensity += t.item_intensity;
     r.variants.push_back(t);
   }
-  for (size_t i = 0; i < pool.size(); ++i) r.counterfactual_grams.push_back(GramsFor(pool[i], item_intensity));
+  for (size_t i = 0; i < pool.size(); ++i) {
+    const double measured = i < accounting.measured_joules.size() ? accounting.measured_joules[i] : 0;
+    r.counterfactual_grams.push_back(
+        (measured > 0 ? item_intensity * measured / 3.6e6 : GramsFor(pool[i], item_intensity)) * accounting.pue);
+  }
   if (r.items > 0) r.mean_error_percent = r.error_percent_sum / static_cast<double>(r.items);
   const double baseline_error = pool[route.baseline()].error_percent;
   if (r.items > 0 && baseline_error > 0) {
@@ -100,6 +127,16 @@ RouteReport Report(const RouteLedger& route) {
                                    : std::numeric_limits<double>::quiet_NaN();
   r.beats_baseline = r.relative_quality_improvement_percent > 0 && r.extra_grams < 0;
   return r;
+}
+
+double SciPerInference(double operational_grams, double embodied_grams, uint64_t inferences) {
+  if (inferences == 0) return std::numeric_limits<double>::quiet_NaN();
+  return (operational_grams + embodied_grams) / static_cast<double>(inferences);
+}
+
+double EmbodiedGrams(double embodied_grams, absl::Duration in_use, absl::Duration lifespan, double share) {
+  if (lifespan <= absl::ZeroDuration()) return 0;
+  return embodied_grams * absl::FDivDuration(in_use, lifespan) * share;
 }
 
 std::shared_ptr<const RouteLedger> CarbonLedger::Route(const std::string& route,

@@ -13,6 +13,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
 #include "selector/pool.h"
 
 namespace carbon::telemetry {
@@ -32,17 +33,24 @@ inline size_t GrpcCodeIndex(int code) {
 // The shard the calling thread records into.
 size_t ThisThreadShard();
 
-// What one (route, variant) has accumulated. Energy, grams and counterfactual grams all follow from
-// `items` and `item_intensity`, with the pool's energies:
-//   joules           = items × E[mJ] / 1000
-//   grams            = item_intensity × E[mJ] × 1e-3 / 3.6e6
+// What one (route, variant) has accumulated. Energy, grams and counterfactual grams follow from
+// `items` and `item_intensity`, with the variant's energy per inference E:
+//   joules           = items × E
+//   grams            = item_intensity × E / 3.6e6 × PUE
 // where item_intensity = Σ items × C over the served requests (C in gCO2/kWh at the time), so
-// one request costs three relaxed atomic adds however many variants the pool has.
+// one request costs three relaxed atomic adds however many variants the pool has. Items charged at
+// a measured energy (a calibrated meter's estimate at the time) are counted apart as well, with
+// their own joules and Σ items × E × C, so a changing estimate charges each item what it was
+// estimated at when it was served; the rest are charged at the pool's table.
 struct VariantTotals {
   uint64_t requests = 0;             // served successfully
   uint64_t items = 0;                // inferences: batch size × requests
   uint64_t items_with_intensity = 0; // those served while an intensity was known
   double item_intensity = 0;         // Σ items × C, gCO2/kWh
+  uint64_t measured_items = 0;            // of `items`, those charged at a measured energy
+  double measured_joules = 0;             // Σ items × E over those
+  double measured_item_intensity = 0;     // Σ items × C over those
+  double measured_joule_intensity = 0;    // Σ items × E × C over those, J·gCO2/kWh
   std::array<uint64_t, kGrpcCodes> failed{};  // requests routed here that ended with that code
 };
 
@@ -66,8 +74,9 @@ class VariantLedger {
   ~VariantLedger();
 
   // `requests` served successfully, `items` inferences in all, at intensity `gco2_per_kwh`
-  // (negative: no intensity known, so no grams are charged for them).
-  void RecordServed(uint64_t requests, uint64_t items, double gco2_per_kwh);
+  // (negative: no intensity known, so no grams are charged for them), at the measured energy
+  // `measured_joules` per inference (0: the pool's table).
+  void RecordServed(uint64_t requests, uint64_t items, double gco2_per_kwh, double measured_joules = 0);
   // `requests` routed here that did not succeed; `code` is their gRPC status code.
   void RecordFailed(int code, uint64_t requests = 1);
   // A call the sidecar itself refused for capacity (RESOURCE_EXHAUSTED, recorded as failed too):
@@ -110,6 +119,10 @@ class VariantLedger {
     std::atomic<uint64_t> items_with_intensity{0};
     std::atomic<double> item_intensity{0};
     std::atomic<int64_t> in_flight{0};  // unlimited calls started on this shard, less those ended on it
+    std::atomic<uint64_t> measured_items{0};
+    std::atomic<double> measured_joules{0};
+    std::atomic<double> measured_item_intensity{0};
+    std::atomic<double> measured_joule_intensity{0};
   };
   std::array<Shard, kLedgerShards> shards_;
   // Failures are rare enough to share one line per code.
@@ -144,10 +157,21 @@ class RouteLedger {
   std::vector<std::atomic<uint64_t>*> spilled_;  // size × size × reasons, kept by the CarbonLedger
 };
 
+// How a report turns the ledger into grams beyond what the ledger holds.
+struct Accounting {
+  double pue = 1;  // facility energy over IT energy: operational grams are E × PUE × I
+  // Per variant (indexed like the pool; empty: none), the energy per inference to use for the
+  // counterfactuals "had every item gone to this variant" (a measured estimate; 0: the table's).
+  std::vector<double> measured_joules;
+};
+
 // A route's totals at one moment and what follows from them (docs/design.md §5, "The
 // ledger and the paper's efficiency").
 struct RouteReport {
   std::vector<VariantTotals> variants;  // indexed like the pool
+  // Per variant, energy (device joules) and operational grams (with the PUE), by where the energy
+  // per inference came from: [0] the pool's table, [1] a measured estimate.
+  std::vector<std::array<double, 2>> variant_joules, variant_grams;
   uint64_t requests = 0;
   uint64_t items = 0;
   double joules = 0;
@@ -172,7 +196,15 @@ struct RouteReport {
 double JoulesFor(const selector::Variant& v, uint64_t items);
 double GramsFor(const selector::Variant& v, double item_intensity);
 
-RouteReport Report(const RouteLedger& route);
+RouteReport Report(const RouteLedger& route, const Accounting& accounting = {});
+
+// The Software Carbon Intensity (Green Software Foundation, ISO/IEC 21031:2024) per inference:
+// (operational grams + embodied grams) / inferences; NaN without inferences.
+double SciPerInference(double operational_grams, double embodied_grams, uint64_t inferences);
+
+// The embodied emissions amortised over `in_use` (SCI's M = TE × TR/EL × RR/TR): `embodied_grams`
+// (TE) × `in_use` / `lifespan` (TR/EL) × `share` (RR/TR).
+double EmbodiedGrams(double embodied_grams, absl::Duration in_use, absl::Duration lifespan, double share);
 
 // Owns every VariantLedger ever made, keyed by (route, variant) name, so that a reload that keeps a
 // route and variant keeps counting where it was. Thread-safe: Route() (config time) takes a lock;

@@ -134,9 +134,21 @@ TEST_F(AdminTest, MetricsAddUpToWhatWasServed) {
   EXPECT_EQ(m["carbon_sidecar_inferences_total" + r34], 2);
   const double g101 = 6 * kE101 * 1e-3 / 3.6e6 * 200;
   const double g34 = 2 * kE34 * 1e-3 / 3.6e6 * 300;
-  EXPECT_NEAR(m["carbon_sidecar_emissions_grams_total" + r101], g101, 1e-15);
-  EXPECT_NEAR(m["carbon_sidecar_emissions_grams_total" + r34], g34, 1e-15);
-  EXPECT_NEAR(m["carbon_sidecar_energy_joules_total" + r101], 6 * kE101 * 1e-3, 1e-12);
+  const std::string table101 = "{route=\"resnet\",model=\"resnet101\",energy_source=\"table\"}";
+  const std::string table34 = "{route=\"resnet\",model=\"resnet34\",energy_source=\"table\"}";
+  EXPECT_NEAR(m["carbon_sidecar_emissions_grams_total" + table101], g101, 1e-15);
+  EXPECT_NEAR(m["carbon_sidecar_emissions_grams_total" + table34], g34, 1e-15);
+  EXPECT_NEAR(m["carbon_sidecar_energy_joules_total" + table101], 6 * kE101 * 1e-3, 1e-12);
+  // No meter on this route: every gram is the table's, and said so.
+  EXPECT_EQ(m.count("carbon_sidecar_emissions_grams_total{route=\"resnet\",model=\"resnet101\",energy_source=\"measured\"}"), 0u);
+  // SCI per inference: resnet101's operational grams and its share, by energy, of the embodied
+  // grams amortised so far, over its six inferences (PUE 1 by default).
+  const double embodied = m["carbon_sidecar_embodied_emissions_grams"];
+  EXPECT_GT(embodied, 0);
+  const double j101 = 6 * kE101 * 1e-3, j34 = 2 * kE34 * 1e-3;
+  EXPECT_NEAR(m["carbon_sidecar_sci_grams_per_inference" + r101], (g101 + embodied * j101 / (j101 + j34)) / 6,
+              1e-6 * (g101 + embodied) / 6);
+  EXPECT_EQ(m["carbon_sidecar_pue_ratio"], 1);
   // Σ items × C = 6 × 200 + 2 × 300 = 1800.
   const double baseline = kE50 * 1e-3 / 3.6e6 * 1800;
   EXPECT_NEAR(m["carbon_sidecar_counterfactual_emissions_grams_total{route=\"resnet\",model=\"resnet50\"}"],
@@ -747,6 +759,24 @@ TEST(EnergyCalibrationTest, LearnsEachVariantsEnergyFromTritonsMeterThroughTheSi
     EXPECT_EQ(c["energy"]["table_joules"], c["energy_mj"].get<double>() / 1000);
   }
   EXPECT_NEAR(now["energy_calibration"]["idle_watts"].get<double>(), 30, 3);
+
+  // From the next publish on, calls are charged at the measured energies, and the ledger says so.
+  const auto sample = [&](const std::string& name) {
+    auto r = http.Get("/metrics");
+    if (!r) return -1.0;
+    const auto all = ParseSamples(r->body);
+    const auto it = all.find(name);
+    return it == all.end() ? -1.0 : it->second;
+  };
+  const std::string measured_152 =
+      R"(carbon_sidecar_energy_joules_total{route="resnet",model="resnet152",energy_source="measured"})";
+  const absl::Time charged_by = absl::Now() + absl::Seconds(10);
+  while (sample(measured_152) <= 0 && absl::Now() < charged_by) ASSERT_TRUE(pinned("resnet152", 1).ok());
+  const double before = sample(measured_152);
+  ASSERT_GT(before, 0);
+  for (int k = 0; k < 10; ++k) ASSERT_TRUE(pinned("resnet152", 2).ok());
+  EXPECT_NEAR(sample(measured_152) - before, 20 * 1.40, 20 * 1.40 * 0.05);
+  EXPECT_GT(sample(R"(carbon_sidecar_emissions_grams_total{route="resnet",model="resnet152",energy_source="measured"})"), 0);
   EXPECT_EQ(now["energy_calibration"]["source"], "triton-metrics");
   auto res = http.Get("/metrics");
   ASSERT_TRUE(res);
@@ -769,12 +799,23 @@ TEST(EnergyCalibrationTest, LearnsEachVariantsEnergyFromTritonsMeterThroughTheSi
     while (!condition() && absl::Now() < until) absl::SleepFor(absl::Milliseconds(10));
     return condition();
   };
+  // The estimates stand (certain enough or not, after the one-model intervals above).
+  const auto estimates_kept = [&](const nlohmann::json& r) {
+    for (const auto& c : r["candidates"]) {
+      const double expected = truth.at(c["model"].get<std::string>());
+      if (!c["energy"]["measured_joules"].is_number() ||
+          std::abs(c["energy"]["measured_joules"].get<double>() - expected) > 0.1 * expected) {
+        return false;
+      }
+    }
+    return true;
+  };
   // Garbage from the meter: a clear status, and the last good calibration kept.
   (*meter)->set_garbage(true);
   ASSERT_TRUE(wait_for([&] { return route()["energy_calibration"]["last_error"].is_string(); }));
   now = route();
   EXPECT_THAT(now["energy_calibration"]["last_error"].get<std::string>(), HasSubstr("expected a metric name"));
-  EXPECT_TRUE(all_measured(now));
+  EXPECT_TRUE(estimates_kept(now)) << now.dump(1);
   EXPECT_GE(reads("failed"), 1);
   (*meter)->set_garbage(false);
 
@@ -782,7 +823,8 @@ TEST(EnergyCalibrationTest, LearnsEachVariantsEnergyFromTritonsMeterThroughTheSi
   const double resets = reads("reset");
   gpu->Restart();
   ASSERT_TRUE(wait_for([&] { return reads("reset") > resets; }));
-  EXPECT_TRUE(all_measured(route()));
+  now = route();
+  EXPECT_TRUE(estimates_kept(now)) << now.dump(1);
   // A GPU stops being reported: a reset too, saying which.
   const double resets_before_loss = reads("reset");
   gpu->RemoveGpu("GPU-a07dfe08-b87f-1f96-7083-07a26d0fa83e");

@@ -14,6 +14,44 @@ using carbon::testing::PaperResnetPool;
 
 constexpr size_t kR34 = 0, kR50 = 1, kR101 = 2, kR152 = 3;
 
+// A constructed case worked by hand: resnet50 serves 10 inferences at the table's 0.4206 J and
+// 200 g/kWh; then resnet152's energy is measured at 1.5 J (the table says 1.238) and it serves 4 at
+// 100 g/kWh and 6 at 300; PUE 1.5; the hardware embodies 1,000 kg over 1,000 h, half of it reserved,
+// and was in use 36 minutes.
+TEST(CarbonLedgerTest, MeasuredEnergyPueAndTheSoftwareCarbonIntensityByHand) {
+  CarbonLedger ledger;
+  auto route = ledger.Route("resnet", PaperResnetPool(), kR50);
+  route->variant(kR50).RecordServed(10, 10, 200);
+  route->variant(kR152).RecordServed(4, 4, 100, 1.5);
+  route->variant(kR152).RecordServed(6, 6, 300, 1.5);
+  const RouteReport r = Report(*route, {1.5, {0, 0, 0, 1.5}});
+  // resnet50, table: 10 × 0.4206213298 J = 4.206213298 J; × 200 g/kWh ÷ 3.6e6 J/kWh × 1.5.
+  EXPECT_NEAR(r.variant_joules[kR50][0], 4.206213298, 1e-12);
+  EXPECT_EQ(r.variant_joules[kR50][1], 0);
+  EXPECT_NEAR(r.variant_grams[kR50][0], 4.206213298 * 200 / 3.6e6 * 1.5, 1e-15);
+  // resnet152, measured: 10 × 1.5 = 15 J; grams (4 × 1.5 × 100 + 6 × 1.5 × 300) / 3.6e6 × 1.5 = 3300 / 3.6e6 × 1.5.
+  EXPECT_EQ(r.variant_joules[kR152][0], 0);
+  EXPECT_NEAR(r.variant_joules[kR152][1], 15, 1e-12);
+  EXPECT_NEAR(r.variant_grams[kR152][1], 3300 / 3.6e6 * 1.5, 1e-15);
+  EXPECT_EQ(r.variant_grams[kR152][0], 0);
+  const double grams = 4.206213298 * 200 / 3.6e6 * 1.5 + 3300 / 3.6e6 * 1.5;
+  EXPECT_NEAR(r.grams, grams, 1e-15);
+  EXPECT_NEAR(r.joules, 19.206213298, 1e-12);
+  // Counterfactuals: Σ items × C = 2000 + 400 + 1800 = 4200; resnet152 at its measured 1.5 J, the
+  // others at the table.
+  EXPECT_NEAR(r.counterfactual_grams[kR152], 4200 * 1.5 / 3.6e6 * 1.5, 1e-15);
+  EXPECT_NEAR(r.counterfactual_grams[kR50], 4200 * 0.4206213298 / 3.6e6 * 1.5, 1e-15);
+  // M = 1,000,000 g × 0.6 h / 1,000 h × 0.5 = 300 g.
+  const double m = EmbodiedGrams(1e6, absl::Minutes(36), absl::Hours(1000), 0.5);
+  EXPECT_NEAR(m, 300, 1e-9);
+  // SCI of the route: (grams + 300) / 20 inferences; of resnet152 with M shared by energy, 15/19.206….
+  EXPECT_NEAR(SciPerInference(r.grams, m, r.items), (grams + 300) / 20, 1e-12);
+  EXPECT_NEAR(SciPerInference(r.variant_grams[kR152][1], m * 15 / 19.206213298, 10),
+              (3300 / 3.6e6 * 1.5 + 300 * 15 / 19.206213298) / 10, 1e-12);
+  EXPECT_TRUE(std::isnan(SciPerInference(1, 1, 0)));
+  EXPECT_EQ(EmbodiedGrams(1e6, absl::Hours(1), absl::ZeroDuration(), 1), 0);
+}
+
 TEST(CarbonLedgerTest, GramsAndCounterfactualsForASequenceOfIntensities) {
   CarbonLedger ledger;
   auto route = ledger.Route("resnet", PaperResnetPool(), kR50);

@@ -188,7 +188,7 @@ TEST_F(ConfigTest, EveryMistakeNamesFileLineAndColumn) {
   const std::vector<BadConfig> cases = {
       {"unknown key", "drain_timeout: 5s", "drain_timeout: 5s\nlisten_port: 1",
        "6:1: unknown key 'listen_port' in the config (known keys: listen, drain_timeout, "
-       "memory_limit_bytes, admin, tls, upstream, intensity, routes)"},
+       "memory_limit_bytes, admin, tls, upstream, intensity, routes, accounting)"},
       {"small memory limit", "drain_timeout: 5s", "drain_timeout: 5s\nmemory_limit_bytes: 65536",
        "6:21: memory_limit_bytes must be 0 (no limit) or at least 16777216"},
       {"misspelt nested key", "  refresh: 10s", "  refesh: 10s",
@@ -436,6 +436,29 @@ TEST_F(ConfigTest, AnEnergySourceNamesAKnownMeterWithItsOwnKeys) {
               HasSubstr("routes[0].energy: source 'table' reads no meter"));
   EXPECT_THAT(ErrorOf(head + route + "    energy: { source: triton-metrics, url: http://t, query: x }\n"),
               HasSubstr("unknown key 'query'"));
+}
+
+TEST_F(ConfigTest, AccountingTakesAPueAndTheHardwaresEmbodiedEmissions) {
+  const std::string head = "upstream: { target: a }\nintensity: { provider: static, gco2_per_kwh: 1 }\nroutes:\n";
+  const std::string route = "  - name: r\n    pool: pools/resnet.yaml\n    baseline: resnet50\n    default: resnet50\n";
+  auto defaults = LoadConfig(Write("defaults.yaml", head + route));
+  ASSERT_TRUE(defaults.ok()) << defaults.status();
+  EXPECT_EQ(defaults->accounting.pue, 1.0);
+  EXPECT_EQ(defaults->accounting.embodied_kg, 763.23);
+  EXPECT_EQ(defaults->accounting.lifespan, absl::Hours(6 * 8760));
+  auto set = LoadConfig(Write("set.yaml", head + route +
+                                              "accounting: { pue: 1.4, embodied_kg: 3000, lifespan: 35040h, share: 0.25 }\n"));
+  ASSERT_TRUE(set.ok()) << set.status();
+  EXPECT_EQ(set->accounting.pue, 1.4);
+  EXPECT_EQ(set->accounting.embodied_kg, 3000);
+  EXPECT_EQ(set->accounting.lifespan, absl::Hours(35040));
+  EXPECT_EQ(set->accounting.share, 0.25);
+  EXPECT_EQ(ErrorOf(head + route + "accounting: { pue: 0.9 }\n"),
+            Path("sidecar.yaml") + ":8:20: accounting.pue must be at least 1 (facility energy over IT energy)");
+  EXPECT_THAT(ErrorOf(head + route + "accounting: { share: 2 }\n"), HasSubstr("accounting.share must be in (0, 1]"));
+  EXPECT_THAT(ErrorOf(head + route + "accounting: { embodied_kg: -1 }\n"), HasSubstr("must not be negative"));
+  EXPECT_THAT(ErrorOf(head + route + "accounting: { lifespan: 0s }\n"), HasSubstr("accounting.lifespan must be a positive"));
+  EXPECT_THAT(ErrorOf(head + route + "accounting: { scope: 3 }\n"), HasSubstr("unknown key 'scope'"));
 }
 
 TEST_F(ConfigTest, ErrorsInAPoolFileNameThePoolFile) {
