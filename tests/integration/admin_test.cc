@@ -79,6 +79,32 @@ void ExpectPromtoolAccepts(const std::string& exposition) {
   std::filesystem::remove(file + ".out");
 }
 
+// A client of a sidecar under test: gRPC to its listener, HTTP to its admin port.
+struct SidecarClient {
+  explicit SidecarClient(SidecarServer& sidecar)
+      : stub(inference::GRPCInferenceService::NewStub(grpc::CreateChannel(
+            absl::StrCat("127.0.0.1:", sidecar.port()), grpc::InsecureChannelCredentials()))),
+        http("127.0.0.1", sidecar.admin_port()) {
+    http.set_read_timeout(5, 0);
+  }
+  // The first route of /v1/selection; null when the admin port did not answer.
+  nlohmann::json Route() {
+    auto res = http.Get("/v1/selection");
+    return res && res->status == 200 ? nlohmann::json::parse(res->body)["routes"][0] : nlohmann::json();
+  }
+  // One sample of /metrics, named as written; -1 when absent or unanswered.
+  double Sample(const std::string& name) {
+    auto res = http.Get("/metrics");
+    if (!res) return -1;
+    const auto samples = ParseSamples(res->body);
+    const auto it = samples.find(name);
+    return it == samples.end() ? -1 : it->second;
+  }
+
+  std::unique_ptr<inference::GRPCInferenceService::Stub> stub;
+  httplib::Client http;
+};
+
 class AdminTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -291,21 +317,17 @@ TEST(AimedRouteTest, AnAccuracyTargetEndsItsHorizonAtOrUnderTheTargetAsTheLedger
                                                             {absl::Hours(3), absl::UnixEpoch()});
   auto sidecar = SidecarServer::Start(config);
   ASSERT_TRUE(sidecar.ok()) << sidecar.status();
-  auto stub = inference::GRPCInferenceService::NewStub(grpc::CreateChannel(
-      absl::StrCat("127.0.0.1:", (*sidecar)->port()), grpc::InsecureChannelCredentials()));
-  httplib::Client http("127.0.0.1", (*sidecar)->admin_port());
-  http.set_read_timeout(5, 0);
-  const auto selection = [&] {
-    auto res = http.Get("/v1/selection");
-    return res && res->status == 200 ? nlohmann::json::parse(res->body)["routes"][0] : nlohmann::json();
-  };
+  SidecarClient client(**sidecar);
+  auto& stub = client.stub;
+  httplib::Client& http = client.http;
+  const auto selection = [&] { return client.Route(); };
 
   // Steady traffic until the first horizon has ended (its time left jumps back up).
   // Every tenth call is pinned to resnet34 (8.58 % error) by its client: the ledger counts it, and
   // the policy must make up for it with the rest.
   std::atomic<bool> sending{true};
   std::atomic<int> failed{0}, pinned{0};
-  std::thread client([&] {
+  std::thread sender([&] {
     for (int n = 0; sending; ++n) {
       grpc::ClientContext ctx;
       ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(5)));
@@ -335,7 +357,7 @@ TEST(AimedRouteTest, AnAccuracyTargetEndsItsHorizonAtOrUnderTheTargetAsTheLedger
     absl::SleepFor(absl::Milliseconds(20));
   }
   sending = false;
-  client.join();
+  sender.join();
   EXPECT_EQ(failed, 0);
   ASSERT_LT(absl::Now(), give_up) << "the horizon never ended";
 
@@ -379,10 +401,9 @@ TEST(CapacityGuardTest, AVariantAtItsLimitSpillsTheExcessDownAndTakesCallsAgainO
   config.routes[0].max_in_flight = {0, 0, 0, 2};
   auto sidecar = SidecarServer::Start(config);
   ASSERT_TRUE(sidecar.ok()) << sidecar.status();
-  auto stub = inference::GRPCInferenceService::NewStub(grpc::CreateChannel(
-      absl::StrCat("127.0.0.1:", (*sidecar)->port()), grpc::InsecureChannelCredentials()));
-  httplib::Client http("127.0.0.1", (*sidecar)->admin_port());
-  http.set_read_timeout(5, 0);
+  SidecarClient client(**sidecar);
+  auto& stub = client.stub;
+  httplib::Client& http = client.http;
   struct Answer {
     grpc::Status status;
     std::string model, reason;
@@ -398,13 +419,7 @@ TEST(CapacityGuardTest, AVariantAtItsLimitSpillsTheExcessDownAndTakesCallsAgainO
     if (auto it = md.find("x-carbon-reason"); it != md.end()) a.reason = std::string(it->second.data(), it->second.size());
     return a;
   };
-  const auto metric = [&](const std::string& sample) {
-    auto res = http.Get("/metrics");
-    if (!res) return -1.0;
-    const auto samples = ParseSamples(res->body);
-    auto it = samples.find(sample);
-    return it == samples.end() ? -1.0 : it->second;
-  };
+  const auto metric = [&](const std::string& sample) { return client.Sample(sample); };
   const std::string in_flight_152 = R"(carbon_sidecar_in_flight_requests{route="resnet",model="resnet152"})";
 
   Answer held[2];
@@ -472,10 +487,9 @@ TEST(LatencyGuardRouteTest, AVariantOverTheObjectiveLosesTrafficDownTheEnergyLad
   config.routes[0].slo = selector::LatencySlo{absl::Milliseconds(50), absl::Seconds(1)};
   auto sidecar = SidecarServer::Start(config);
   ASSERT_TRUE(sidecar.ok()) << sidecar.status();
-  auto stub = inference::GRPCInferenceService::NewStub(grpc::CreateChannel(
-      absl::StrCat("127.0.0.1:", (*sidecar)->port()), grpc::InsecureChannelCredentials()));
-  httplib::Client http("127.0.0.1", (*sidecar)->admin_port());
-  http.set_read_timeout(5, 0);
+  SidecarClient client(**sidecar);
+  auto& stub = client.stub;
+  httplib::Client& http = client.http;
 
   std::atomic<bool> sending{true};
   std::atomic<int> failed{0}, to_101{0}, answered{0}, moved_by_guard{0};
@@ -566,11 +580,11 @@ TEST(LatencyGuardRouteTest, ALearnedLimitHoldsASaturatedVariantAndItsExcessSkips
   config.routes[0].slo = selector::LatencySlo{absl::Milliseconds(250), absl::Seconds(1)};
   auto sidecar = SidecarServer::Start(config);
   ASSERT_TRUE(sidecar.ok()) << sidecar.status();
-  httplib::Client http("127.0.0.1", (*sidecar)->admin_port());
-  http.set_read_timeout(5, 0);
+  SidecarClient client(**sidecar);
+  httplib::Client& http = client.http;
   const auto candidates = [&] {
-    auto res = http.Get("/v1/selection");
-    return res && res->status == 200 ? nlohmann::json::parse(res->body)["routes"][0]["candidates"] : nlohmann::json();
+    const nlohmann::json route = client.Route();
+    return route.is_null() ? route : route["candidates"];
   };
   // Wait for the upstream's word on resnet101 before any call is drawn.
   const absl::Time unready_by = absl::Now() + absl::Seconds(10);
@@ -646,9 +660,9 @@ TEST(RampTest, AChangeOfDecisionMovesTrafficOverTheRamp) {
   config.routes[0].ramp = absl::Seconds(2);
   auto sidecar = SidecarServer::Start(config);
   ASSERT_TRUE(sidecar.ok()) << sidecar.status();
-  httplib::Client http("127.0.0.1", (*sidecar)->admin_port());
-  http.set_read_timeout(5, 0);
-  const auto route = [&] { return nlohmann::json::parse(http.Get("/v1/selection")->body)["routes"][0]; };
+  SidecarClient client(**sidecar);
+  httplib::Client& http = client.http;
+  const auto route = [&] { return client.Route(); };
   EXPECT_EQ(route()["candidates"][0]["weight"], 1);  // the first decision is served at once
   EXPECT_TRUE(route()["ramp_progress"].is_null());
 
@@ -717,14 +731,10 @@ TEST(EnergyCalibrationTest, LearnsEachVariantsEnergyFromTritonsMeterThroughTheSi
   config.routes[0].energy.max_relative_error = 0.02;
   auto sidecar = SidecarServer::Start(config);
   ASSERT_TRUE(sidecar.ok()) << sidecar.status();
-  auto stub = inference::GRPCInferenceService::NewStub(grpc::CreateChannel(
-      absl::StrCat("127.0.0.1:", (*sidecar)->port()), grpc::InsecureChannelCredentials()));
-  httplib::Client http("127.0.0.1", (*sidecar)->admin_port());
-  http.set_read_timeout(5, 0);
-  const auto route = [&] {
-    auto res = http.Get("/v1/selection");
-    return res && res->status == 200 ? nlohmann::json::parse(res->body)["routes"][0] : nlohmann::json();
-  };
+  SidecarClient client(**sidecar);
+  auto& stub = client.stub;
+  httplib::Client& http = client.http;
+  const auto route = [&] { return client.Route(); };
   const auto pinned = [&](const std::string& model, int64_t batch) {
     grpc::ClientContext ctx;
     ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(10)));
@@ -761,13 +771,7 @@ TEST(EnergyCalibrationTest, LearnsEachVariantsEnergyFromTritonsMeterThroughTheSi
   EXPECT_NEAR(now["energy_calibration"]["idle_watts"].get<double>(), 30, 3);
 
   // From the next publish on, calls are charged at the measured energies, and the ledger says so.
-  const auto sample = [&](const std::string& name) {
-    auto r = http.Get("/metrics");
-    if (!r) return -1.0;
-    const auto all = ParseSamples(r->body);
-    const auto it = all.find(name);
-    return it == all.end() ? -1.0 : it->second;
-  };
+  const auto sample = [&](const std::string& name) { return client.Sample(name); };
   const std::string measured_152 =
       R"(carbon_sidecar_energy_joules_total{route="resnet",model="resnet152",energy_source="measured"})";
   const absl::Time charged_by = absl::Now() + absl::Seconds(10);
@@ -787,12 +791,8 @@ TEST(EnergyCalibrationTest, LearnsEachVariantsEnergyFromTritonsMeterThroughTheSi
   ExpectPromtoolAccepts(res->body);
 
   const auto reads = [&](const char* result) {
-    auto r = http.Get("/metrics");
-    if (!r) return -1.0;
-    const auto all = ParseSamples(r->body);
-    const auto it = all.find(absl::StrCat(
+    return client.Sample(absl::StrCat(
         R"(carbon_sidecar_energy_meter_reads_total{route="resnet",source="triton-metrics",result=")", result, R"("})"));
-    return it == all.end() ? -1.0 : it->second;
   };
   const auto wait_for = [&](const std::function<bool()>& condition) {
     const absl::Time until = absl::Now() + absl::Seconds(10);
