@@ -370,7 +370,7 @@ class MetricsRenderer {
     per_variant("carbon_sidecar_calibrated_energy_joules",
                 "Energy per inference of each model as the route's calibrator has it: the meter's estimate "
                 "(energy_source=\"measured\") when it is certain enough, else the pool's table "
-                "(energy_source=\"table\"); the ledger charges calls at it, the policies choose on the table.",
+                "(energy_source=\"table\"): what the route's policy decides on and its ledger charges.",
                 [](const telemetry::VariantEnergy& e) -> std::optional<double> {
                   return e.measured ? *e.measured_joules : e.table_joules;
                 });
@@ -597,6 +597,7 @@ std::string RenderSelectionJson(const RoutingSnapshot& snapshot, absl::Time wall
         {"route", route.route->config.name},
         {"policy", route.route->policy->kind()},
         {"ramp_progress", route.ramp_progress ? json(*route.ramp_progress) : json(nullptr)},
+        {"decision_energies", route.decided_on_measured ? "measured" : "table"},
         {"energy_calibration",
          calibration == nullptr
              ? json(nullptr)

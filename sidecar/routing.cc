@@ -1,6 +1,7 @@
 #include "sidecar/routing.h"
 
 #include "absl/strings/str_cat.h"
+#include "selector/energy_overlay.h"
 #include "common/string_view_compat.h"
 #include "sidecar/request_wire.h"
 #include "spdlog/spdlog.h"
@@ -193,6 +194,8 @@ struct SelectionPublisher::State {
   std::vector<std::shared_ptr<telemetry::EnergyCalibrator>> energy;
   // The calibrators' reports the last publish used: a newer one is published at the next check.
   std::vector<std::shared_ptr<const telemetry::CalibrationReport>> energy_published;
+  // Per route: its policy over the measured energies, while there are any (else the pool's).
+  std::vector<std::optional<selector::EnergyOverlay>> overlays;
   AccountingConfig accounting;
 
   // How often to look for new calibrations: the shortest meter interval; nullopt without meters.
@@ -503,6 +506,44 @@ absl::Duration SelectionPublisher::NextPollDelay(const State& s, const absl::Sta
   return Jittered(delay);
 }
 
+void SelectionPublisher::UpdateOverlay(State& s, size_t i, const std::vector<double>& measured_joules) {
+  const CompiledRoute& route = *s.routes[i];
+  const selector::Pool& pool = *route.config.pool;
+  std::vector<double> energies;
+  bool any = false;
+  for (size_t v = 0; v < pool.size(); ++v) {
+    const bool measured = v < measured_joules.size() && measured_joules[v] > 0;
+    any = any || measured;
+    energies.push_back(measured ? measured_joules[v] * 1000 : pool[v].energy_mj);
+  }
+  if (!any) {
+    s.overlays[i].reset();
+    return;
+  }
+  // Rebuilt only when an energy moved by more than a percent: the estimates wander a little with
+  // every read, and a rebuilt policy is a new one.
+  if (s.overlays[i]) {
+    bool close = true;
+    for (size_t v = 0; v < pool.size(); ++v) {
+      close = close && std::abs(energies[v] - s.overlays[i]->energies_mj()[v]) <= 0.01 * s.overlays[i]->energies_mj()[v];
+    }
+    if (close) return;
+  }
+  auto overlay = selector::EnergyOverlay::Create(
+      pool, energies, route.config.policy_spec(),
+      {route.config.default_variant, s.intensity.stale_after, route.config.min_dwell});
+  if (!overlay.ok()) {
+    spdlog::warn("event=decision_energies_unusable route={} error=\"{}\"", route.config.name,
+                 ToStd(overlay.status().message()));
+    s.overlays[i].reset();
+    return;
+  }
+  std::string listed;
+  for (size_t v = 0; v < pool.size(); ++v) absl::StrAppend(&listed, v ? "," : "", pool[v].name, ":", energies[v]);
+  spdlog::info("event=decision_energies route={} energies_mj={}", route.config.name, listed);
+  s.overlays[i] = *std::move(overlay);
+}
+
 void SelectionPublisher::StepGuards(State& s) {
   const absl::Time now = absl::Now();  // calls are timed on the wall clock, not the provider's
   for (size_t i = 0; i < s.routes.size(); ++i) {
@@ -565,9 +606,10 @@ void SelectionPublisher::Publish(State& s) {
         measured_joules.push_back(e.measured ? *e.measured_joules : 0.0);
       }
     }
-    selector::Decision decision =
-        route.policy->Decide({s.window.latest(), bounds, now, ready, s.previous[i] ? &*s.previous[i] : nullptr,
-                              Served(*route.ledger, {s.accounting.pue, measured_joules}), forecast});
+    UpdateOverlay(s, i, measured_joules);
+    const selector::PolicyInputs inputs{s.window.latest(), bounds, now, ready, s.previous[i] ? &*s.previous[i] : nullptr,
+                                        Served(*route.ledger, {s.accounting.pue, measured_joules}), forecast};
+    selector::Decision decision = s.overlays[i] ? s.overlays[i]->Decide(inputs) : route.policy->Decide(inputs);
     if (!s.previous[i] || s.previous[i]->primary != decision.primary || s.previous[i]->reason != decision.reason ||
         s.previous[i]->weights.size() != decision.weights.size()) {
       LogDecision(route, decision, s.previous[i] ? &*s.previous[i] : nullptr);
@@ -624,11 +666,18 @@ void SelectionPublisher::Publish(State& s) {
     if (decision.weights.size() > 1 || !policy_weights.empty()) {
       draw = std::make_shared<const selector::WeightedDraw>(decision.weights, policy_weights);
     }
-    RouteView view{s.routes[i], std::move(decision), std::move(policy_weights), {}, {}, ramp_progress, std::move(draw),
-                   ready, moved_by, {}, {}};
+    RouteView view;
+    view.route = s.routes[i];
+    view.decision = std::move(decision);
+    view.policy_weights = std::move(policy_weights);
+    view.ramp_progress = ramp_progress;
+    view.draw = std::move(draw);
+    view.ready = ready;
+    view.moved_by = moved_by;
     view.max_in_flight = route.config.max_in_flight;
     view.energy = s.energy[i];
     view.measured_joules = std::move(measured_joules);
+    view.decided_on_measured = s.overlays[i].has_value();
     view.pue = s.accounting.pue;
     if (route.config.slo) {
       view.guard_caps = s.caps[i].cap;
@@ -695,6 +744,7 @@ absl::StatusOr<std::shared_ptr<SelectionPublisher::State>> SelectionPublisher::M
     state->limit_hits.emplace_back(route.pool->size(), 0);
     state->energy.push_back(MakeCalibrator(route, state->routes.back()->ledger));
     state->energy_published.emplace_back();
+    state->overlays.emplace_back();
     state->ramps.emplace_back();
   }
   return state;

@@ -71,6 +71,8 @@ struct RouteView {
   // estimate, once certain enough); 0: the pool's table. Empty: all from the table.
   std::vector<double> measured_joules;
   double pue = 1;  // accounting.pue
+  // Whether the policy decided on measured energies (for the variants that have one).
+  bool decided_on_measured = false;
 
   // The energy per inference a call to `variant` is charged at, and whether it was measured.
   double JoulesPerInference(size_t variant) const {
@@ -191,6 +193,8 @@ class SelectionPublisher {
   absl::Duration PollOnce(bool poll_intensity, bool ask_readiness, bool guard = false) ABSL_LOCKS_EXCLUDED(mu_);
   // Samples each guarded route's load over its SLO window and steps its caps.
   void StepGuards(State& s) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Keeps route `i`'s policy over its measured energies up to date (none without any).
+  void UpdateOverlay(State& s, size_t i, const std::vector<double>& measured_joules) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Apply(State& s, const std::optional<absl::StatusOr<selector::IntensityReading>>& reading,
              const std::vector<std::vector<std::optional<bool>>>& answers) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void UpdateSourceState(State& s) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);

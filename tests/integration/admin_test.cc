@@ -769,6 +769,12 @@ TEST(EnergyCalibrationTest, LearnsEachVariantsEnergyFromTritonsMeterThroughTheSi
     EXPECT_EQ(c["energy"]["table_joules"], c["energy_mj"].get<double>() / 1000);
   }
   EXPECT_NEAR(now["energy_calibration"]["idle_watts"].get<double>(), 30, 3);
+  // The policy decides on them too, from the next publish.
+  const absl::Time decided_by = absl::Now() + absl::Seconds(10);
+  while (client.Route()["decision_energies"] != "measured" && absl::Now() < decided_by) {
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  EXPECT_EQ(client.Route()["decision_energies"], "measured");
 
   // From the next publish on, calls are charged at the measured energies, and the ledger says so.
   const auto sample = [&](const std::string& name) { return client.Sample(name); };

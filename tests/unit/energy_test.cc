@@ -9,6 +9,8 @@
 #include <gtest/gtest.h>
 
 #include "selector/energy_fit.h"
+#include "selector/energy_overlay.h"
+#include "selector/policy_spec.h"
 #include "telemetry/energy_calibrator.h"
 #include "telemetry/energy_meter.h"
 #include "telemetry/prometheus_text.h"
@@ -297,6 +299,36 @@ TEST(EnergyCalibratorTest, TooFewOrTooUncertainIntervalsLeaveTheTableInPlaceAndS
   EXPECT_THAT(report->variants[0].table_because, HasSubstr("over the 10.0 % allowed"));
   EXPECT_EQ(report->variants[3].table_because, "no inferences of this variant in the intervals kept");
   EXPECT_FALSE(report->variants[3].measured_joules);
+}
+
+// Measured energies that reorder the pool: resnet101 measured at 0.40 J, below resnet50's table
+// 0.42 J. The heuristic decides on the measured order and the route sees its own indices.
+TEST(EnergyOverlayTest, DecidesOnMeasuredEnergiesInTheRoutesOwnOrder) {
+  const std::shared_ptr<const selector::Pool> pool = testing::PaperResnetPool();  // 34, 50, 101, 152
+  const std::vector<double> energies = {359.9321833, 420.6213298, 400.0, 1238.147188};
+  const selector::PolicySettings settings{1, absl::Hours(2), absl::ZeroDuration()};
+  auto overlay = selector::EnergyOverlay::Create(*pool, energies, *selector::DefaultPolicySpec(), settings);
+  ASSERT_TRUE(overlay.ok()) << overlay.status();
+  const absl::Time now = absl::FromUnixSeconds(1'700'000'000);
+  const selector::WindowBounds bounds{100, 300};
+  const auto decide = [&](double intensity, uint64_t ready, const selector::Decision* previous) {
+    return overlay->Decide({selector::IntensityReading{intensity, now}, bounds, now, ready, previous, std::nullopt, {}});
+  };
+  // At 200 g/kWh, halfway through the 100-300 window, the heuristic aims at 799 mJ: resnet101 on the
+  // table (803 mJ); resnet50 once resnet101 is measured at 400 mJ (421 is then the nearest).
+  const selector::Decision at_200 = decide(200, pool->all_variants_mask(), nullptr);
+  EXPECT_EQ((*pool)[at_200.primary].name, "resnet50");
+  ASSERT_EQ(at_200.weights.size(), 1u);
+  EXPECT_EQ(at_200.weights[0].variant, at_200.primary);
+  // Readiness in the route's order: resnet50 (route index 1) not ready.
+  const selector::Decision unready = decide(200, 0b1101, &at_200);
+  EXPECT_NE((*pool)[unready.primary].name, "resnet50");
+  EXPECT_TRUE((0b1101 >> unready.primary) & 1);
+  // The route's default, in its own order, when the reading is missing.
+  const selector::Decision none = overlay->Decide({std::nullopt, bounds, now, pool->all_variants_mask(), nullptr, std::nullopt, {}});
+  EXPECT_EQ(none.primary, 1u);
+  EXPECT_EQ(overlay->energies_mj()[2], 400.0);
+  EXPECT_FALSE(selector::EnergyOverlay::Create(*pool, {1, 2}, *selector::DefaultPolicySpec(), settings).ok());
 }
 
 }  // namespace
