@@ -30,7 +30,7 @@ cmake --build "$build_dir-asan" -j2
 ctest --test-dir "$build_dir-asan" --output-on-failure -j2 --timeout 300 -LE fuzz -E 'DebianPackage|ContainerImage'
 
 # The integration tests again under ThreadSanitizer, built with clang (a g++ 12 TSan build of
-# this tree crashed in a plain struct copy at start-up). Debian's gRPC, Abseil and cpp-httplib are not
+# this tree crashed in a plain struct copy at start-up). Debian's gRPC and Abseil are not
 # instrumented: tests/tsan.supp says what that costs and what is suppressed; the libraries' own
 # interceptor calls are left out by one called_from_lib line per library the binaries load. Two
 # tests are left out here because what they measure is the sanitizer's, not ours: the memory of
@@ -44,7 +44,7 @@ cmake --build "$build_dir-tsan" -j2 --target "${tsan_targets[@]}"
 {
   cat tests/tsan.supp
   for t in "${tsan_targets[@]}"; do ldd "$build_dir-tsan/tests/integration/$t"; done | awk '{print $1}' | sort -u |
-    grep -E '^lib(grpc|gpr|upb|protobuf|absl_|ssl|crypto|cares|re2|address_sorting|cpp-httplib)' | sed 's/^/called_from_lib:/'
+    grep -E '^lib(grpc|gpr|upb|protobuf|absl_|ssl|crypto|cares|re2|address_sorting)' | sed 's/^/called_from_lib:/'
 } >"$build_dir-tsan/tsan.supp"
 TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1 suppressions=$PWD/$build_dir-tsan/tsan.supp" \
   ctest --test-dir "$build_dir-tsan" --output-on-failure -j2 --timeout 300 -L integration \
