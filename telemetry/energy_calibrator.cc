@@ -44,7 +44,7 @@ void EnergyCalibrator::Start() {
   }
   thread_ = std::thread([this] {
     while (true) {
-      ReadOnce(absl::Now());
+      ReadOnce();
       absl::MutexLock lock(&mu_);
       if (mu_.AwaitWithTimeout(absl::Condition(&stopping_), config_.interval)) return;
     }
@@ -59,10 +59,12 @@ void EnergyCalibrator::Stop() {
   if (thread_.joinable()) thread_.join();
 }
 
-void EnergyCalibrator::ReadOnce(absl::Time now) {
+void EnergyCalibrator::ReadOnce(std::optional<absl::Time> at) {
   if (meter_ == nullptr) return;
   ++counters_.reads;
+  const absl::Time asked = absl::Now();
   absl::StatusOr<MeterReading> reading = meter_->Read();
+  const absl::Time now = at.value_or(asked + (absl::Now() - asked) / 2);
   // The ledger is read right after the meter, so both describe the same moment.
   const std::vector<double> ledger = ledger_counts_ ? ledger_counts_() : std::vector<double>(pool_->size(), 0.0);
   if (!reading.ok()) {

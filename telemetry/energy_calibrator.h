@@ -67,8 +67,10 @@ class EnergyCalibrator {
 
   void Start();
   void Stop();
-  // One read of the meter at `now` (wall clock) and a new report; what the thread does each interval.
-  void ReadOnce(absl::Time now);
+  // One read of the meter and a new report; what the thread does each interval. The reading is
+  // taken to be of `now`, or without one, of the middle of the read (the server renders it some
+  // time between the request and the answer, and a busy server answers later).
+  void ReadOnce(std::optional<absl::Time> now = std::nullopt);
   std::shared_ptr<const CalibrationReport> Report() const { return report_.Load(); }
   const EnergyCalibration& config() const { return config_; }
 
