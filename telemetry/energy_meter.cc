@@ -83,12 +83,16 @@ absl::StatusOr<MeterReading> ReadDcgmExporterMetrics(std::string_view text) {
 absl::StatusOr<MeterReading> ReadPrometheusQueryAnswer(std::string_view json) {
   const nlohmann::json doc = nlohmann::json::parse(json, nullptr, /*allow_exceptions=*/false);
   if (doc.is_discarded()) return absl::InvalidArgumentError("the query answer is not JSON");
-  if (!doc.is_object() || doc.value("status", "") != "success") {
+  // Fields read by type first: nlohmann's value() throws on a field of another type.
+  const auto string_field = [](const nlohmann::json& object, const char* key) -> std::string {
+    return object.is_object() && object.contains(key) && object[key].is_string() ? object[key].get<std::string>() : "";
+  };
+  if (string_field(doc, "status") != "success") {
     const std::string error = doc.is_object() && doc.contains("error") && doc["error"].is_string() ? doc["error"].get<std::string>() : "";
     return absl::InvalidArgumentError(absl::StrCat("the query did not succeed", error.empty() ? "" : ": ", error));
   }
   const nlohmann::json* data = doc.contains("data") && doc["data"].is_object() ? &doc["data"] : nullptr;
-  if (data == nullptr || data->value("resultType", "") != "vector" || !data->contains("result") ||
+  if (data == nullptr || string_field(*data, "resultType") != "vector" || !data->contains("result") ||
       !(*data)["result"].is_array()) {
     return absl::InvalidArgumentError("the query answer is not an instant vector (resultType must be \"vector\")");
   }
@@ -103,7 +107,7 @@ absl::StatusOr<MeterReading> ReadPrometheusQueryAnswer(std::string_view json) {
     if (series.contains("metric") && series["metric"].is_object()) {
       bool first = true;
       for (const auto& [k, v] : series["metric"].items()) {
-        absl::StrAppend(&device, first ? "" : ",", k, "=", v.is_string() ? v.get<std::string>() : v.dump());
+        absl::StrAppend(&device, first ? "" : ",", k, "=", v.is_string() ? v.get<std::string>() : v.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace));
         first = false;
       }
     }

@@ -103,6 +103,13 @@ TEST(EnergyMeterTest, DcgmExporterAndPrometheusQueriesGiveEnergyPerDevice) {
                   .message(),
               HasSubstr("not an instant vector"));
   EXPECT_EQ(ReadPrometheusQueryAnswer("[1,").status().message(), "the query answer is not JSON");
+  // Fields of the wrong type are a status, not an exception (found by tests/fuzz/energy_meter_fuzz).
+  EXPECT_THAT(ReadPrometheusQueryAnswer("{\"status\":{\"resultType\":\"vector\"}}").status().message(),
+              HasSubstr("did not succeed"));
+  EXPECT_THAT(ReadPrometheusQueryAnswer("{\"status\":\"success\",\"data\":{\"resultType\":7,\"result\":[]}}")
+                  .status()
+                  .message(),
+              HasSubstr("not an instant vector"));
 }
 
 TEST(EnergyMeterTest, DifferencesRefuseResetsAndChangedDevices) {
