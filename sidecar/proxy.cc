@@ -243,7 +243,7 @@ class RequestRouter {
     const uint64_t items = route->route->config.batch_dimension && dim > 0 ? static_cast<uint64_t>(dim) : 1;
     const double intensity = route->decision.intensity ? route->decision.intensity->gco2_per_kwh : -1;
     telemetry::VariantLedger* cell = &route->route->ledger->variant(variant);
-    const double measured = variant < route->measured_joules.size() ? route->measured_joules[variant] : 0;
+    const double measured = route->MeasuredJoules(variant);
     if (first_message) {
       first_ = Decision{snapshot, route, variant, reason, static_cast<int64_t>(items), Charge{cell, intensity, 1, items, measured}};
     } else {

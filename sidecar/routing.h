@@ -74,9 +74,13 @@ struct RouteView {
   // Whether the policy decided on measured energies (for the variants that have one).
   bool decided_on_measured = false;
 
-  // The energy per inference a call to `variant` is charged at, and whether it was measured.
+  // The measured energy per inference a call to `variant` is charged at; 0: the table's.
+  double MeasuredJoules(size_t variant) const {
+    return variant < measured_joules.size() ? measured_joules[variant] : 0;
+  }
+  // The energy per inference a call to `variant` is charged at, measured or the table's.
   double JoulesPerInference(size_t variant) const {
-    const double m = variant < measured_joules.size() ? measured_joules[variant] : 0;
+    const double m = MeasuredJoules(variant);
     return m > 0 ? m : pool()[variant].energy_mj / 1000;
   }
   // The ledger's reading of this route, with the accounting in force.
