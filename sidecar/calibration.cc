@@ -100,7 +100,8 @@ struct Measured {
 
 }  // namespace
 
-absl::Status RunCalibration(const SidecarConfig& config, const CalibrationRunOptions& options, std::FILE* report) {
+absl::Status RunCalibration(const SidecarConfig& given, const CalibrationRunOptions& options, std::FILE* report) {
+  const SidecarConfig config = WithClusters(given);
   const RouteConfig* route = nullptr;
   for (const RouteConfig& r : config.routes) {
     if (r.name == options.route) route = &r;
@@ -116,11 +117,13 @@ absl::Status RunCalibration(const SidecarConfig& config, const CalibrationRunOpt
   }
   auto meter = route->energy.meter->Build();
   if (!meter.ok()) return meter.status();
+  // The route's home cluster: its meter measures that cluster's devices.
+  const ClusterConfig& home = config.clusters[route->clusters.front()];
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(static_cast<int>(config.upstream.max_message_bytes));
   args.SetMaxSendMessageSize(static_cast<int>(config.upstream.max_message_bytes));
-  auto credentials = UpstreamCredentials(config.upstream.tls, &args);
-  auto stub = inference::GRPCInferenceService::NewStub(grpc::CreateCustomChannel(config.upstream.target, credentials, args));
+  auto credentials = UpstreamCredentials(home.tls, &args);
+  auto stub = inference::GRPCInferenceService::NewStub(grpc::CreateCustomChannel(home.target, credentials, args));
   const selector::Pool& pool = *route->pool;
 
   // Idle: the devices' power with no calls from here.
@@ -224,7 +227,7 @@ absl::Status RunCalibration(const SidecarConfig& config, const CalibrationRunOpt
   std::string yaml = absl::StrCat(
       "# Measured by carbon-sidecar --calibrate ", route->name, " on ",
       absl::FormatTime("%Y-%m-%d %H:%M UTC", absl::Now(), absl::UTCTimeZone()), "\n",
-      "# upstream: ", config.upstream.target, "; meter: ", ToAbsl(route->energy.meter->kind()), " (devices: ",
+      "# upstream: ", home.target, " (cluster ", home.name, "); meter: ", ToAbsl(route->energy.meter->kind()), " (devices: ",
       absl::StrJoin(after->devices, ", "), ")\n",
       absl::StrFormat("# idle power %.2f W, subtracted; batch size %lld; %d calls in flight; %s per variant in %d slices\n",
                       idle_watts, static_cast<long long>(options.batch), options.concurrency,

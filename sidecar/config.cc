@@ -336,8 +336,9 @@ absl::Status ReadEnergy(const YAML::Node& node, size_t index, const std::string&
   return absl::OkStatus();
 }
 
-absl::Status ReadRoute(const YAML::Node& node, size_t index, const std::string& file,
-                       const std::string& base_dir, absl::Duration intensity_refresh, RouteConfig* out) {
+absl::Status ReadRoute(const YAML::Node& node, size_t index, const std::string& file, const std::string& base_dir,
+                       absl::Duration intensity_refresh, const std::vector<ClusterConfig>& clusters,
+                       RouteConfig* out) {
   MapReader r(node, file, absl::StrCat("routes[", index, "]"));
   r.String("name", &out->name, true);
   std::string pool_file;
@@ -353,7 +354,37 @@ absl::Status ReadRoute(const YAML::Node& node, size_t index, const std::string& 
   YAML::Node max_in_flight = r.Get("max_in_flight", false);
   YAML::Node slo = r.Get("slo", false);
   YAML::Node energy = r.Get("energy", false);
+  YAML::Node route_clusters = r.Get("clusters", false);
+  absl::Duration budget;
+  if (r.Duration("latency_budget", &budget, /*allow_zero=*/false)) out->latency_budget = budget;
+  r.Bool("failover", &out->failover);
   if (auto s = r.Finish(); !s.ok()) return s;
+  if (route_clusters.IsDefined() && clusters.empty()) {
+    return ErrorAt(file, route_clusters.Mark(),
+                   absl::StrCat("routes[", index, "].clusters names clusters, but the config lists none (top-level 'clusters:')"));
+  }
+  if (route_clusters.IsDefined()) {
+    const std::string where = absl::StrCat("routes[", index, "].clusters");
+    if (!route_clusters.IsSequence() || route_clusters.size() == 0) {
+      return ErrorAt(file, route_clusters.Mark(), absl::StrCat(where, " must be a non-empty list of cluster names"));
+    }
+    std::vector<std::string> known;
+    for (const ClusterConfig& c : clusters) known.push_back(c.name);
+    for (const YAML::Node& n : route_clusters) {
+      const auto found = std::find(known.begin(), known.end(), n.IsScalar() ? n.Scalar() : "");
+      if (!n.IsScalar() || found == known.end()) {
+        return ErrorAt(file, n.Mark(), absl::StrCat(where, ": ", Describe(n), " is not a cluster (",
+                                                    absl::StrJoin(known, ", "), ")"));
+      }
+      const size_t c = static_cast<size_t>(found - known.begin());
+      if (std::find(out->clusters.begin(), out->clusters.end(), c) != out->clusters.end()) {
+        return ErrorAt(file, n.Mark(), absl::StrCat(where, ": cluster '", n.Scalar(), "' is listed twice"));
+      }
+      out->clusters.push_back(c);
+    }
+  } else {
+    for (size_t c = 0; c < clusters.size(); ++c) out->clusters.push_back(c);
+  }
   if (energy.IsDefined()) {
     if (auto s = ReadEnergy(energy, index, file, &out->energy); !s.ok()) return s;
   }
@@ -441,6 +472,51 @@ absl::Status ReadRoute(const YAML::Node& node, size_t index, const std::string& 
   return absl::OkStatus();
 }
 
+// `clusters:`, or the one cluster `upstream` and `intensity` make when none are listed.
+absl::Status ReadClusters(const YAML::Node& node, const std::string& file, const std::string& base_dir,
+                          SidecarConfig* config) {
+  if (!node.IsDefined()) return absl::OkStatus();  // WithClusters makes the one of `upstream`
+  if (!node.IsSequence() || node.size() == 0) {
+    return ErrorAt(file, node.Mark(), "clusters must be a non-empty list of clusters (name, target, intensity)");
+  }
+  for (size_t i = 0; i < node.size(); ++i) {
+    const std::string where = absl::StrCat("clusters[", i, "]");
+    MapReader c(node[i], file, where);
+    ClusterConfig cluster;
+    cluster.intensity = config->intensity;
+    c.String("name", &cluster.name, true);
+    if (c.String("target", &cluster.target, true) && !ParseHostPort(cluster.target).ok()) {
+      c.Fail("target", absl::StrCat(where, ".target must be host:port, got '", cluster.target, "'"));
+    }
+    absl::Duration rtt;
+    if (c.Duration("rtt", &rtt, /*allow_zero=*/true)) cluster.rtt = rtt;
+    double stale = 0;
+    if (c.Number("stale_intensity", &stale)) {
+      if (stale < 0) c.Fail("stale_intensity", absl::StrCat(where, ".stale_intensity must not be negative (gCO2/kWh)"));
+      cluster.stale_intensity = stale;
+    }
+    YAML::Node tls = c.Get("tls", false);
+    YAML::Node intensity = c.Get("intensity", false);
+    if (auto s = c.Finish(); !s.ok()) return s;
+    for (const ClusterConfig& other : config->clusters) {
+      if (other.name == cluster.name) {
+        return ErrorAt(file, node[i]["name"].Mark(), absl::StrCat("cluster name '", cluster.name, "' is used twice"));
+      }
+    }
+    if (tls.IsDefined()) {
+      cluster.tls.emplace();
+      if (auto s = ReadTls(tls, file, base_dir, where + ".tls", TlsSide::kUpstream, &*cluster.tls); !s.ok()) return s;
+    }
+    if (intensity.IsDefined()) {
+      cluster.intensity = IntensityConfig{};
+      MapReader m(intensity, file, where + ".intensity", base_dir);
+      if (auto s = ReadIntensity(m, &cluster.intensity); !s.ok()) return s;
+    }
+    config->clusters.push_back(std::move(cluster));
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 absl::StatusOr<selector::Pool> LoadPoolFile(const std::string& path) {
@@ -477,7 +553,9 @@ absl::StatusOr<SidecarConfig> LoadConfig(const std::string& path) {
     YAML::Node intensity = top.Get("intensity", true);
     YAML::Node routes = top.Get("routes", true);
     YAML::Node accounting = top.Get("accounting", false);
+    YAML::Node clusters = top.Get("clusters", false);
     if (auto s = top.Finish(); !s.ok()) return s;
+    config.clusters_listed = clusters.IsDefined();
 
     if (accounting.IsDefined()) {
       MapReader a(accounting, path, "accounting");
@@ -513,7 +591,12 @@ absl::StatusOr<SidecarConfig> LoadConfig(const std::string& path) {
     }
 
     MapReader u(upstream, path, "upstream");
-    u.String("target", &config.upstream.target, true);
+    // With clusters listed, each names its own target; `upstream` keeps what they share.
+    u.String("target", &config.upstream.target, !config.clusters_listed);
+    if (config.clusters_listed && !config.upstream.target.empty()) {
+      return ErrorAt(path, upstream["target"].Mark(),
+                     "upstream.target and clusters: name the targets in one place (each cluster has its own)");
+    }
     if (u.Integer("max_message_bytes", &config.upstream.max_message_bytes) &&
         (config.upstream.max_message_bytes <= 0 ||
          config.upstream.max_message_bytes > int64_t{2147483647})) {
@@ -534,12 +617,14 @@ absl::StatusOr<SidecarConfig> LoadConfig(const std::string& path) {
     MapReader i(intensity, path, "intensity", base_dir);
     if (auto s = ReadIntensity(i, &config.intensity); !s.ok()) return s;
 
+    if (auto s = ReadClusters(clusters, path, base_dir, &config); !s.ok()) return s;
+
     if (!routes.IsSequence() || routes.size() == 0) {
       return ErrorAt(path, routes.Mark(), "routes must be a non-empty list");
     }
     for (size_t r = 0; r < routes.size(); ++r) {
       RouteConfig route;
-      if (auto s = ReadRoute(routes[r], r, path, base_dir, config.intensity.refresh, &route); !s.ok()) return s;
+      if (auto s = ReadRoute(routes[r], r, path, base_dir, config.intensity.refresh, config.clusters, &route); !s.ok()) return s;
       for (const RouteConfig& other : config.routes) {
         if (other.name == route.name) {
           return ErrorAt(path, routes[r]["name"].Mark(),
@@ -550,6 +635,23 @@ absl::StatusOr<SidecarConfig> LoadConfig(const std::string& path) {
     }
   } catch (const YAML::Exception& e) {
     return ErrorAt(path, e.mark, e.msg);
+  }
+  return WithClusters(std::move(config));
+}
+
+SidecarConfig WithClusters(SidecarConfig config) {
+  if (config.clusters.empty()) {
+    config.clusters_listed = false;
+    ClusterConfig home;
+    home.name = "default";
+    home.target = config.upstream.target;
+    home.tls = config.upstream.tls;
+    home.intensity = config.intensity;
+    config.clusters.push_back(std::move(home));
+  }
+  for (RouteConfig& route : config.routes) {
+    if (!route.clusters.empty()) continue;
+    for (size_t c = 0; c < config.clusters.size(); ++c) route.clusters.push_back(c);
   }
   return config;
 }
@@ -565,9 +667,23 @@ const RestartOnlySetting kRestartOnlySettings[7] = {
     CARBON_RESTART_ONLY("listen", listen),
     CARBON_RESTART_ONLY("admin", admin_listen),
     CARBON_RESTART_ONLY("tls", tls),
-    CARBON_RESTART_ONLY("upstream.target", upstream.target),
+    // The one cluster made of `upstream` keeps its target until a restart; listed clusters are
+    // reloaded like routes.
+    RestartOnlySetting{"upstream.target",
+                       [](const SidecarConfig& a, const SidecarConfig& b) {
+                         return a.clusters_listed || b.clusters_listed || a.upstream.target == b.upstream.target;
+                       },
+                       [](const SidecarConfig& running, SidecarConfig* next) {
+                         if (!running.clusters_listed && !next->clusters_listed) next->upstream.target = running.upstream.target;
+                       }},
     CARBON_RESTART_ONLY("upstream.max_message_bytes", upstream.max_message_bytes),
-    CARBON_RESTART_ONLY("upstream.tls", upstream.tls),
+    RestartOnlySetting{"upstream.tls",
+                       [](const SidecarConfig& a, const SidecarConfig& b) {
+                         return a.clusters_listed || b.clusters_listed || a.upstream.tls == b.upstream.tls;
+                       },
+                       [](const SidecarConfig& running, SidecarConfig* next) {
+                         if (!running.clusters_listed && !next->clusters_listed) next->upstream.tls = running.upstream.tls;
+                       }},
     CARBON_RESTART_ONLY("memory_limit_bytes", memory_limit_bytes),
 };
 #undef CARBON_RESTART_ONLY
@@ -578,6 +694,10 @@ SidecarConfig ConfigForReload(const SidecarConfig& running, const SidecarConfig&
   for (const RestartOnlySetting& setting : kRestartOnlySettings) {
     if (!setting.same(running, next)) changed->emplace_back(setting.key);
     setting.keep(running, &applied);
+  }
+  if (!applied.clusters_listed && !applied.clusters.empty()) {
+    applied.clusters[0].target = applied.upstream.target;
+    applied.clusters[0].tls = applied.upstream.tls;
   }
   return applied;
 }

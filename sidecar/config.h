@@ -57,6 +57,20 @@ struct IntensityConfig {
   std::string region() const { return provider ? provider->region : ""; }
 };
 
+// One inference cluster a route's calls can be sent to: where it is and the grid it runs on.
+struct ClusterConfig {
+  std::string name;
+  std::string target;            // host:port of its inference server (or load balancer)
+  std::optional<TlsConfig> tls;  // absent: plaintext (h2c)
+  IntensityConfig intensity;     // its grid: its own `intensity:`, else the top-level one
+  // The latency cost of sending a call there; absent: measured, as the round trip of the
+  // sidecar's readiness questions.
+  std::optional<absl::Duration> rtt;
+  // The intensity it is ranked at while its own is stale; absent: after every cluster with a fresh
+  // reading (and, when no cluster has one, the route's policy serves its default there).
+  std::optional<double> stale_intensity;
+};
+
 struct RouteConfig {
   std::string name;         // the model name clients send
   std::string pool_source;  // the pool file, or "inline"
@@ -79,6 +93,14 @@ struct RouteConfig {
   std::optional<selector::LatencySlo> slo;
   // Where its energy per inference is learned from; no meter: the pool's table alone.
   telemetry::EnergyCalibration energy;
+  // The clusters it may be served in (indices into SidecarConfig::clusters), the first its home:
+  // the one its counterfactual "all served at home" is charged at. Default: every cluster.
+  std::vector<size_t> clusters;
+  // Clusters whose latency cost (rtt) exceeds this are not chosen while one within it can serve.
+  std::optional<absl::Duration> latency_budget;
+  // A unary inference call the chosen cluster fails with UNAVAILABLE before answering (unreachable,
+  // reset, shutting down) is sent once to the next cluster in the route's order.
+  bool failover = true;
 };
 
 // How the ledger's energy becomes carbon beyond the grid's intensity (docs/metrics.md, "Accounting").
@@ -104,6 +126,10 @@ struct SidecarConfig {
   std::string admin_listen = "127.0.0.1:9464";
   std::optional<TlsConfig> tls;  // the client-facing listener; absent: plaintext (h2c)
   UpstreamConfig upstream;
+  // Never empty: the `clusters:` listed, or one cluster named "default" made of `upstream.target`,
+  // `upstream.tls` and the top-level `intensity`.
+  std::vector<ClusterConfig> clusters;
+  bool clusters_listed = false;
   absl::Duration drain_timeout = absl::Seconds(30);
   // What the gRPC listener's connections may hold in buffers together (a gRPC resource quota).
   // Past it, gRPC resets streams with RESOURCE_EXHAUSTED instead of reading on: gRPC 1.51 reads a
@@ -120,7 +146,7 @@ struct SidecarConfig {
 // quota): a reload that changes one keeps the running value and says so. The others are applied.
 // LoadConfig reads exactly the keys of these two lists (config_test checks that no key it accepts
 // is missing from both), so a new key has to be placed in one of them.
-inline constexpr std::string_view kReloadableKeys[] = {"accounting", "drain_timeout", "intensity", "routes",
+inline constexpr std::string_view kReloadableKeys[] = {"accounting", "clusters", "drain_timeout", "intensity", "routes",
                                                        "upstream.readiness_interval"};
 struct RestartOnlySetting {
   std::string_view key;
@@ -133,6 +159,11 @@ extern const RestartOnlySetting kRestartOnlySettings[7];
 // `changed` receives the keys of the restart-only settings `next` would have changed.
 SidecarConfig ConfigForReload(const SidecarConfig& running, const SidecarConfig& next,
                               std::vector<std::string>* changed);
+
+// `config` with its clusters filled in as LoadConfig fills them: one cluster "default" of `upstream`
+// and `intensity` when none are listed, and every cluster for a route that names none. For configs
+// built in code.
+SidecarConfig WithClusters(SidecarConfig config);
 
 // Reads and validates a sidecar config. Every problem is INVALID_ARGUMENT with a message of the
 // form "file:line:column: what is wrong", naming the pool file when the problem is in one.

@@ -241,26 +241,70 @@ class RequestRouter {
 
     const int64_t dim = scanned->first_input_leading_dim.value_or(1);
     const uint64_t items = route->route->config.batch_dimension && dim > 0 ? static_cast<uint64_t>(dim) : 1;
-    const double intensity = route->decision.intensity ? route->decision.intensity->gco2_per_kwh : -1;
+    // The cluster it is served in: the route's first for a call's first message; for later
+    // messages of a stream, the one the stream already goes to (when this snapshot still has it).
+    const RouteCluster* served_in = &route->clusters.front();
+    if (!first_message && upstream_ != nullptr) {
+      for (const RouteCluster& rc : route->clusters) {
+        if (snapshot->clusters()[rc.index].upstream == upstream_) served_in = &rc;
+      }
+    }
+    const double intensity = served_in == &route->clusters.front() && route->decision.intensity
+                                 ? route->decision.intensity->gco2_per_kwh
+                                 : served_in->intensity;
     telemetry::VariantLedger* cell = &route->route->ledger->variant(variant);
-    const double measured = route->MeasuredJoules(variant);
+    const Charge charge{cell,  served_in->ledger, intensity, route->home_intensity, 1, items, route->MeasuredJoules(variant),
+                        route->JoulesPerInference(variant)};
     if (first_message) {
-      first_ = Decision{snapshot, route, variant, reason, static_cast<int64_t>(items), Charge{cell, intensity, 1, items, measured}};
+      first_ = Decision{snapshot, route, variant, reason, static_cast<int64_t>(items), charge};
     } else {
       // Later messages of a stream: merged per (variant, intensity), so a long stream keeps a
       // handful of entries, not one per message.
       bool merged = false;
       for (Charge& c : more_charges_) {
-        if (c.cell == cell && c.intensity == intensity && c.measured_joules == measured) {
+        if (c.cell == cell && c.cluster == charge.cluster && c.intensity == intensity &&
+            c.home_intensity == charge.home_intensity && c.measured_joules == charge.measured_joules) {
           ++c.requests;
           c.items += items;
           merged = true;
           break;
         }
       }
-      if (!merged) more_charges_.push_back(Charge{cell, intensity, 1, items, measured});
+      if (!merged) more_charges_.push_back(charge);
     }
     return absl::OkStatus();
+  }
+
+  // The cluster the call goes to, chosen once: the route's first for a routed call, else the
+  // snapshot's first cluster. Held by the call, so a cluster a reload removes lives until it ends.
+  const UpstreamCluster& Upstream() {
+    if (upstream_ == nullptr) {
+      upstream_ = first_ ? first_->snapshot->clusters()[first_->route->clusters.front().index].upstream
+                         : routes_->Load()->default_upstream();
+    }
+    return *upstream_;
+  }
+
+  // Whether a unary inference call that ended with `code`, nothing answered, may be sent on to the
+  // route's next cluster: once, when the route allows it and that cluster looked able to serve.
+  bool MayFailOver(grpc::StatusCode code) const {
+    if (code != grpc::StatusCode::UNAVAILABLE || failed_over_ || kind_ != MethodKind::kInfer || !first_) return false;
+    const RouteView& route = *first_->route;
+    return route.route->config.failover && route.clusters.size() > 1 &&
+           route.clusters[1].rank <= ClusterRank::kOverBudget;
+  }
+
+  // Moves the call to the route's next cluster and counts the move; the charge follows.
+  const UpstreamCluster& FailOver() {
+    failed_over_ = true;
+    const RouteView& route = *first_->route;
+    route.clusters[0].ledger->RecordFailedOver();
+    route.failovers->fetch_add(1, std::memory_order_relaxed);
+    first_->charge.cluster = route.clusters[1].ledger;
+    first_->charge.intensity = route.clusters[1].intensity;
+    first_->reason = kFailoverReason;
+    upstream_ = first_->snapshot->clusters()[route.clusters[1].index].upstream;
+    return *upstream_;
   }
 
   // Counts a unary inference call in to `variant`, against its in-flight limit; false when the
@@ -289,6 +333,7 @@ class RequestRouter {
     const auto settle = [code](const Charge& c) {
       if (code == grpc::StatusCode::OK) {
         c.cell->RecordServed(c.requests, c.items, c.intensity, c.measured_joules);
+        c.cluster->RecordServed(c.requests, c.items, c.joules_per_item, c.intensity, c.home_intensity);
       } else {
         c.cell->RecordFailed(static_cast<int>(code), c.requests);
       }
@@ -307,12 +352,11 @@ class RequestRouter {
     ctx->AddInitialMetadata(kModelHeader, v.name);
     ctx->AddInitialMetadata(kRouteHeader, route.route->config.name);
     ctx->AddInitialMetadata(kReasonHeader, std::string(first_->reason));
-    if (route.decision.intensity) {
-      const double c = route.decision.intensity->gco2_per_kwh;
+    if (route.clusters.size() > 1) ctx->AddInitialMetadata(kClusterHeader, upstream_->name);
+    if (const double c = first_->charge.intensity; c >= 0) {
       ctx->AddInitialMetadata(kIntensityHeader, ShortestDecimal(c));
       // E × PUE × I for this request, at the energy it is charged at.
-      const double grams =
-          route.JoulesPerInference(first_->variant) * static_cast<double>(first_->items) / 3.6e6 * c * route.pue;
+      const double grams = first_->charge.joules_per_item * static_cast<double>(first_->items) / 3.6e6 * c * route.pue;
       ctx->AddInitialMetadata(kGramsHeader, ShortestDecimal(grams));
     }
   }
@@ -322,10 +366,13 @@ class RequestRouter {
   // long as the server.
   struct Charge {
     telemetry::VariantLedger* cell;
-    double intensity;  // gCO2/kWh in force when routed; negative: none known
+    telemetry::ClusterLedger* cluster;
+    double intensity;  // gCO2/kWh in force where served; negative: none known
+    double home_intensity;  // the route's home cluster's then; negative: none known
     uint64_t requests;
     uint64_t items;
     double measured_joules;  // per inference when measured; 0: the table's
+    double joules_per_item;  // what it is charged at: measured, else the table's
   };
 
   // Where a unary inference call is counted in flight, until Settle.
@@ -343,6 +390,8 @@ class RequestRouter {
   const selector::SnapshotCell<RoutingSnapshot>* routes_;
   ProxyCounters* counters_;
   MethodKind kind_;
+  std::shared_ptr<const UpstreamCluster> upstream_;
+  bool failed_over_ = false;
   std::optional<RequestControls> controls_;
   bool decided_first_ = false;
   std::optional<Decision> first_;
@@ -386,11 +435,7 @@ class UnaryProxyCall final : public grpc::ServerGenericBidiReactor {
         return;
       }
     }
-    upstream_ctx_ = grpc::ClientContext::FromCallbackServerContext(*ctx_);
-    CopyRequestMetadata(*ctx_, upstream_ctx_.get());
-    HappensBefore(this);
-    proxy_->stub_.UnaryCall(upstream_ctx_.get(), ctx_->method(), grpc::StubOptions(), &request_,
-                            &response_, [this](grpc::Status status) { OnUpstreamDone(status); });
+    CallUpstream(router_.Upstream());
   }
 
   void OnDone() override {
@@ -400,9 +445,25 @@ class UnaryProxyCall final : public grpc::ServerGenericBidiReactor {
   }
 
  private:
+  // The request is sent as routed (already rewritten): a failover sends the same bytes again.
+  void CallUpstream(const UpstreamCluster& cluster) {
+    upstream_ctx_ = grpc::ClientContext::FromCallbackServerContext(*ctx_);
+    CopyRequestMetadata(*ctx_, upstream_ctx_.get());
+    HappensBefore(this);
+    cluster.stub->UnaryCall(upstream_ctx_.get(), ctx_->method(), grpc::StubOptions(), &request_, &response_,
+                            [this](grpc::Status status) { OnUpstreamDone(status); });
+  }
+
   void OnUpstreamDone(const grpc::Status& upstream_status) {
     HappensAfter(this);
     const grpc::Status status = ForClient(upstream_status, *ctx_);
+    // Nothing of the answer reached the client (a unary response is held until the end), and none
+    // of it came from the cluster: the call can be sent to the next one, with the client's deadline.
+    if (router_.MayFailOver(status.error_code()) && !ctx_->IsCancelled() &&
+        upstream_ctx_->GetServerInitialMetadata().empty()) {
+      CallUpstream(router_.FailOver());
+      return;
+    }
     if (router_.routed()) {
       router_.Settle(status.error_code(), SecondsSince(start_));
     } else {
@@ -572,8 +633,8 @@ class StreamingProxyCall final : public grpc::ServerGenericBidiReactor {
     refs_.fetch_add(1, std::memory_order_relaxed);
     upstream_ctx_ = grpc::ClientContext::FromCallbackServerContext(*ctx_);
     CopyRequestMetadata(*ctx_, upstream_ctx_.get());
-    proxy_->stub_.PrepareBidiStreamingCall(upstream_ctx_.get(), ctx_->method(), grpc::StubOptions(),
-                                           &upstream_);
+    router_.Upstream().stub->PrepareBidiStreamingCall(upstream_ctx_.get(), ctx_->method(), grpc::StubOptions(),
+                                                      &upstream_);
     upstream_.AddMultipleHolds(2);  // forward and backward
     {
       absl::MutexLock lock(&mu_);
@@ -710,24 +771,8 @@ class StreamingProxyCall final : public grpc::ServerGenericBidiReactor {
   std::optional<grpc::Status> override_status_ ABSL_GUARDED_BY(mu_);
 };
 
-grpc::ChannelArguments UpstreamChannelArguments(int max_message_bytes) {
-  grpc::ChannelArguments args;
-  args.SetMaxReceiveMessageSize(max_message_bytes);
-  args.SetMaxSendMessageSize(max_message_bytes);
-  args.SetInt(GRPC_ARG_ENABLE_RETRIES, 0);
-  // A lost upstream is retried soon (100 ms, backing off to 1 s)...
-  args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
-  args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
-  // ...but each attempt may take as long as a slow network or TLS handshake needs: gRPC reads
-  // this argument as the minimum connect timeout, and at 100 ms it cut off any upstream whose
-  // TCP + TLS handshake and SETTINGS took longer, attempt after attempt. 5 s, as Envoy's default.
-  args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 5000);
-  return args;
-}
 
-InferenceProxy::InferenceProxy(std::shared_ptr<grpc::Channel> upstream,
-                               const selector::SnapshotCell<RoutingSnapshot>* routes)
-    : channel_(std::move(upstream)), stub_(channel_), routes_(routes) {}
+InferenceProxy::InferenceProxy(const selector::SnapshotCell<RoutingSnapshot>* routes) : routes_(routes) {}
 
 InferenceProxy::~InferenceProxy() { HappensAfter(this); }  // every call's OnDone came first
 

@@ -20,6 +20,10 @@ inline constexpr char kRouteHeader[] = "x-carbon-route";
 inline constexpr char kReasonHeader[] = "x-carbon-reason";
 inline constexpr char kIntensityHeader[] = "x-carbon-intensity-gco2-per-kwh";
 inline constexpr char kGramsHeader[] = "x-carbon-grams";
+// The cluster that served the call, on routes with more than one.
+inline constexpr char kClusterHeader[] = "x-carbon-cluster";
+// The reason of a call its route's first cluster failed and the next one served.
+inline constexpr char kFailoverReason[] = "failover";
 // Request metadata keys clients may set.
 inline constexpr char kPinModelHeader[] = "x-carbon-pin-model";
 inline constexpr char kMaxErrorHeader[] = "x-carbon-max-error-percent";
@@ -36,19 +40,16 @@ struct ProxyCounters {
   }
 };
 
-// Channel arguments for the upstream channel: message limits, no transparent retries (the client
-// decides), and a short reconnect backoff so a restarted inference server is used again promptly.
-grpc::ChannelArguments UpstreamChannelArguments(int max_message_bytes);
 
-// Forwards every method it receives to the upstream channel. Model-named requests of the inference
+// Forwards every method it receives to an upstream cluster: a routed call to its route's first
+// cluster (failing over once to the next, see RequestRouter), any other to the first cluster. Model-named requests of the inference
 // service whose name is a route are rewritten to the variant the current RoutingSnapshot selects;
 // everything else passes through byte for byte: payload, metadata (but hop-by-hop and grpc-
 // reserved keys), deadline, cancellation, status, status details and trailers.
 // Thread-safe; one instance serves a whole server.
 class InferenceProxy final : public grpc::CallbackGenericService {
  public:
-  InferenceProxy(std::shared_ptr<grpc::Channel> upstream,
-                 const selector::SnapshotCell<RoutingSnapshot>* routes);
+  explicit InferenceProxy(const selector::SnapshotCell<RoutingSnapshot>* routes);
   // Only once the server serving it has shut down.
   ~InferenceProxy() override;
 
@@ -59,8 +60,6 @@ class InferenceProxy final : public grpc::CallbackGenericService {
  private:
   friend class UnaryProxyCall;
   friend class StreamingProxyCall;
-  std::shared_ptr<grpc::Channel> channel_;
-  grpc::GenericStub stub_;
   const selector::SnapshotCell<RoutingSnapshot>* routes_;
   ProxyCounters counters_;
 };

@@ -9,6 +9,7 @@
 
 #include "absl/time/time.h"
 #include "inference/grpc_service.grpc.pb.h"
+#include "sidecar/upstream_cluster.h"
 
 namespace carbon::sidecar {
 
@@ -20,8 +21,9 @@ class UpstreamReadiness {
 
   // Per name: true or false as the upstream answers (a model it does not know, NOT_FOUND, counts
   // as not ready); nullopt when it could not be asked (unreachable, timed out), since that says
-  // nothing about the model and calls will fail or succeed on their own.
-  std::vector<std::optional<bool>> Ask(const std::vector<std::string>& names);
+  // nothing about the model and calls will fail or succeed on their own. With the quickest
+  // answer's round trip, the cluster's measured latency cost.
+  ReadinessAnswer Ask(const std::vector<std::string>& names);
 
  private:
   std::unique_ptr<inference::GRPCInferenceService::Stub> stub_;

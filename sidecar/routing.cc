@@ -28,8 +28,10 @@ double RouteView::PolicyWeightOf(size_t variant) const {
   return weight;
 }
 
-RoutingSnapshot::RoutingSnapshot(std::vector<RouteView> routes, SourceStatus source, AccountingStatus accounting)
-    : routes_(std::move(routes)), source_(std::move(source)), accounting_(std::move(accounting)) {
+RoutingSnapshot::RoutingSnapshot(std::vector<RouteView> routes, std::vector<ClusterStatus> clusters,
+                                 AccountingStatus accounting)
+    : routes_(std::move(routes)), clusters_(std::move(clusters)), accounting_(std::move(accounting)) {
+  if (clusters_.empty()) clusters_.emplace_back();
   for (size_t i = 0; i < routes_.size(); ++i) by_name_[routes_[i].route->config.name] = i;
 }
 
@@ -173,14 +175,28 @@ absl::StatusOr<std::unique_ptr<telemetry::IntensityProvider>> MakeProvider(const
   return config.provider->Build({config.stale_after});
 }
 
-struct SelectionPublisher::State {
-  IntensityConfig intensity;
-  absl::Duration readiness_interval;
+struct SelectionPublisher::ClusterSource {
+  ClusterConfig config;
+  std::shared_ptr<const UpstreamCluster> upstream;
   std::unique_ptr<telemetry::IntensityProvider> provider;
   selector::IntensityWindow window{absl::Hours(24)};
+  absl::Status last_poll;                                     // of the provider
+  std::vector<selector::IntensityReading> forecast;           // include_forecast: what is coming
+  std::optional<absl::StatusOr<selector::IntensityReading>> first_reading;  // from MakeState
+};
+
+struct SelectionPublisher::ClusterAnswers {
+  std::vector<std::vector<std::optional<bool>>> per_route;  // indexed like the routes; empty: not asked
+  std::optional<absl::Duration> round_trip;
+};
+
+struct SelectionPublisher::State {
+  absl::Duration readiness_interval;
+  std::vector<ClusterSource> clusters;  // in the config's order
   std::vector<std::shared_ptr<const CompiledRoute>> routes;
   std::vector<std::optional<selector::Decision>> previous;  // per route
-  std::vector<uint64_t> ready;                                // per route
+  std::vector<std::vector<uint64_t>> ready;                   // per route, per cluster
+  std::vector<std::vector<telemetry::ClusterLedger*>> cluster_ledgers;  // per route, per cluster
   // Per route with an SLO: each variant's load window and the guard's caps.
   std::vector<std::vector<telemetry::LoadWindow>> load;
   std::vector<selector::GuardCaps> caps;
@@ -196,7 +212,10 @@ struct SelectionPublisher::State {
   std::vector<std::shared_ptr<const telemetry::CalibrationReport>> energy_published;
   // Per route: its policy over the measured energies, while there are any (else the pool's).
   std::vector<std::optional<selector::EnergyOverlay>> overlays;
+  // Per route: the cluster it was served in at the last publish (logged when it changes).
+  std::vector<std::optional<size_t>> chosen;
   AccountingConfig accounting;
+  absl::Duration stale_after;  // the top-level intensity's: the routes' policies are built with it
 
   // How often to look for new calibrations: the shortest meter interval; nullopt without meters.
   std::optional<absl::Duration> EnergyInterval() const {
@@ -218,30 +237,28 @@ struct SelectionPublisher::State {
     absl::Time start = absl::InfinitePast();
   };
   std::vector<Ramp> ramps;
-  absl::Status last_poll;                                     // of the provider
-  std::vector<selector::IntensityReading> forecast;           // include_forecast: what is coming
-  std::optional<absl::StatusOr<selector::IntensityReading>> first_reading;  // from MakeState
 };
 
 absl::StatusOr<std::unique_ptr<SelectionPublisher>> SelectionPublisher::Create(
-    const SidecarConfig& config, ReadinessProbe readiness, telemetry::CarbonLedger* ledger) {
+    const SidecarConfig& config, ReadinessProbe readiness, telemetry::CarbonLedger* ledger, ClusterConnector connect) {
   std::unique_ptr<telemetry::CarbonLedger> own_ledger;
   if (ledger == nullptr) {
     own_ledger = std::make_unique<telemetry::CarbonLedger>();
     ledger = own_ledger.get();
   }
-  auto state = MakeState(config, *ledger);
+  auto state = MakeState(config, *ledger, connect);
   if (!state.ok()) return state.status();
   std::unique_ptr<SelectionPublisher> publisher(new SelectionPublisher(
-      *std::move(state), std::move(readiness), ledger, std::move(own_ledger)));
-  publisher->PollOnce(/*poll_intensity=*/false, /*ask_readiness=*/true);
+      *std::move(state), std::move(readiness), std::move(connect), ledger, std::move(own_ledger)));
+  publisher->PollOnce({}, /*ask_readiness=*/true);
   return publisher;
 }
 
-SelectionPublisher::SelectionPublisher(std::shared_ptr<State> state, ReadinessProbe readiness,
+SelectionPublisher::SelectionPublisher(std::shared_ptr<State> state, ReadinessProbe readiness, ClusterConnector connect,
                                        telemetry::CarbonLedger* ledger,
                                        std::unique_ptr<telemetry::CarbonLedger> own_ledger)
     : readiness_(std::move(readiness)),
+      connect_(std::move(connect)),
       own_ledger_(std::move(own_ledger)),
       ledger_(ledger),
       state_(std::move(state)),
@@ -272,7 +289,14 @@ void SelectionPublisher::Stop() {
   }
 }
 
-void SelectionPublisher::RefreshNow() { PollOnce(/*poll_intensity=*/true, /*ask_readiness=*/true); }
+void SelectionPublisher::RefreshNow() {
+  size_t clusters;
+  {
+    absl::MutexLock lock(&mu_);
+    clusters = state_->clusters.size();
+  }
+  PollOnce(std::vector<bool>(clusters, true), /*ask_readiness=*/true);
+}
 
 bool SelectionPublisher::ShouldWake() const {
   return stopping_ || reloads_ != reloads_seen_;
@@ -296,33 +320,39 @@ std::optional<absl::Duration> GuardInterval(const std::vector<std::shared_ptr<co
 }  // namespace
 
 void SelectionPublisher::Run() {
-  absl::Time next_poll, next_ask, next_guard, next_energy;
+  std::vector<absl::Time> next_poll;
+  absl::Time next_ask, next_guard, next_energy;
+  const auto schedule_polls = [&](const State& s) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    next_poll.clear();
+    for (const ClusterSource& c : s.clusters) next_poll.push_back(absl::Now() + NextPollDelay(c));
+  };
   {
     absl::MutexLock lock(&mu_);
-    next_poll = absl::Now() + NextPollDelay(*state_, state_->last_poll);
+    schedule_polls(*state_);
     next_ask = absl::Now() + state_->readiness_interval;
     next_guard = absl::Now() + GuardInterval(state_->routes).value_or(absl::ZeroDuration());
     next_energy = absl::Now() + state_->EnergyInterval().value_or(absl::ZeroDuration());
   }
   while (true) {
-    bool poll, ask, guard;
+    std::vector<bool> poll;
+    bool ask, guard;
     {
       absl::MutexLock lock(&mu_);
       const bool asks = readiness_ && state_->readiness_interval > absl::ZeroDuration();
       const std::optional<absl::Duration> guard_interval = GuardInterval(state_->routes);
       const std::optional<absl::Duration> energy_interval = state_->EnergyInterval();
-      absl::Time wake = next_poll;
+      absl::Time wake = *std::min_element(next_poll.begin(), next_poll.end());
       if (asks) wake = std::min(wake, next_ask);
       if (guard_interval) wake = std::min(wake, next_guard);
       if (energy_interval) wake = std::min(wake, next_energy);
       // Waits for the next poll, question or guard step, waking early to stop or after a reload
-      // (whose new intervals then apply; the reload itself has just read the provider).
+      // (whose new intervals then apply; the reload itself has just read the providers).
       mu_.AwaitWithDeadline(absl::Condition(this, &SelectionPublisher::ShouldWake), wake);
       if (stopping_) return;
       const absl::Time now = absl::Now();
       if (reloads_ != reloads_seen_) {
         reloads_seen_ = reloads_;
-        next_poll = now + NextPollDelay(*state_, state_->last_poll);
+        schedule_polls(*state_);
         next_ask = now + state_->readiness_interval;
         next_guard = now + guard_interval.value_or(absl::ZeroDuration());
         next_energy = now + energy_interval.value_or(absl::ZeroDuration());
@@ -333,23 +363,44 @@ void SelectionPublisher::Run() {
         next_energy = now + *energy_interval;
         if (state_->NewCalibration()) Publish(*state_);
       }
-      poll = now >= next_poll;
+      bool any_poll = false;
+      for (const absl::Time t : next_poll) {
+        poll.push_back(now >= t);
+        any_poll = any_poll || poll.back();
+      }
       ask = asks && now >= next_ask;
       guard = guard_interval && now >= next_guard;
       if (ask) next_ask = now + state_->readiness_interval;
       if (guard) next_guard = now + *guard_interval;
-      if (!poll && !ask && !guard) continue;
+      if (!any_poll && !ask && !guard) continue;
     }
-    const absl::Duration delay = PollOnce(poll, ask, guard);
-    if (poll) next_poll = absl::Now() + delay;
+    const std::vector<absl::Duration> delays = PollOnce(poll, ask, guard);
+    for (size_t c = 0; c < poll.size() && c < delays.size() && c < next_poll.size(); ++c) {
+      if (poll[c]) next_poll[c] = absl::Now() + delays[c];
+    }
   }
 }
 
+namespace {
+
+bool SameConnection(const ClusterConfig& a, const ClusterConfig& b) {
+  return a.name == b.name && a.target == b.target && a.tls == b.tls;
+}
+
+}  // namespace
+
 absl::Status SelectionPublisher::Reload(const SidecarConfig& config) {
-  auto state = MakeState(config, *ledger_);  // provider I/O, no lock held
+  auto state = MakeState(config, *ledger_, connect_);  // provider I/O, no lock held
   if (!state.ok()) return state.status();
   {
     absl::MutexLock lock(&mu_);
+    // A cluster that keeps its name, target and TLS keeps its channel: the calls in flight on it
+    // and its connections carry on. The others are closed when their last call ends.
+    for (ClusterSource& next : (*state)->clusters) {
+      for (const ClusterSource& before : state_->clusters) {
+        if (SameConnection(before.config, next.config)) next.upstream = before.upstream;
+      }
+    }
     // Routes that survive a reload keep, by variant name, their previous decision (so dwell carries
     // over) and what the upstream said of each variant: a pool whose variants were renamed or
     // re-sorted (new energies change the order) must not hold them on the wrong model.
@@ -358,7 +409,12 @@ absl::Status SelectionPublisher::Reload(const SidecarConfig& config) {
         if (state_->routes[j]->config.name != (*state)->routes[i]->config.name) continue;
         const selector::Pool& before = *state_->routes[j]->config.pool;
         const selector::Pool& after = *(*state)->routes[i]->config.pool;
-        (*state)->ready[i] = CarryReady(before, state_->ready[j], after);
+        for (size_t c = 0; c < (*state)->clusters.size(); ++c) {
+          for (size_t old = 0; old < state_->clusters.size(); ++old) {
+            if (state_->clusters[old].config.name != (*state)->clusters[c].config.name) continue;
+            (*state)->ready[i][c] = CarryReady(before, state_->ready[j][old], after);
+          }
+        }
         // A ramp in progress goes on when the pool is unchanged (its weights name variants by index).
         bool same_pool = before.size() == after.size();
         for (size_t v = 0; same_pool && v < after.size(); ++v) same_pool = before[v].name == after[v].name;
@@ -396,112 +452,174 @@ absl::Status SelectionPublisher::Reload(const SidecarConfig& config) {
     }
     state_ = *state;
     ++reloads_;
-    Apply(**state, (*state)->first_reading, {});
+    Apply(**state, FirstReadings(**state), {});
   }
-  // New routes or pools: ask the upstream about their variants now rather than at the next tick.
-  PollOnce(/*poll_intensity=*/false, /*ask_readiness=*/true);
+  // New routes, pools or clusters: ask about their variants now rather than at the next tick.
+  PollOnce({}, /*ask_readiness=*/true);
   return absl::OkStatus();
 }
 
-absl::Duration SelectionPublisher::PollOnce(bool poll_intensity, bool ask_readiness, bool guard) {
+std::vector<std::optional<absl::StatusOr<selector::IntensityReading>>> SelectionPublisher::FirstReadings(
+    const State& s) {
+  std::vector<std::optional<absl::StatusOr<selector::IntensityReading>>> readings;
+  for (const ClusterSource& c : s.clusters) readings.push_back(c.first_reading);
+  return readings;
+}
+
+std::vector<absl::Duration> SelectionPublisher::PollOnce(const std::vector<bool>& poll_intensity, bool ask_readiness,
+                                                         bool guard) {
   absl::MutexLock poll_lock(&poll_mu_);
   std::shared_ptr<State> s;
   {
     absl::MutexLock lock(&mu_);
     s = state_;
   }
-  std::optional<absl::StatusOr<selector::IntensityReading>> reading;
-  std::optional<std::vector<selector::IntensityReading>> forecast;
-  if (poll_intensity) {
-    reading = s->provider->Latest();
-    forecast = ReadForecast(*s->provider, s->intensity);
+  const size_t n = s->clusters.size();
+  std::vector<std::optional<absl::StatusOr<selector::IntensityReading>>> readings(n);
+  std::vector<std::optional<std::vector<selector::IntensityReading>>> forecasts(n);
+  for (size_t c = 0; c < n && c < poll_intensity.size(); ++c) {
+    if (!poll_intensity[c]) continue;
+    readings[c] = s->clusters[c].provider->Latest();
+    forecasts[c] = ReadForecast(*s->clusters[c].provider, s->clusters[c].config.intensity);
   }
-  std::vector<std::vector<std::optional<bool>>> answers;
+  std::vector<std::optional<ClusterAnswers>> answers(n);
   if (ask_readiness && readiness_ && s->readiness_interval > absl::ZeroDuration()) {
-    for (const auto& route : s->routes) {
-      std::vector<std::string> names;
-      for (const auto& v : route->config.pool->variants()) names.push_back(v.name);
-      answers.push_back(readiness_(names));
-    }
+    // Each cluster is asked on its own thread (the first on this one), so an unreachable cluster's
+    // timeout does not hold up the questions to the others.
+    const auto ask = [&](size_t c) {
+      bool listed = false;
+      for (const auto& route : s->routes) {
+        const std::vector<size_t>& in = route->config.clusters;
+        listed = listed || std::find(in.begin(), in.end(), c) != in.end();
+      }
+      if (!listed) return;  // no route uses it: nothing to ask
+      ClusterAnswers a;
+      for (size_t i = 0; i < s->routes.size(); ++i) {
+        const RouteConfig& route = s->routes[i]->config;
+        if (std::find(route.clusters.begin(), route.clusters.end(), c) == route.clusters.end()) {
+          a.per_route.emplace_back();
+          continue;
+        }
+        std::vector<std::string> names;
+        for (const auto& v : route.pool->variants()) names.push_back(v.name);
+        ReadinessAnswer answer = readiness_(*s->clusters[c].upstream, names);
+        if (answer.round_trip) a.round_trip = std::min(a.round_trip.value_or(*answer.round_trip), *answer.round_trip);
+        a.per_route.push_back(std::move(answer.ready));
+      }
+      answers[c] = std::move(a);
+    };
+    std::vector<std::thread> askers;
+    for (size_t c = 1; c < n; ++c) askers.emplace_back(ask, c);
+    if (n > 0) ask(0);
+    for (std::thread& t : askers) t.join();
   }
   absl::MutexLock lock(&mu_);
+  std::vector<absl::Duration> delays;
   // A reload replaced the state meanwhile; it has published for itself, and these answers
   // belong to routes that are gone.
-  if (state_ != s) return NextPollDelay(*state_, state_->last_poll);
-  if (forecast) s->forecast = *std::move(forecast);  // a failed forecast keeps the last one
+  if (state_ != s) {
+    for (const ClusterSource& c : state_->clusters) delays.push_back(NextPollDelay(c));
+    return delays;
+  }
+  for (size_t c = 0; c < n; ++c) {
+    if (forecasts[c]) s->clusters[c].forecast = *std::move(forecasts[c]);  // a failed forecast keeps the last one
+  }
   if (guard) StepGuards(*s);
-  Apply(*s, reading, answers);
-  return NextPollDelay(*s, s->last_poll);
+  Apply(*s, readings, answers);
+  for (const ClusterSource& c : s->clusters) delays.push_back(NextPollDelay(c));
+  return delays;
 }
 
-void SelectionPublisher::Apply(State& s, const std::optional<absl::StatusOr<selector::IntensityReading>>& reading,
-                               const std::vector<std::vector<std::optional<bool>>>& answers) {
-  bool answered = false;
-  for (size_t i = 0; i < answers.size() && i < s.routes.size(); ++i) {
-    const CompiledRoute& route = *s.routes[i];
-    const selector::Pool& pool = *route.config.pool;
-    uint64_t ready = s.ready[i];
-    for (size_t v = 0; v < answers[i].size() && v < pool.size(); ++v) {
-      if (!answers[i][v]) continue;  // no answer: what was known stands
-      answered = true;
-      const uint64_t bit = uint64_t{1} << v;
-      ready = *answers[i][v] ? (ready | bit) : (ready & ~bit);
-      if ((ready & bit) != (s.ready[i] & bit)) {
-        spdlog::info("event=variant_readiness route={} model={} ready={}", route.config.name, pool[v].name,
-                     (ready & bit) != 0);
+void SelectionPublisher::Apply(State& s,
+                               const std::vector<std::optional<absl::StatusOr<selector::IntensityReading>>>& readings,
+                               const std::vector<std::optional<ClusterAnswers>>& answers) {
+  for (size_t c = 0; c < s.clusters.size(); ++c) {
+    ClusterSource& cluster = s.clusters[c];
+    ClusterHealth& health = health_[cluster.config.name];
+    if (c < answers.size() && answers[c]) {
+      bool answered = false;
+      for (size_t i = 0; i < answers[c]->per_route.size() && i < s.routes.size(); ++i) {
+        const CompiledRoute& route = *s.routes[i];
+        const selector::Pool& pool = *route.config.pool;
+        uint64_t ready = s.ready[i][c];
+        const std::vector<std::optional<bool>>& said = answers[c]->per_route[i];
+        for (size_t v = 0; v < said.size() && v < pool.size(); ++v) {
+          if (!said[v]) continue;  // no answer: what was known stands
+          answered = true;
+          const uint64_t bit = uint64_t{1} << v;
+          ready = *said[v] ? (ready | bit) : (ready & ~bit);
+          if ((ready & bit) != (s.ready[i][c] & bit)) {
+            spdlog::info("event=variant_readiness route={} cluster={} model={} ready={}", route.config.name,
+                         cluster.config.name, pool[v].name, (ready & bit) != 0);
+          }
+        }
+        s.ready[i][c] = ready;
+      }
+      // Reachable when any question of this round got an answer.
+      if (health.reachable != answered && (health.reachable.has_value() || !answered)) {
+        spdlog::log(answered ? spdlog::level::info : spdlog::level::warn, "event=cluster_reachable cluster={} reachable={}",
+                    cluster.config.name, answered);
+      }
+      health.reachable = answered;
+      if (const std::optional<absl::Duration> rtt = answers[c]->round_trip) {
+        // Smoothed as TCP smooths its round trip (RFC 6298): one eighth of each new sample.
+        health.measured_rtt = health.measured_rtt ? *health.measured_rtt * 7 / 8 + *rtt / 8 : *rtt;
       }
     }
-    s.ready[i] = ready;
-  }
-  // Reachable when any question of this round got an answer; unchanged when none was asked.
-  if (!answers.empty()) upstream_reachable_ = answered;
-  if (reading) {
-    if (reading->ok()) {
-      ++counters_.fetch_successes;
-      counters_.last_success = absl::Now();
-      consecutive_failures_ = 0;
-      s.window.Add(**reading);
-      s.last_poll = absl::OkStatus();
-    } else {
-      ++counters_.fetch_failures;
-      ++consecutive_failures_;
-      // A new kind of failure is worth a warning even when the state does not change (a provider
-      // that never answered stays stale); the same failure again only at debug level.
-      const auto level = reading->status() == s.last_poll ? spdlog::level::debug : spdlog::level::warn;
-      spdlog::log(level, "event=intensity_poll_failed provider={} consecutive={} error=\"{}\"", s.provider->source(),
-                  consecutive_failures_, ToStd(reading->status().message()));
-      s.last_poll = reading->status();
+    if (c < readings.size() && readings[c]) {
+      const absl::StatusOr<selector::IntensityReading>& reading = *readings[c];
+      if (reading.ok()) {
+        ++health.counters.fetch_successes;
+        health.counters.last_success = absl::Now();
+        health.consecutive_failures = 0;
+        cluster.window.Add(*reading);
+        cluster.last_poll = absl::OkStatus();
+      } else {
+        ++health.counters.fetch_failures;
+        ++health.consecutive_failures;
+        // A new kind of failure is worth a warning even when the state does not change (a provider
+        // that never answered stays stale); the same failure again only at debug level.
+        const auto level = reading.status() == cluster.last_poll ? spdlog::level::debug : spdlog::level::warn;
+        spdlog::log(level, "event=intensity_poll_failed cluster={} provider={} consecutive={} error=\"{}\"",
+                    cluster.config.name, cluster.provider->source(), health.consecutive_failures,
+                    ToStd(reading.status().message()));
+        cluster.last_poll = reading.status();
+      }
     }
+    UpdateSourceState(cluster);
   }
-  UpdateSourceState(s);
   Publish(s);
 }
 
-void SelectionPublisher::UpdateSourceState(State& s) {
-  const absl::Time now = s.provider->Now();
-  const std::optional<selector::IntensityReading> latest = s.window.latest();
+void SelectionPublisher::UpdateSourceState(ClusterSource& c) {
+  SourceCounters& counters = health_[c.config.name].counters;
+  const absl::Time now = c.provider->Now();
+  const std::optional<selector::IntensityReading> latest = c.window.latest();
   SourceState next = SourceState::kOk;
-  if (!latest || now - latest->at > s.intensity.stale_after) {
+  if (!latest || now - latest->at > c.config.intensity.stale_after) {
     next = SourceState::kStale;
-  } else if (!s.last_poll.ok()) {
+  } else if (!c.last_poll.ok()) {
     next = SourceState::kFailing;
   }
-  if (next == counters_.state) return;
+  if (next == counters.state) return;
   // Logged once per change, not once per poll.
   const auto log = next == SourceState::kOk ? spdlog::level::info : spdlog::level::warn;
-  spdlog::log(log, "event=intensity_state provider={} from={} to={} error=\"{}\"", s.provider->source(),
-              SourceStateName(counters_.state), SourceStateName(next), ToStd(s.last_poll.message()));
-  counters_.state = next;
-  ++counters_.entered[static_cast<size_t>(next)];
+  spdlog::log(log, "event=intensity_state cluster={} provider={} from={} to={} error=\"{}\"", c.config.name,
+              c.provider->source(), SourceStateName(counters.state), SourceStateName(next),
+              ToStd(c.last_poll.message()));
+  counters.state = next;
+  ++counters.entered[static_cast<size_t>(next)];
 }
 
-absl::Duration SelectionPublisher::NextPollDelay(const State& s, const absl::Status& last) {
-  if (last.ok()) return Jittered(s.intensity.refresh);
+absl::Duration SelectionPublisher::NextPollDelay(const ClusterSource& c) {
+  const absl::Status& last = c.last_poll;
+  const IntensityConfig& intensity = c.config.intensity;
+  if (last.ok()) return Jittered(intensity.refresh);
   // Retry sooner than the refresh while failing, doubling from a few seconds up to max_backoff,
   // and never before the service's Retry-After.
-  const absl::Duration first = std::min(s.intensity.refresh, absl::Seconds(5));
-  const int doublings = std::clamp(consecutive_failures_ - 1, 0, 20);
-  absl::Duration delay = std::min(s.intensity.max_backoff, first * (int64_t{1} << doublings));
+  const absl::Duration first = std::min(intensity.refresh, absl::Seconds(5));
+  const int doublings = std::clamp(health_[c.config.name].consecutive_failures - 1, 0, 20);
+  absl::Duration delay = std::min(intensity.max_backoff, first * (int64_t{1} << doublings));
   if (auto retry_after = telemetry::RetryAfter(last)) delay = std::max(delay, *retry_after);
   return Jittered(delay);
 }
@@ -531,7 +649,7 @@ void SelectionPublisher::UpdateOverlay(State& s, size_t i, const std::vector<dou
   }
   auto overlay = selector::EnergyOverlay::Create(
       pool, energies, route.config.policy_spec(),
-      {route.config.default_variant, s.intensity.stale_after, route.config.min_dwell});
+      {route.config.default_variant, s.stale_after, route.config.min_dwell});
   if (!overlay.ok()) {
     spdlog::warn("event=decision_energies_unusable route={} error=\"{}\"", route.config.name,
                  ToStd(overlay.status().message()));
@@ -582,21 +700,124 @@ void SelectionPublisher::StepGuards(State& s) {
   }
 }
 
-void SelectionPublisher::Publish(State& s) {
-  const absl::Time now = s.provider->Now();
-  std::optional<selector::WindowBounds> bounds = s.window.Bounds(now);
-  if (!s.intensity.fixed_bounds) {
-    // docs/design.md §1: the trailing window, widened by what the forecast says is coming.
-    bounds = selector::Widened(bounds, ForecastBounds(s.forecast));
+namespace {
+
+// One cluster's grid at a publish, as its routes read it.
+struct ClusterGrid {
+  absl::Time now;
+  std::optional<selector::IntensityReading> latest;
+  std::optional<selector::WindowBounds> bounds;
+  std::span<const selector::IntensityReading> forecast;  // the part still ahead
+  std::optional<double> ranking_intensity;  // nullopt: stale with none assumed
+  bool assumed = false;
+};
+
+// A route's clusters, best first (see ClusterRank).
+std::vector<RouteCluster> RankClusters(const RouteConfig& route, const std::vector<ClusterGrid>& grids,
+                                       const std::vector<std::optional<bool>>& reachable,
+                                       const std::vector<std::optional<absl::Duration>>& rtt,
+                                       const std::vector<uint64_t>& ready) {
+  std::vector<RouteCluster> ranked;
+  for (const size_t c : route.clusters) {
+    RouteCluster rc;
+    rc.index = c;
+    rc.intensity = grids[c].latest ? grids[c].latest->gco2_per_kwh : -1;
+    if (reachable[c] == false) {
+      rc.rank = ClusterRank::kUnreachable;
+    } else if (ready[c] == 0) {
+      rc.rank = ClusterRank::kNoVariantReady;
+    } else if (route.latency_budget && rtt[c] && *rtt[c] > *route.latency_budget) {
+      rc.rank = ClusterRank::kOverBudget;
+    } else if (!grids[c].ranking_intensity) {
+      rc.rank = ClusterRank::kIntensityUnknown;
+    } else {
+      rc.rank = ClusterRank::kHigherIntensity;
+    }
+    ranked.push_back(rc);
   }
-  // The part of the forecast still ahead.
-  const auto ahead = std::lower_bound(s.forecast.begin(), s.forecast.end(), now,
-                                      [](const selector::IntensityReading& r, absl::Time t) { return r.at < t; });
-  const std::span<const selector::IntensityReading> forecast(ahead, s.forecast.end());
+  // Stable: equal intensities keep the route's order, so its home wins a tie.
+  std::stable_sort(ranked.begin(), ranked.end(), [&](const RouteCluster& a, const RouteCluster& b) {
+    if (a.rank != b.rank) return a.rank < b.rank;
+    if (a.rank != ClusterRank::kHigherIntensity) return false;
+    return *grids[a.index].ranking_intensity < *grids[b.index].ranking_intensity;
+  });
+  if (ranked.front().rank == ClusterRank::kHigherIntensity) ranked.front().rank = ClusterRank::kCleanest;
+  return ranked;
+}
+
+}  // namespace
+
+std::string_view ClusterRankName(ClusterRank rank) {
+  switch (rank) {
+    case ClusterRank::kCleanest: return "cleanest";
+    case ClusterRank::kHigherIntensity: return "higher_intensity";
+    case ClusterRank::kIntensityUnknown: return "intensity_unknown";
+    case ClusterRank::kOverBudget: return "over_latency_budget";
+    case ClusterRank::kUnreachable: return "unreachable";
+    case ClusterRank::kNoVariantReady: return "no_variant_ready";
+  }
+  return "unknown";
+}
+
+void SelectionPublisher::Publish(State& s) {
+  std::vector<ClusterGrid> grids;
+  std::vector<ClusterStatus> statuses;
+  std::vector<std::optional<bool>> reachable;
+  std::vector<std::optional<absl::Duration>> rtt;
+  for (ClusterSource& c : s.clusters) {
+    const ClusterHealth& health = health_[c.config.name];
+    ClusterGrid g;
+    g.now = c.provider->Now();
+    g.latest = c.window.latest();
+    g.bounds = c.window.Bounds(g.now);
+    if (!c.config.intensity.fixed_bounds) {
+      // docs/design.md §1: the trailing window, widened by what the forecast says is coming.
+      g.bounds = selector::Widened(g.bounds, ForecastBounds(c.forecast));
+    }
+    const auto ahead = std::lower_bound(c.forecast.begin(), c.forecast.end(), g.now,
+                                        [](const selector::IntensityReading& r, absl::Time t) { return r.at < t; });
+    g.forecast = std::span<const selector::IntensityReading>(ahead, c.forecast.end());
+    if (health.counters.state != SourceState::kStale && g.latest) {
+      g.ranking_intensity = g.latest->gco2_per_kwh;
+    } else if (c.config.stale_intensity) {
+      g.ranking_intensity = c.config.stale_intensity;
+      g.assumed = true;
+    }
+    reachable.push_back(health.reachable);
+    rtt.push_back(c.config.rtt ? c.config.rtt : health.measured_rtt);
+    ClusterStatus status;
+    status.upstream = c.upstream;
+    status.source = SourceStatus{std::string(c.config.intensity.provider_kind()),
+                                 std::string(c.provider->source()),
+                                 c.config.intensity.region(),
+                                 g.latest,
+                                 g.bounds,
+                                 g.now,
+                                 c.last_poll.ok() ? "" : std::string(c.last_poll.message()),
+                                 health.counters,
+                                 health.reachable};
+    status.rtt = rtt.back();
+    status.rtt_configured = c.config.rtt.has_value();
+    status.ranking_intensity = g.ranking_intensity;
+    status.intensity_assumed = g.assumed;
+    statuses.push_back(std::move(status));
+    grids.push_back(std::move(g));
+  }
   std::vector<RouteView> views;
   for (size_t i = 0; i < s.routes.size(); ++i) {
     const CompiledRoute& route = *s.routes[i];
-    const uint64_t ready = s.ready[i];
+    std::vector<RouteCluster> clusters = RankClusters(route.config, grids, reachable, rtt, s.ready[i]);
+    for (RouteCluster& rc : clusters) rc.ledger = s.cluster_ledgers[i][rc.index];
+    const size_t where = clusters.front().index;
+    const ClusterGrid& grid = grids[where];
+    if (s.chosen[i] != where && s.clusters.size() > 1) {
+      spdlog::info("event=cluster_choice route={} cluster={} previous={} rank={} intensity_gco2_per_kwh={}",
+                   route.config.name, s.clusters[where].config.name,
+                   s.chosen[i] ? s.clusters[*s.chosen[i]].config.name : "none", ClusterRankName(clusters.front().rank),
+                   grid.ranking_intensity ? absl::StrCat(*grid.ranking_intensity) : "unknown");
+    }
+    s.chosen[i] = where;
+    const uint64_t ready = s.ready[i][where];
     // The calibrator's estimates that are certain enough; the table for the others.
     std::vector<double> measured_joules;
     if (s.energy[i]) {
@@ -607,8 +828,8 @@ void SelectionPublisher::Publish(State& s) {
       }
     }
     UpdateOverlay(s, i, measured_joules);
-    const selector::PolicyInputs inputs{s.window.latest(), bounds, now, ready, s.previous[i] ? &*s.previous[i] : nullptr,
-                                        Served(*route.ledger, {s.accounting.pue, measured_joules}), forecast};
+    const selector::PolicyInputs inputs{grid.latest, grid.bounds, grid.now, ready, s.previous[i] ? &*s.previous[i] : nullptr,
+                                        Served(*route.ledger, {s.accounting.pue, measured_joules}), grid.forecast};
     selector::Decision decision = s.overlays[i] ? s.overlays[i]->Decide(inputs) : route.policy->Decide(inputs);
     if (!s.previous[i] || s.previous[i]->primary != decision.primary || s.previous[i]->reason != decision.reason ||
         s.previous[i]->weights.size() != decision.weights.size()) {
@@ -679,6 +900,13 @@ void SelectionPublisher::Publish(State& s) {
     view.measured_joules = std::move(measured_joules);
     view.decided_on_measured = s.overlays[i].has_value();
     view.pue = s.accounting.pue;
+    view.home = route.config.clusters.front();
+    view.home_intensity = grids[view.home].latest ? grids[view.home].latest->gco2_per_kwh : -1;
+    if (clusters.size() > 1) {
+      view.failovers = ledger_->Failovers(route.config.name, s.clusters[clusters[0].index].config.name,
+                                          s.clusters[clusters[1].index].config.name);
+    }
+    view.clusters = std::move(clusters);
     if (route.config.slo) {
       view.guard_caps = s.caps[i].cap;
       view.window_p99 = s.window_p99[i];
@@ -692,50 +920,54 @@ void SelectionPublisher::Publish(State& s) {
     }
     views.push_back(std::move(view));
   }
-  SourceStatus source{std::string(s.intensity.provider_kind()),
-                      std::string(s.provider->source()),
-                      s.intensity.region(),
-                      s.window.latest(),
-                      bounds,
-                      now,
-                      s.last_poll.ok() ? "" : std::string(s.last_poll.message()),
-                      counters_,
-                      upstream_reachable_};
-  snapshots_.Publish(std::make_shared<const RoutingSnapshot>(std::move(views), std::move(source),
+  snapshots_.Publish(std::make_shared<const RoutingSnapshot>(std::move(views), std::move(statuses),
                                                              AccountingStatus{s.accounting, started_}));
 }
 
 absl::StatusOr<std::shared_ptr<SelectionPublisher::State>> SelectionPublisher::MakeState(
-    const SidecarConfig& config, telemetry::CarbonLedger& ledger) {
-  auto provider = MakeProvider(config.intensity);
-  if (!provider.ok()) return provider.status();
+    const SidecarConfig& given, telemetry::CarbonLedger& ledger, const ClusterConnector& connect) {
+  const SidecarConfig config = WithClusters(given);
   auto state = std::make_shared<State>();
-  state->intensity = config.intensity;
   state->readiness_interval = config.upstream.readiness_interval;
   state->accounting = config.accounting;
-  state->provider = *std::move(provider);
-  state->window = selector::IntensityWindow(config.intensity.window);
-  state->window.SetFixedBounds(config.intensity.fixed_bounds);
-  const absl::Time now = state->provider->Now();
-  auto history = state->provider->History(now - config.intensity.window, now);
-  if (history.ok()) {
-    for (const auto& r : *history) state->window.Add(r);
-  } else {
-    spdlog::warn("event=intensity_history_failed provider={} error=\"{}\"", state->provider->source(),
-                 ToStd(history.status().message()));
-  }
-  state->first_reading = state->provider->Latest();
-  state->forecast = ReadForecast(*state->provider, config.intensity).value_or(std::vector<selector::IntensityReading>{});
-  if (state->first_reading->ok()) {
-    state->window.Add(**state->first_reading);
-  } else {
-    state->last_poll = state->first_reading->status();
+  state->stale_after = config.intensity.stale_after;
+  for (const ClusterConfig& cluster : config.clusters) {
+    auto provider = MakeProvider(cluster.intensity);
+    if (!provider.ok()) {
+      if (!config.clusters_listed) return provider.status();
+      return absl::Status(provider.status().code(),
+                          absl::StrCat("cluster '", cluster.name, "': ", provider.status().message()));
+    }
+    ClusterSource& c = state->clusters.emplace_back();
+    c.config = cluster;
+    c.upstream = connect ? connect(cluster) : std::make_shared<const UpstreamCluster>(cluster.name, cluster.target, nullptr);
+    c.provider = *std::move(provider);
+    c.window = selector::IntensityWindow(cluster.intensity.window);
+    c.window.SetFixedBounds(cluster.intensity.fixed_bounds);
+    const absl::Time now = c.provider->Now();
+    auto history = c.provider->History(now - cluster.intensity.window, now);
+    if (history.ok()) {
+      for (const auto& r : *history) c.window.Add(r);
+    } else {
+      spdlog::warn("event=intensity_history_failed cluster={} provider={} error=\"{}\"", cluster.name,
+                   c.provider->source(), ToStd(history.status().message()));
+    }
+    c.first_reading = c.provider->Latest();
+    c.forecast = ReadForecast(*c.provider, cluster.intensity).value_or(std::vector<selector::IntensityReading>{});
+    if (c.first_reading->ok()) {
+      c.window.Add(**c.first_reading);
+    } else {
+      c.last_poll = c.first_reading->status();
+    }
   }
   for (const RouteConfig& route : config.routes) {
     state->routes.push_back(std::make_shared<const CompiledRoute>(
         route, config.intensity.stale_after, ledger.Route(route.name, route.pool, route.baseline)));
     state->previous.emplace_back();
-    state->ready.push_back(route.pool->all_variants_mask());
+    state->ready.emplace_back(config.clusters.size(), route.pool->all_variants_mask());
+    std::vector<telemetry::ClusterLedger*> cells;
+    for (const ClusterConfig& cluster : config.clusters) cells.push_back(ledger.Cluster(route.name, cluster.name));
+    state->cluster_ledgers.push_back(std::move(cells));
     state->load.emplace_back(route.pool->size());
     state->caps.push_back({std::vector<double>(route.pool->size(), 1.0), std::vector<bool>(route.pool->size(), false)});
     state->window_p99.emplace_back(route.pool->size());
@@ -746,6 +978,7 @@ absl::StatusOr<std::shared_ptr<SelectionPublisher::State>> SelectionPublisher::M
     state->energy_published.emplace_back();
     state->overlays.emplace_back();
     state->ramps.emplace_back();
+    state->chosen.emplace_back();
   }
   return state;
 }

@@ -21,6 +21,7 @@
 #include "selector/weighted_draw.h"
 #include "selector/snapshot_cell.h"
 #include "sidecar/config.h"
+#include "sidecar/upstream_cluster.h"
 #include "telemetry/carbon_ledger.h"
 #include "telemetry/energy_calibrator.h"
 #include "telemetry/intensity_provider.h"
@@ -38,6 +39,27 @@ struct CompiledRoute {
   std::unique_ptr<const selector::RoutingPolicy> policy;
   std::vector<grpc::Slice> overrides;  // indexed like the pool
   std::shared_ptr<const telemetry::RouteLedger> ledger;
+};
+
+// Why a route ranks a cluster where it does (the first reason that applies).
+enum class ClusterRank : uint8_t {
+  kCleanest,        // the lowest intensity of those that can serve within the budget
+  kHigherIntensity, // can serve, within the budget, at a higher intensity
+  kIntensityUnknown,// can serve within the budget, but its intensity is stale and none is assumed
+  kOverBudget,      // its latency cost exceeds the route's latency_budget
+  kUnreachable,     // did not answer the last readiness questions
+  kNoVariantReady,  // answered, but reports none of the route's variants ready
+};
+std::string_view ClusterRankName(ClusterRank rank);
+
+// One cluster as a route sees it.
+struct RouteCluster {
+  size_t index = 0;  // into RoutingSnapshot::clusters()
+  ClusterRank rank = ClusterRank::kCleanest;
+  // The intensity calls served there are charged at (gCO2/kWh); negative: none known.
+  double intensity = -1;
+  // Where the calls served there are counted (kept by the CarbonLedger, valid for its life).
+  telemetry::ClusterLedger* ledger = nullptr;
 };
 
 // A route and what its policy currently decides for it.
@@ -73,6 +95,13 @@ struct RouteView {
   double pue = 1;  // accounting.pue
   // Whether the policy decided on measured energies (for the variants that have one).
   bool decided_on_measured = false;
+  // The clusters the route may use, best first: its calls go to the first, and a unary call the
+  // first fails before answering goes to the second (when failover is on). Never empty.
+  std::vector<RouteCluster> clusters;
+  size_t home = 0;             // the route's home cluster (index into the snapshot's clusters)
+  double home_intensity = -1;  // its intensity now; negative: unknown
+  // Calls failed over from clusters[0] to clusters[1]; null with one cluster.
+  std::atomic<uint64_t>* failovers = nullptr;
 
   // The measured energy per inference a call to `variant` is charged at; 0: the table's.
   double MeasuredJoules(size_t variant) const {
@@ -126,6 +155,17 @@ struct SourceStatus {
   std::optional<bool> upstream_reachable;
 };
 
+// One cluster when a snapshot was made: its connection, its grid and its latency cost.
+struct ClusterStatus {
+  std::shared_ptr<const UpstreamCluster> upstream;
+  SourceStatus source;
+  std::optional<absl::Duration> rtt;  // configured, else measured; nullopt: not known yet
+  bool rtt_configured = false;
+  // The intensity the cluster is ranked at now; nullopt when stale with none assumed.
+  std::optional<double> ranking_intensity;
+  bool intensity_assumed = false;  // stale, ranked at its configured stale_intensity
+};
+
 // Everything the request path and the admin port read, swapped whole when intensity or config
 // changes, so that no reader sees half an update. Immutable.
 // The accounting in force when a snapshot was made.
@@ -136,16 +176,22 @@ struct AccountingStatus {
 
 class RoutingSnapshot {
  public:
-  explicit RoutingSnapshot(std::vector<RouteView> routes, SourceStatus source = {}, AccountingStatus accounting = {});
+  explicit RoutingSnapshot(std::vector<RouteView> routes, std::vector<ClusterStatus> clusters = {},
+                           AccountingStatus accounting = {});
   const AccountingStatus& accounting() const { return accounting_; }
+  // In the config's order; the first takes the calls no route names. Never empty once published.
+  const std::vector<ClusterStatus>& clusters() const { return clusters_; }
+  // The first cluster's connection: where the calls no route names go.
+  const std::shared_ptr<const UpstreamCluster>& default_upstream() const { return clusters_.front().upstream; }
   // The route a client's model name selects, or null for names the sidecar passes through.
   const RouteView* Find(std::string_view model_name) const;
   const std::vector<RouteView>& routes() const { return routes_; }
-  const SourceStatus& source() const { return source_; }
+  // The first cluster's intensity source.
+  const SourceStatus& source() const { return clusters_.front().source; }
 
  private:
   std::vector<RouteView> routes_;
-  SourceStatus source_;
+  std::vector<ClusterStatus> clusters_;
   AccountingStatus accounting_;
   absl::flat_hash_map<std::string_view, size_t> by_name_;  // keys point into routes_
 };
@@ -154,13 +200,16 @@ class RoutingSnapshot {
 // are read here, so a reload picks up a rotated token.
 absl::StatusOr<std::unique_ptr<telemetry::IntensityProvider>> MakeProvider(const IntensityConfig& config);
 
-// Answers, per variant name, whether the upstream can serve it now (nullopt: cannot tell).
+// Answers, per variant name, whether a cluster can serve it now (nullopt: cannot tell).
 using ReadinessProbe =
-    std::function<std::vector<std::optional<bool>>(const std::vector<std::string>& names)>;
+    std::function<ReadinessAnswer(const UpstreamCluster& cluster, const std::vector<std::string>& names)>;
+// Opens a cluster's connection; null: the publisher makes clusters without channels (tests).
+using ClusterConnector = std::function<std::shared_ptr<const UpstreamCluster>(const ClusterConfig& cluster)>;
 
-// Polls the intensity provider on a background thread at `intensity.refresh`, and the variants'
-// readiness at `upstream.readiness_interval`, keeps the trailing window, runs each route's policy
-// and publishes a new RoutingSnapshot. The request path only reads snapshots, so a slow or failing
+// Polls each cluster's intensity provider on a background thread at its `intensity.refresh`, and the
+// variants' readiness in each cluster at `upstream.readiness_interval`, keeps each cluster's
+// trailing window, ranks each route's clusters, runs the route's policy on the grid of the one
+// ranked first and publishes a new RoutingSnapshot. The request path only reads snapshots, so a slow or failing
 // provider or upstream never delays a request. Thread-safe.
 class SelectionPublisher {
  public:
@@ -168,7 +217,7 @@ class SelectionPublisher {
   // publisher) gives each route its counters; null: a ledger of the publisher's own.
   static absl::StatusOr<std::unique_ptr<SelectionPublisher>> Create(
       const SidecarConfig& config, ReadinessProbe readiness = nullptr,
-      telemetry::CarbonLedger* ledger = nullptr);
+      telemetry::CarbonLedger* ledger = nullptr, ClusterConnector connect = nullptr);
   ~SelectionPublisher();
 
   const selector::SnapshotCell<RoutingSnapshot>& snapshots() const { return snapshots_; }
@@ -184,29 +233,43 @@ class SelectionPublisher {
 
  private:
   struct State;
-  struct PollResult;
+  struct ClusterSource;
+  struct ClusterAnswers;
+  // What lasts of a cluster across reloads, by name.
+  struct ClusterHealth {
+    SourceCounters counters;
+    int consecutive_failures = 0;
+    std::optional<bool> reachable;  // answered the last readiness questions; nullopt: never asked
+    std::optional<absl::Duration> measured_rtt;  // smoothed round trip of those answers
+  };
   // Builds a state for `config` and fills it from the provider (history backfill and a first
   // reading): network I/O, done before any lock is taken.
   static absl::StatusOr<std::shared_ptr<State>> MakeState(const SidecarConfig& config,
-                                                          telemetry::CarbonLedger& ledger);
-  SelectionPublisher(std::shared_ptr<State> state, ReadinessProbe readiness,
+                                                          telemetry::CarbonLedger& ledger,
+                                                          const ClusterConnector& connect);
+  SelectionPublisher(std::shared_ptr<State> state, ReadinessProbe readiness, ClusterConnector connect,
                      telemetry::CarbonLedger* ledger, std::unique_ptr<telemetry::CarbonLedger> own_ledger);
   void Run();
+  static std::vector<std::optional<absl::StatusOr<selector::IntensityReading>>> FirstReadings(const State& s);
   // Polls without holding mu_ (a slow provider must not hold up reloads or readers), then applies
   // the result and publishes. Returns when the next intensity poll is due.
-  absl::Duration PollOnce(bool poll_intensity, bool ask_readiness, bool guard = false) ABSL_LOCKS_EXCLUDED(mu_);
+  // `poll_intensity` per cluster (empty: none); returns per cluster when its next poll is due.
+  std::vector<absl::Duration> PollOnce(const std::vector<bool>& poll_intensity, bool ask_readiness,
+                                       bool guard = false) ABSL_LOCKS_EXCLUDED(mu_);
   // Samples each guarded route's load over its SLO window and steps its caps.
   void StepGuards(State& s) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Keeps route `i`'s policy over its measured energies up to date (none without any).
   void UpdateOverlay(State& s, size_t i, const std::vector<double>& measured_joules) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void Apply(State& s, const std::optional<absl::StatusOr<selector::IntensityReading>>& reading,
-             const std::vector<std::vector<std::optional<bool>>>& answers) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void UpdateSourceState(State& s) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Per cluster: a reading polled (or none) and the readiness answers (or none asked).
+  void Apply(State& s, const std::vector<std::optional<absl::StatusOr<selector::IntensityReading>>>& readings,
+             const std::vector<std::optional<ClusterAnswers>>& answers) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void UpdateSourceState(ClusterSource& c) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Publish(State& s) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  absl::Duration NextPollDelay(const State& s, const absl::Status& last) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Duration NextPollDelay(const ClusterSource& c) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   bool ShouldWake() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const ReadinessProbe readiness_;
+  const ClusterConnector connect_;
   std::unique_ptr<telemetry::CarbonLedger> own_ledger_;
   telemetry::CarbonLedger* const ledger_;
   // Serialises polls: a provider is used by one poll at a time.
@@ -214,9 +277,7 @@ class SelectionPublisher {
   absl::Mutex mu_;
   std::shared_ptr<State> state_ ABSL_GUARDED_BY(mu_);
   const absl::Time started_ = absl::Now();
-  SourceCounters counters_ ABSL_GUARDED_BY(mu_);
-  int consecutive_failures_ ABSL_GUARDED_BY(mu_) = 0;
-  std::optional<bool> upstream_reachable_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<std::string, ClusterHealth> health_ ABSL_GUARDED_BY(mu_);
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   uint64_t reloads_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t reloads_seen_ ABSL_GUARDED_BY(mu_) = 0;  // by the polling thread

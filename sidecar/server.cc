@@ -12,35 +12,29 @@
 #include "telemetry/exposition.h"
 
 namespace carbon::sidecar {
-namespace {
-
-constexpr absl::Duration kReadinessTimeout = absl::Seconds(1);
-
-}  // namespace
-
 absl::StatusOr<std::unique_ptr<SidecarServer>> SidecarServer::Start(const SidecarConfig& config) {
   std::unique_ptr<SidecarServer> s(new SidecarServer());
   {
     absl::MutexLock lock(&s->config_mu_);
-    s->config_ = config;
+    s->config_ = WithClusters(config);
   }
   const int max_bytes = static_cast<int>(config.upstream.max_message_bytes);
-  grpc::ChannelArguments channel_args = UpstreamChannelArguments(max_bytes);
-  auto upstream_credentials = UpstreamCredentials(config.upstream.tls, &channel_args);
-  auto channel = grpc::CreateCustomChannel(config.upstream.target, upstream_credentials, channel_args);
-  // The readiness questions share the proxy's channel, so they see the upstream the calls see.
-  s->readiness_ = std::make_unique<UpstreamReadiness>(channel, kReadinessTimeout);
   auto publisher = SelectionPublisher::Create(
       config,
-      [readiness = s->readiness_.get()](const std::vector<std::string>& names) {
-        return readiness->Ask(names);
+      [](const UpstreamCluster& cluster, const std::vector<std::string>& names) {
+        return cluster.readiness ? cluster.readiness->Ask(names) : ReadinessAnswer{};
       },
-      &s->ledger_);
+      &s->ledger_,
+      // The message limit is restart-only: every cluster, including those a reload adds, gets
+      // the one the listener was built with.
+      [max_bytes = config.upstream.max_message_bytes](const ClusterConfig& cluster) {
+        return ConnectCluster(cluster, max_bytes);
+      });
   if (!publisher.ok()) return publisher.status();
   s->publisher_ = *std::move(publisher);
   s->reloads_.last_success_timestamp = absl::ToDoubleSeconds(absl::Now() - absl::UnixEpoch());
 
-  s->proxy_ = std::make_unique<InferenceProxy>(channel, &s->publisher_->snapshots());
+  s->proxy_ = std::make_unique<InferenceProxy>(&s->publisher_->snapshots());
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
@@ -62,10 +56,13 @@ absl::StatusOr<std::unique_ptr<SidecarServer>> SidecarServer::Start(const Sideca
   if (!admin.ok()) return admin.status();
   s->admin_ = *std::move(admin);
   s->publisher_->Start();
-  spdlog::info("event=listening address={} port={} admin_port={} tls={} upstream={} upstream_tls={} routes={}",
-               config.listen, s->port_, s->admin_->port(),
-               !config.tls ? "off" : config.tls->ca_file.empty() ? "on" : "mutual", config.upstream.target,
-               !config.upstream.tls ? "off" : "on", config.routes.size());
+  std::vector<std::string> clusters;
+  for (const ClusterConfig& c : WithClusters(config).clusters) {
+    clusters.push_back(absl::StrCat(c.name, "=", c.target, c.tls ? "(tls)" : ""));
+  }
+  spdlog::info("event=listening address={} port={} admin_port={} tls={} clusters={} routes={}", config.listen,
+               s->port_, s->admin_->port(), !config.tls ? "off" : config.tls->ca_file.empty() ? "on" : "mutual",
+               absl::StrJoin(clusters, ","), config.routes.size());
   return s;
 }
 
@@ -116,7 +113,7 @@ absl::Status SidecarServer::Reload(const SidecarConfig& config) {
     current = config_;
   }
   std::vector<std::string> restart_only;
-  const SidecarConfig applied = ConfigForReload(current, config, &restart_only);
+  const SidecarConfig applied = ConfigForReload(current, WithClusters(config), &restart_only);
   if (!restart_only.empty()) {
     // Rotated certificates need no restart: the files named are re-read (tls.refresh_interval).
     spdlog::warn("event=reload_needs_restart keys={} detail=\"these take effect on restart; the running "

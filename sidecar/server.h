@@ -53,7 +53,6 @@ class SidecarServer {
   // Declared before what records into it, so it outlives them.
   telemetry::CarbonLedger ledger_;
   ReloadCounters reloads_;
-  std::unique_ptr<UpstreamReadiness> readiness_;
   std::unique_ptr<SelectionPublisher> publisher_;
   std::unique_ptr<InferenceProxy> proxy_;
   std::unique_ptr<grpc::Server> server_;

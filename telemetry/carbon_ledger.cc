@@ -165,4 +165,46 @@ std::shared_ptr<const RouteLedger> CarbonLedger::Route(const std::string& route,
   return ledger;
 }
 
+ClusterLedger* CarbonLedger::Cluster(const std::string& route, const std::string& cluster) {
+  absl::MutexLock lock(&mu_);
+  std::unique_ptr<ClusterLedger>& cell = clusters_[absl::StrCat(route, std::string(1, '\0'), cluster)];
+  if (cell == nullptr) cell = std::make_unique<ClusterLedger>();
+  return cell.get();
+}
+
+std::atomic<uint64_t>* CarbonLedger::Failovers(const std::string& route, const std::string& from, const std::string& to) {
+  absl::MutexLock lock(&mu_);
+  const std::string nul(1, '\0');
+  std::unique_ptr<std::atomic<uint64_t>>& n = failovers_[absl::StrCat(route, nul, from, nul, to)];
+  if (n == nullptr) n = std::make_unique<std::atomic<uint64_t>>(0);
+  return n.get();
+}
+
+void ClusterLedger::RecordServed(uint64_t requests, uint64_t items, double joules_per_item, double gco2_per_kwh,
+                                 double home_gco2_per_kwh) {
+  Shard& s = shards_[ThisThreadShard()];
+  const double joules = joules_per_item * static_cast<double>(items);
+  s.requests.fetch_add(requests, std::memory_order_relaxed);
+  s.items.fetch_add(items, std::memory_order_relaxed);
+  s.joules.fetch_add(joules, std::memory_order_relaxed);
+  if (gco2_per_kwh >= 0) {
+    s.grams.fetch_add(joules / 3.6e6 * gco2_per_kwh, std::memory_order_relaxed);
+    s.home_grams.fetch_add(joules / 3.6e6 * (home_gco2_per_kwh >= 0 ? home_gco2_per_kwh : gco2_per_kwh),
+                           std::memory_order_relaxed);
+  }
+}
+
+ClusterTotals ClusterLedger::Totals() const {
+  ClusterTotals t;
+  for (const Shard& s : shards_) {
+    t.requests += s.requests.load(std::memory_order_relaxed);
+    t.items += s.items.load(std::memory_order_relaxed);
+    t.joules += s.joules.load(std::memory_order_relaxed);
+    t.grams += s.grams.load(std::memory_order_relaxed);
+    t.home_grams += s.home_grams.load(std::memory_order_relaxed);
+  }
+  t.failed_over = failed_over_.load(std::memory_order_relaxed);
+  return t;
+}
+
 }  // namespace carbon::telemetry

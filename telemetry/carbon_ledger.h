@@ -157,6 +157,40 @@ class RouteLedger {
   std::vector<std::atomic<uint64_t>*> spilled_;  // size × size × reasons, kept by the CarbonLedger
 };
 
+// What one route's calls served in one cluster came to. Grams are before the PUE (device energy ×
+// intensity), as the ledger's own sums are.
+struct ClusterTotals {
+  uint64_t requests = 0;
+  uint64_t items = 0;
+  double joules = 0;            // Σ items × E
+  double grams = 0;             // Σ items × E × C / 3.6e6, at this cluster's intensity
+  double home_grams = 0;        // the same items at the route's home cluster's intensity then
+  uint64_t failed_over = 0;     // calls this cluster failed (UNAVAILABLE) that were sent on
+};
+
+// The ledger of one (route, cluster), by name, kept across reloads. Thread-safe; never blocks.
+class ClusterLedger {
+ public:
+  // `items` inferences at `joules_per_item` served at intensity `gco2_per_kwh` (negative: unknown,
+  // no grams), where the home cluster stood at `home_gco2_per_kwh` (negative: unknown, charged as
+  // served: no difference is claimed).
+  void RecordServed(uint64_t requests, uint64_t items, double joules_per_item, double gco2_per_kwh,
+                    double home_gco2_per_kwh);
+  void RecordFailedOver() { failed_over_.fetch_add(1, std::memory_order_relaxed); }
+  ClusterTotals Totals() const;
+
+ private:
+  struct alignas(64) Shard {
+    std::atomic<uint64_t> requests{0};
+    std::atomic<uint64_t> items{0};
+    std::atomic<double> joules{0};
+    std::atomic<double> grams{0};
+    std::atomic<double> home_grams{0};
+  };
+  std::array<Shard, kLedgerShards> shards_;
+  std::atomic<uint64_t> failed_over_{0};
+};
+
 // How a report turns the ledger into grams beyond what the ledger holds.
 struct Accounting {
   double pue = 1;  // facility energy over IT energy: operational grams are E × PUE × I
@@ -213,12 +247,18 @@ class CarbonLedger {
  public:
   std::shared_ptr<const RouteLedger> Route(const std::string& route,
                                            std::shared_ptr<const selector::Pool> pool, size_t baseline);
+  // The cell of (route, cluster); the pointer stays valid as long as the ledger.
+  ClusterLedger* Cluster(const std::string& route, const std::string& cluster);
+  // Calls of `route` failed over from cluster `from` to `to`; valid as long as the ledger.
+  std::atomic<uint64_t>* Failovers(const std::string& route, const std::string& from, const std::string& to);
 
  private:
   absl::Mutex mu_;
   absl::flat_hash_map<std::string, std::unique_ptr<VariantLedger>> variants_ ABSL_GUARDED_BY(mu_);
   // By (route, from, to, reason) names, so that a reload keeps counting.
   absl::flat_hash_map<std::string, std::unique_ptr<std::atomic<uint64_t>>> spilled_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<std::string, std::unique_ptr<ClusterLedger>> clusters_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<std::string, std::unique_ptr<std::atomic<uint64_t>>> failovers_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace carbon::telemetry

@@ -188,7 +188,7 @@ TEST_F(ConfigTest, EveryMistakeNamesFileLineAndColumn) {
   const std::vector<BadConfig> cases = {
       {"unknown key", "drain_timeout: 5s", "drain_timeout: 5s\nlisten_port: 1",
        "6:1: unknown key 'listen_port' in the config (known keys: listen, drain_timeout, "
-       "memory_limit_bytes, admin, tls, upstream, intensity, routes, accounting)"},
+       "memory_limit_bytes, admin, tls, upstream, intensity, routes, accounting, clusters)"},
       {"small memory limit", "drain_timeout: 5s", "drain_timeout: 5s\nmemory_limit_bytes: 65536",
        "6:21: memory_limit_bytes must be 0 (no limit) or at least 16777216"},
       {"misspelt nested key", "  refresh: 10s", "  refesh: 10s",

@@ -62,7 +62,7 @@ TEST(SelectionPublisherTest, ReadinessAnswersShapeTheChoice) {
   config.intensity.provider = telemetry::StaticIntensity(100);  // cleanest: resnet152 when it is ready
   std::vector<std::optional<bool>> answers = {true, true, false, false};
   auto publisher = SelectionPublisher::Create(
-      config, [&](const std::vector<std::string>& names) {
+      config, [&](const UpstreamCluster&, const std::vector<std::string>& names) {
         EXPECT_EQ(names, (std::vector<std::string>{"resnet34", "resnet50", "resnet101", "resnet152"}));
         return answers;
       });
@@ -86,7 +86,7 @@ TEST(SelectionPublisherTest, ZeroReadinessIntervalNeverAsks) {
   SidecarConfig config = BaseConfig();
   config.upstream.readiness_interval = absl::ZeroDuration();
   int asked = 0;
-  auto publisher = SelectionPublisher::Create(config, [&](const std::vector<std::string>& names) {
+  auto publisher = SelectionPublisher::Create(config, [&](const UpstreamCluster&, const std::vector<std::string>& names) {
     ++asked;
     return std::vector<std::optional<bool>>(names.size(), false);
   });
@@ -206,7 +206,7 @@ TEST(SelectionPublisherTest, AReorderedPoolKeepsDwellAndReadinessByVariantName) 
   config.routes[0].baseline = config.routes[0].default_variant = 0;
   config.routes[0].min_dwell = absl::Hours(1);
   bool answer = true;  // then: the upstream cannot be asked, so what was known must carry over
-  auto publisher = SelectionPublisher::Create(config, [&](const std::vector<std::string>& names) {
+  auto publisher = SelectionPublisher::Create(config, [&](const UpstreamCluster&, const std::vector<std::string>& names) {
     std::vector<std::optional<bool>> out;
     for (const auto& n : names) out.push_back(answer ? std::optional<bool>(n != "mid") : std::nullopt);
     return out;
