@@ -48,6 +48,7 @@ class MetricsRenderer {
     Accounting();
     Latency();
     Intensity(snapshot_.source());
+    Clusters();
     Proxy();
     ReloadsAndBuild();
     return w_.Finish();
@@ -481,6 +482,92 @@ class MetricsRenderer {
     }
   }
 
+  // Each cluster's grid, reachability and latency cost, and what each route's calls came to there.
+  void Clusters() {
+    const std::vector<ClusterStatus>& clusters = snapshot_.clusters();
+    const auto name = [&](size_t c) -> const std::string& { return clusters[c].upstream->name; };
+    w_.Family("carbon_sidecar_cluster_grid_intensity_gco2_per_kwh", MetricType::kGauge,
+              "The latest carbon intensity of each cluster's grid, from its own intensity source.");
+    for (const ClusterStatus& c : clusters) {
+      if (c.source.latest) {
+        w_.Sample({{"cluster", c.upstream->name}, {"source", c.source.source}, {"region", c.source.region}},
+                  c.source.latest->gco2_per_kwh);
+      }
+    }
+    w_.Family("carbon_sidecar_cluster_ranked_intensity_gco2_per_kwh", MetricType::kGauge,
+              "The intensity each cluster is ranked at: its latest while fresh, its stale_intensity while "
+              "stale (assumed=\"true\"); absent while stale with none assumed.");
+    for (const ClusterStatus& c : clusters) {
+      if (c.ranking_intensity) {
+        w_.Sample({{"cluster", c.upstream->name}, {"assumed", c.intensity_assumed ? "true" : "false"}},
+                  *c.ranking_intensity);
+      }
+    }
+    w_.Family("carbon_sidecar_cluster_intensity_state", MetricType::kGauge,
+              "1 for each cluster's intensity source's current state: ok, failing or stale.");
+    for (const ClusterStatus& c : clusters) {
+      for (SourceState st : {SourceState::kOk, SourceState::kFailing, SourceState::kStale}) {
+        w_.Sample({{"cluster", c.upstream->name}, {"state", SourceStateName(st)}},
+                  c.source.counters.state == st ? 1.0 : 0.0);
+      }
+    }
+    w_.Family("carbon_sidecar_cluster_up", MetricType::kGauge,
+              "1 when the cluster answered the last readiness questions, 0 when it did not; absent before "
+              "it was first asked.");
+    for (const ClusterStatus& c : clusters) {
+      if (c.source.upstream_reachable) w_.Sample({{"cluster", c.upstream->name}}, *c.source.upstream_reachable ? 1 : 0);
+    }
+    w_.Family("carbon_sidecar_cluster_rtt_seconds", MetricType::kGauge,
+              "Each cluster's latency cost: configured (rtt), or measured as the smoothed round trip of "
+              "the readiness questions.");
+    for (const ClusterStatus& c : clusters) {
+      if (c.rtt) {
+        w_.Sample({{"cluster", c.upstream->name}, {"source", c.rtt_configured ? "configured" : "measured"}},
+                  absl::ToDoubleSeconds(*c.rtt));
+      }
+    }
+    w_.Family("carbon_sidecar_route_cluster_serving", MetricType::kGauge,
+              "1 for the cluster each route's calls go to now, 0 for its others; `rank` says why each "
+              "stands where it does.");
+    for (const RouteView& route : snapshot_.routes()) {
+      for (size_t k = 0; k < route.clusters.size(); ++k) {
+        w_.Sample({{"route", route.route->config.name},
+                   {"cluster", name(route.clusters[k].index)},
+                   {"rank", ClusterRankName(route.clusters[k].rank)}},
+                  k == 0 ? 1 : 0);
+      }
+    }
+    const auto per_cluster = [&](std::string_view family, std::string_view help, auto value_of) {
+      w_.Family(family, MetricType::kCounter, help);
+      for (const RouteView& route : snapshot_.routes()) {
+        for (const RouteCluster& rc : route.clusters) {
+          w_.Sample({{"route", route.route->config.name}, {"cluster", name(rc.index)}},
+                    value_of(rc.ledger->Totals(), route));
+        }
+      }
+    };
+    per_cluster("carbon_sidecar_cluster_requests_total", "Inference requests each route served in each cluster.",
+                [](const telemetry::ClusterTotals& t, const RouteView&) { return static_cast<double>(t.requests); });
+    per_cluster("carbon_sidecar_cluster_inferences_total", "Inferences (batch items) each route served in each cluster.",
+                [](const telemetry::ClusterTotals& t, const RouteView&) { return static_cast<double>(t.items); });
+    per_cluster("carbon_sidecar_cluster_emissions_grams_total",
+                "Operational emissions (E × PUE × the cluster's intensity) of what each route served in each cluster.",
+                [](const telemetry::ClusterTotals& t, const RouteView& r) { return t.grams * r.pue; });
+    per_cluster("carbon_sidecar_cluster_home_emissions_grams_total",
+                "The counterfactual: the same inferences at the route's home cluster's intensity at the time. "
+                "Summed over clusters and less the emissions, what choosing the place saved.",
+                [](const telemetry::ClusterTotals& t, const RouteView& r) { return t.home_grams * r.pue; });
+    w_.Family("carbon_sidecar_failovers_total", MetricType::kCounter,
+              "Unary inference calls a cluster failed (UNAVAILABLE before answering) and the route's next "
+              "cluster was sent, by route and the clusters from and to.");
+    for (const RouteView& route : snapshot_.routes()) {
+      for (const RouteView::FailoverCount& f : route.failover_counts) {
+        w_.Sample({{"route", route.route->config.name}, {"from", name(f.from)}, {"to", name(f.to)}},
+                  static_cast<double>(f.count->load(std::memory_order_relaxed)));
+      }
+    }
+  }
+
   // Calls the ledger does not charge: pass-through calls and refused requests.
   void Proxy() {
     w_.Family("carbon_sidecar_passthrough_requests_total", MetricType::kCounter,
@@ -520,6 +607,31 @@ class MetricsRenderer {
 std::string RenderMetrics(const MetricsSources& sources, bool open_metrics) {
   return MetricsRenderer(sources, open_metrics).Render();
 }
+
+namespace {
+
+// A route's clusters, best first, with why each stands where it does and what each served.
+nlohmann::json RouteClustersJson(const RoutingSnapshot& snapshot, const RouteView& route) {
+  using nlohmann::json;
+  json out = json::array();
+  for (size_t k = 0; k < route.clusters.size(); ++k) {
+    const RouteCluster& rc = route.clusters[k];
+    const telemetry::ClusterTotals t = rc.ledger->Totals();
+    out.push_back({{"name", snapshot.clusters()[rc.index].upstream->name},
+                   {"rank", ClusterRankName(rc.rank)},
+                   {"serving", k == 0},
+                   {"failover_target", k == 1 && route.route->config.failover && rc.rank <= ClusterRank::kOverBudget},
+                   {"intensity_gco2_per_kwh", rc.intensity >= 0 ? json(rc.intensity) : json(nullptr)},
+                   {"ledger", {{"requests", t.requests},
+                               {"inferences", t.items},
+                               {"grams", t.grams * route.pue},
+                               {"home_grams", t.home_grams * route.pue},
+                               {"failed_over", t.failed_over}}}});
+  }
+  return out;
+}
+
+}  // namespace
 
 std::string RenderSelectionJson(const RoutingSnapshot& snapshot, absl::Time wall_now) {
   using nlohmann::json;
@@ -625,10 +737,35 @@ std::string RenderSelectionJson(const RoutingSnapshot& snapshot, absl::Time wall
         {"baseline", route.pool()[route.route->config.baseline].name},
         {"candidates", candidates},
         {"ledger", ledger},
+        {"cluster", snapshot.clusters()[route.served_in().index].upstream->name},
+        {"home_cluster", snapshot.clusters()[route.home].upstream->name},
+        {"clusters", RouteClustersJson(snapshot, route)},
+    });
+  }
+  json clusters = json::array();
+  for (const ClusterStatus& c : snapshot.clusters()) {
+    const SourceStatus& cs = c.source;
+    clusters.push_back({
+        {"name", c.upstream->name},
+        {"target", c.upstream->target},
+        {"provider", cs.provider},
+        {"source", cs.source},
+        {"region", cs.region},
+        {"state", SourceStateName(cs.counters.state)},
+        {"gco2_per_kwh", cs.latest ? json(cs.latest->gco2_per_kwh) : json(nullptr)},
+        {"age_seconds", cs.latest ? json(absl::ToDoubleSeconds(cs.now - cs.latest->at)) : json(nullptr)},
+        {"window", cs.window ? json{{"low", cs.window->low}, {"high", cs.window->high}} : json(nullptr)},
+        {"ranked_at_gco2_per_kwh", c.ranking_intensity ? json(*c.ranking_intensity) : json(nullptr)},
+        {"intensity_assumed", c.intensity_assumed},
+        {"last_error", cs.last_error.empty() ? json(nullptr) : json(cs.last_error)},
+        {"reachable", cs.upstream_reachable ? json(*cs.upstream_reachable) : json(nullptr)},
+        {"rtt_seconds", c.rtt ? json(absl::ToDoubleSeconds(*c.rtt)) : json(nullptr)},
+        {"rtt_source", c.rtt_configured ? "configured" : "measured"},
     });
   }
   json doc = {{"generated_at", absl::FormatTime(absl::RFC3339_sec, wall_now, absl::UTCTimeZone())},
               {"intensity", intensity},
+              {"clusters", clusters},
               {"upstream_reachable", source.upstream_reachable ? json(*source.upstream_reachable) : json(nullptr)},
               {"routes", routes}};
   return doc.dump(2, ' ', false, json::error_handler_t::replace) + "\n";
@@ -735,8 +872,12 @@ std::string RenderConfigJson(const SidecarConfig& config) {
 }
 
 bool IsReady(const RoutingSnapshot& snapshot, std::string* why) {
-  if (snapshot.source().upstream_reachable == false) {
-    *why = "the upstream did not answer the last readiness questions";
+  // Ready while any cluster can take calls: a route fails over or moves to the others.
+  bool any_reachable = false;
+  for (const ClusterStatus& c : snapshot.clusters()) any_reachable = any_reachable || c.source.upstream_reachable != false;
+  if (!any_reachable) {
+    *why = snapshot.clusters().size() == 1 ? "the upstream did not answer the last readiness questions"
+                                           : "no cluster answered the last readiness questions";
     return false;
   }
   *why = snapshot.source().latest ? "ok" : "ok (no intensity yet: routes use their default model)";

@@ -902,9 +902,14 @@ void SelectionPublisher::Publish(State& s) {
     view.pue = s.accounting.pue;
     view.home = route.config.clusters.front();
     view.home_intensity = grids[view.home].latest ? grids[view.home].latest->gco2_per_kwh : -1;
-    if (clusters.size() > 1) {
-      view.failovers = ledger_->Failovers(route.config.name, s.clusters[clusters[0].index].config.name,
-                                          s.clusters[clusters[1].index].config.name);
+    for (const size_t from : route.config.clusters) {
+      for (const size_t to : route.config.clusters) {
+        if (from == to) continue;
+        std::atomic<uint64_t>* count =
+            ledger_->Failovers(route.config.name, s.clusters[from].config.name, s.clusters[to].config.name);
+        view.failover_counts.push_back({from, to, count});
+        if (from == clusters[0].index && to == clusters[1].index) view.failovers = count;
+      }
     }
     view.clusters = std::move(clusters);
     if (route.config.slo) {

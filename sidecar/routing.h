@@ -102,6 +102,13 @@ struct RouteView {
   double home_intensity = -1;  // its intensity now; negative: unknown
   // Calls failed over from clusters[0] to clusters[1]; null with one cluster.
   std::atomic<uint64_t>* failovers = nullptr;
+  // Every (from, to) pair of the route's clusters with its count (snapshot indices), for /metrics.
+  struct FailoverCount {
+    size_t from, to;
+    const std::atomic<uint64_t>* count;
+  };
+  std::vector<FailoverCount> failover_counts;
+  const RouteCluster& served_in() const { return clusters.front(); }
 
   // The measured energy per inference a call to `variant` is charged at; 0: the table's.
   double MeasuredJoules(size_t variant) const {
