@@ -351,6 +351,64 @@ TEST_F(ConfigTest, TargetPoliciesAreCheckedAgainstThePoolAndTheRefresh) {
               HasSubstr("unknown key 'max_mean_error_percent' in routes[0].policy"));
 }
 
+TEST_F(ConfigTest, ClustersEachHaveATargetAndAGridAndRoutesNameThem) {
+  const std::string head =
+      "upstream: { readiness_interval: 5s }\nintensity: { provider: static, gco2_per_kwh: 300 }\n";
+  const std::string clusters =
+      "clusters:\n"
+      "  - { name: fr, target: \"10.0.0.1:8001\", rtt: 20ms, intensity: { provider: static, gco2_per_kwh: 60 } }\n"
+      "  - { name: de, target: \"10.0.0.2:8001\", stale_intensity: 450 }\n";
+  const std::string route = "routes:\n  - name: r\n    pool: pools/resnet.yaml\n    baseline: resnet50\n    default: resnet50\n";
+  auto config = LoadConfig(Write("clusters.yaml", head + clusters + route + "    clusters: [de, fr]\n    latency_budget: 50ms\n    failover: false\n"));
+  ASSERT_TRUE(config.ok()) << config.status();
+  ASSERT_EQ(config->clusters.size(), 2u);
+  EXPECT_TRUE(config->clusters_listed);
+  EXPECT_EQ(config->clusters[0].name, "fr");
+  EXPECT_EQ(config->clusters[0].target, "10.0.0.1:8001");
+  EXPECT_EQ(config->clusters[0].rtt, absl::Milliseconds(20));
+  EXPECT_EQ(config->clusters[0].intensity.provider->Render()["gco2_per_kwh"], 60);
+  // A cluster without its own intensity takes the top-level one.
+  EXPECT_EQ(config->clusters[1].intensity.provider->Render()["gco2_per_kwh"], 300);
+  EXPECT_EQ(config->clusters[1].stale_intensity, 450);
+  EXPECT_FALSE(config->clusters[1].rtt.has_value());
+  EXPECT_THAT(config->routes[0].clusters, ::testing::ElementsAre(1, 0));  // de is its home
+  EXPECT_EQ(config->routes[0].latency_budget, absl::Milliseconds(50));
+  EXPECT_FALSE(config->routes[0].failover);
+  // A route naming none may use them all, home first as listed.
+  auto all = LoadConfig(Write("all.yaml", head + clusters + route));
+  ASSERT_TRUE(all.ok()) << all.status();
+  EXPECT_THAT(all->routes[0].clusters, ::testing::ElementsAre(0, 1));
+  EXPECT_TRUE(all->routes[0].failover);
+  // `upstream.target` alone is one cluster, "default", on the top-level grid.
+  auto single = LoadConfig(Write("single.yaml", "upstream: { target: \"h:1\" }\n" + head.substr(head.find('\n') + 1) + route));
+  ASSERT_TRUE(single.ok()) << single.status();
+  ASSERT_EQ(single->clusters.size(), 1u);
+  EXPECT_EQ(single->clusters[0].name, "default");
+  EXPECT_EQ(single->clusters[0].target, "h:1");
+  EXPECT_FALSE(single->clusters_listed);
+
+  const std::string file = Path("sidecar.yaml");
+  EXPECT_EQ(ErrorOf(head + clusters + route + "    clusters: [fr, es]\n"),
+            file + ":11:20: routes[0].clusters: 'es' is not a cluster (fr, de)");
+  EXPECT_EQ(ErrorOf(head + clusters + route + "    clusters: [fr, fr]\n"),
+            file + ":11:20: routes[0].clusters: cluster 'fr' is listed twice");
+  EXPECT_EQ(ErrorOf(head + clusters + "  - { name: fr, target: \"10.0.0.3:8001\" }\n" + route),
+            file + ":6:13: cluster name 'fr' is used twice");
+  EXPECT_EQ(ErrorOf(head + "clusters:\n  - { name: es, target: \"e:1\", intensity: { region: ES } }\n" + route),
+            file + ":4:43: clusters[0].intensity is missing required key 'provider'");
+  EXPECT_EQ(ErrorOf(head + "clusters:\n  - { name: es, intensity: { provider: static, gco2_per_kwh: 1 } }\n" + route),
+            file + ":4:5: clusters[0] is missing required key 'target'");
+  EXPECT_EQ(ErrorOf(head + "clusters:\n  - { name: es, target: nowhere }\n" + route),
+            file + ":4:25: clusters[0].target must be host:port, got 'nowhere'");
+  EXPECT_EQ(ErrorOf(head + "clusters: []\n" + route), file + ":3:11: clusters must be a non-empty list of clusters (name, target, intensity)");
+  EXPECT_EQ(ErrorOf("upstream: { target: \"h:1\" }\n" + head.substr(head.find('\n') + 1) + clusters + route),
+            file + ":1:21: upstream.target and clusters: name the targets in one place (each cluster has its own)");
+  EXPECT_EQ(ErrorOf("upstream: { target: \"h:1\" }\n" + head.substr(head.find('\n') + 1) + route + "    clusters: [x]\n"),
+            file + ":8:15: routes[0].clusters names clusters, but the config lists none (top-level 'clusters:')");
+  EXPECT_EQ(ErrorOf(head + clusters + route + "    latency_budget: 0s\n"),
+            file + ":11:21: routes[0].latency_budget must be a positive duration such as 30s, 5m or 24h, got '0s'");
+}
+
 TEST_F(ConfigTest, InFlightLimitsNameVariantsOfThePool) {
   const std::string head = "upstream: { target: a }\nintensity: { provider: static, gco2_per_kwh: 1 }\nroutes:\n";
   const std::string route = "  - name: r\n    pool: pools/resnet.yaml\n    baseline: resnet50\n    default: resnet50\n";
