@@ -849,8 +849,29 @@ nlohmann::json TlsJson(const std::optional<TlsConfig>& t, const char* ca_key) {
 std::string RenderConfigJson(const SidecarConfig& config) {
   using nlohmann::json;
   json routes = json::array();
-  for (const RouteConfig& r : config.routes) routes.push_back(RouteJson(r));
+  json clusters = json::array();
+  for (size_t i = 0; i < config.routes.size(); ++i) {
+    routes.push_back(RouteJson(config.routes[i]));
+    json names = json::array();
+    for (const size_t c : config.routes[i].clusters) {
+      if (c < config.clusters.size()) names.push_back(config.clusters[c].name);
+    }
+    routes[i]["clusters"] = names;
+    routes[i]["latency_budget"] =
+        config.routes[i].latency_budget ? json(Duration(*config.routes[i].latency_budget)) : json(nullptr);
+    routes[i]["failover"] = config.routes[i].failover;
+  }
+  for (const ClusterConfig& c : config.clusters) {
+    clusters.push_back({{"name", c.name},
+                        {"target", c.target},
+                        {"tls", TlsJson(c.tls, "ca_file")},
+                        {"intensity", IntensityJson(c.intensity)},
+                        {"rtt", c.rtt ? json(Duration(*c.rtt)) : json(nullptr)},
+                        {"stale_intensity", c.stale_intensity ? json(*c.stale_intensity) : json(nullptr)}});
+  }
   json doc = {{"path", config.path},
+              {"clusters", clusters},
+              {"clusters_listed", config.clusters_listed},
               {"listen", config.listen},
               {"tls", TlsJson(config.tls, "client_ca_file")},
               {"admin", {{"listen", config.admin_listen}}},

@@ -712,52 +712,26 @@ struct ClusterGrid {
   bool assumed = false;
 };
 
-// A route's clusters, best first (see ClusterRank).
+// A route's clusters, best first (selector::RankPlaces).
 std::vector<RouteCluster> RankClusters(const RouteConfig& route, const std::vector<ClusterGrid>& grids,
                                        const std::vector<std::optional<bool>>& reachable,
                                        const std::vector<std::optional<absl::Duration>>& rtt,
                                        const std::vector<uint64_t>& ready) {
+  std::vector<selector::PlaceState> places;
+  for (const size_t c : route.clusters) places.push_back({reachable[c], ready[c] != 0, rtt[c], grids[c].ranking_intensity});
   std::vector<RouteCluster> ranked;
-  for (const size_t c : route.clusters) {
+  for (const selector::RankedPlace& p : selector::RankPlaces(places, route.latency_budget)) {
     RouteCluster rc;
-    rc.index = c;
-    rc.intensity = grids[c].latest ? grids[c].latest->gco2_per_kwh : -1;
-    if (reachable[c] == false) {
-      rc.rank = ClusterRank::kUnreachable;
-    } else if (ready[c] == 0) {
-      rc.rank = ClusterRank::kNoVariantReady;
-    } else if (route.latency_budget && rtt[c] && *rtt[c] > *route.latency_budget) {
-      rc.rank = ClusterRank::kOverBudget;
-    } else if (!grids[c].ranking_intensity) {
-      rc.rank = ClusterRank::kIntensityUnknown;
-    } else {
-      rc.rank = ClusterRank::kHigherIntensity;
-    }
+    rc.index = route.clusters[p.place];
+    rc.rank = p.rank;
+    rc.intensity = grids[rc.index].latest ? grids[rc.index].latest->gco2_per_kwh : -1;
     ranked.push_back(rc);
   }
-  // Stable: equal intensities keep the route's order, so its home wins a tie.
-  std::stable_sort(ranked.begin(), ranked.end(), [&](const RouteCluster& a, const RouteCluster& b) {
-    if (a.rank != b.rank) return a.rank < b.rank;
-    if (a.rank != ClusterRank::kHigherIntensity) return false;
-    return *grids[a.index].ranking_intensity < *grids[b.index].ranking_intensity;
-  });
-  if (ranked.front().rank == ClusterRank::kHigherIntensity) ranked.front().rank = ClusterRank::kCleanest;
   return ranked;
 }
 
 }  // namespace
 
-std::string_view ClusterRankName(ClusterRank rank) {
-  switch (rank) {
-    case ClusterRank::kCleanest: return "cleanest";
-    case ClusterRank::kHigherIntensity: return "higher_intensity";
-    case ClusterRank::kIntensityUnknown: return "intensity_unknown";
-    case ClusterRank::kOverBudget: return "over_latency_budget";
-    case ClusterRank::kUnreachable: return "unreachable";
-    case ClusterRank::kNoVariantReady: return "no_variant_ready";
-  }
-  return "unknown";
-}
 
 void SelectionPublisher::Publish(State& s) {
   std::vector<ClusterGrid> grids;

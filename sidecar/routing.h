@@ -17,6 +17,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "selector/intensity_window.h"
+#include "selector/placement.h"
 #include "selector/routing_policy.h"
 #include "selector/weighted_draw.h"
 #include "selector/snapshot_cell.h"
@@ -41,16 +42,9 @@ struct CompiledRoute {
   std::shared_ptr<const telemetry::RouteLedger> ledger;
 };
 
-// Why a route ranks a cluster where it does (the first reason that applies).
-enum class ClusterRank : uint8_t {
-  kCleanest,        // the lowest intensity of those that can serve within the budget
-  kHigherIntensity, // can serve, within the budget, at a higher intensity
-  kIntensityUnknown,// can serve within the budget, but its intensity is stale and none is assumed
-  kOverBudget,      // its latency cost exceeds the route's latency_budget
-  kUnreachable,     // did not answer the last readiness questions
-  kNoVariantReady,  // answered, but reports none of the route's variants ready
-};
-std::string_view ClusterRankName(ClusterRank rank);
+// Why a route ranks a cluster where it does (selector/placement.h).
+using ClusterRank = selector::PlaceRank;
+inline std::string_view ClusterRankName(ClusterRank rank) { return selector::PlaceRankName(rank); }
 
 // One cluster as a route sees it.
 struct RouteCluster {
