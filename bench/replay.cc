@@ -8,6 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_replace.h"
+#include "selector/placement.h"
 #include "selector/policies/linear_interpolation.h"
 
 namespace carbon::bench {
@@ -289,6 +290,74 @@ std::string ResultsCsv(const std::vector<PolicyResult>& results, const selector:
     absl::StrAppend(&out, absl::StrFormat("%s,%.6f,%.6f,%.6f,%.6f,%.8g\n", name, row.mean_error, row.grams,
                                           row.extra, row.rqi, row.efficiency));
   }
+  return out;
+}
+
+std::vector<selector::IntensityReading> Resample(const std::vector<selector::IntensityReading>& readings, absl::Time from,
+                                                 absl::Time to, absl::Duration step) {
+  std::vector<selector::IntensityReading> out;
+  if (readings.empty()) return out;
+  size_t next = 0;
+  for (absl::Time t = from; t < to; t += step) {
+    while (next < readings.size() && readings[next].at <= t) ++next;
+    out.push_back({readings[next == 0 ? 0 : next - 1].gco2_per_kwh, t});
+  }
+  return out;
+}
+
+std::string PlaceModeName(PlaceMode mode) {
+  switch (mode) {
+    case PlaceMode::kWhichOnly: return "which-only";
+    case PlaceMode::kWhereOnly: return "where-only";
+    case PlaceMode::kWhereAndWhich: return "where+which";
+  }
+  return "unknown";
+}
+
+PlacesResult ReplayPlaces(const std::vector<ReplayPlace>& places, const selector::Pool& pool, size_t baseline,
+                          size_t default_variant, PlaceMode mode, std::optional<absl::Duration> latency_budget,
+                          absl::Duration window) {
+  PlacesResult out;
+  out.result.policy = PlaceModeName(mode);
+  out.requests.assign(places.size(), 0);
+  PolicyLedger charged(out.result.policy, pool, baseline);
+  const selector::LinearInterpolationPolicy policy(
+      pool, selector::PolicySettings{default_variant, absl::InfiniteDuration(), absl::ZeroDuration()});
+  std::vector<selector::IntensityWindow> windows(places.size(), selector::IntensityWindow(window));
+  std::optional<selector::Decision> previous;
+  selector::ServedTotals served;
+  const size_t n = places.empty() ? 0 : places.front().periods.size();
+  for (size_t i = 0; i < n; ++i) {
+    std::vector<selector::PlaceState> states;
+    for (size_t p = 0; p < places.size(); ++p) {
+      const ReplayPeriod& period = places[p].periods[i];
+      windows[p].Add({period.gco2_per_kwh, period.at});
+      states.push_back({true, true, places[p].rtt, period.gco2_per_kwh});
+    }
+    const size_t where = mode == PlaceMode::kWhichOnly ? 0 : selector::RankPlaces(states, latency_budget).front().place;
+    const ReplayPeriod& p = places[where].periods[i];
+    std::vector<selector::VariantWeight> weights = {{baseline, 1.0}};
+    size_t primary = baseline;
+    if (mode != PlaceMode::kWhereOnly) {
+      std::optional<selector::WindowBounds> bounds = windows[where].Bounds(p.at);
+      if (!bounds) bounds = selector::WindowBounds{p.gco2_per_kwh, p.gco2_per_kwh};
+      selector::Decision decision = policy.Decide({selector::IntensityReading{p.gco2_per_kwh, p.at}, bounds, p.at,
+                                                   pool.all_variants_mask(), previous ? &*previous : nullptr, served, {}});
+      weights = decision.weights;
+      primary = decision.primary;
+      previous = std::move(decision);
+    }
+    const PeriodOutcome outcome = Charge(pool, *charged.route, weights, p.requests, p.gco2_per_kwh);
+    served.items += outcome.items;
+    served.error_percent_sum += outcome.error_percent_sum;
+    served.grams += outcome.grams;
+    out.requests[where] += static_cast<double>(p.requests);
+    out.home_grams += p.gco2_per_kwh > 0 ? outcome.grams * places[0].periods[i].gco2_per_kwh / p.gco2_per_kwh : 0;
+    out.result.choices.push_back(primary);
+    out.result.weights.push_back(weights);
+    out.result.periods.push_back(outcome);
+  }
+  out.result.report = telemetry::Report(*charged.route);
   return out;
 }
 

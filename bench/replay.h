@@ -108,6 +108,39 @@ std::vector<ReplayPeriod> JoinTraces(const std::vector<selector::IntensityReadin
 // Scales request counts so that Σ requests × C equals `target_item_intensity` (rounding per period).
 void ScaleRequests(std::vector<ReplayPeriod>* periods, double target_item_intensity);
 
+// Where as well as which (docs/EVALUATION.md, "Where and which"): one place (a cluster on its own
+// grid) of a several-place replay. Every place's periods have the same times and requests.
+struct ReplayPlace {
+  std::string name;
+  std::vector<ReplayPeriod> periods;
+  absl::Duration rtt;  // its latency cost from the gateway
+};
+
+// The intensity in force at each step of [from, to): the last reading at or before it (the first
+// reading before the series begins). For putting series of different steps on one clock.
+std::vector<selector::IntensityReading> Resample(const std::vector<selector::IntensityReading>& readings, absl::Time from,
+                                                 absl::Time to, absl::Duration step);
+
+enum class PlaceMode {
+  kWhichOnly,      // the home place; the variant by the heuristic on the home's grid (the sidecar before clusters)
+  kWhereOnly,      // the baseline variant, at the cleanest place within the budget
+  kWhereAndWhich,  // the cleanest place within the budget; the heuristic on that place's grid
+};
+std::string PlaceModeName(PlaceMode mode);
+
+struct PlacesResult {
+  PolicyResult result;               // charged at the intensity of the place that served each period
+  std::vector<double> requests;      // per place, the requests it served
+  double home_grams = 0;             // the same variants' inferences all at the home's intensity
+};
+
+// Replays `mode` over `places` (home first) with the sidecar's own ranking (selector::RankPlaces:
+// every place reachable and ready, its rtt against `latency_budget`) and the heuristic with a
+// trailing window of `window` per place, as the sidecar keeps one per cluster.
+PlacesResult ReplayPlaces(const std::vector<ReplayPlace>& places, const selector::Pool& pool, size_t baseline,
+                          size_t default_variant, PlaceMode mode, std::optional<absl::Duration> latency_budget,
+                          absl::Duration window);
+
 // The table of docs/EVALUATION.md for the given results, in Markdown and CSV.
 std::string ResultsMarkdown(const std::vector<PolicyResult>& results, const selector::Pool& pool, size_t baseline);
 std::string ResultsCsv(const std::vector<PolicyResult>& results, const selector::Pool& pool, size_t baseline);

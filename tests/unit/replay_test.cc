@@ -53,6 +53,49 @@ TEST(ReplayTest, WholeTraceTableByHand) {
   EXPECT_THAT(table, ::testing::HasSubstr("| heuristic (whole-trace) |"));
 }
 
+TEST(ReplayTest, PlacesByHand) {
+  // Home steady at 200; "away" at 100 then 300, 5 ms away. Each keeps its own window of 24 h.
+  const selector::Pool pool = ResnetPool();
+  std::vector<ReplayPlace> places = {{"home", {{T(0), 200, 10}, {T(1), 200, 20}}, absl::Milliseconds(1)},
+                                     {"away", {{T(0), 100, 10}, {T(1), 300, 20}}, absl::Milliseconds(5)}};
+  // which-only: home, its window flat at 200: the default (resnet50) both times.
+  const PlacesResult which = ReplayPlaces(places, pool, 1, 1, PlaceMode::kWhichOnly, std::nullopt, absl::Hours(24));
+  EXPECT_THAT(which.result.choices, ::testing::ElementsAre(1, 1));
+  EXPECT_THAT(which.requests, ::testing::ElementsAre(30, 0));
+  EXPECT_NEAR(which.result.report.grams, Grams(1, 10, 200) + Grams(1, 20, 200), 1e-15);
+  EXPECT_NEAR(which.home_grams, which.result.report.grams, 1e-15);
+  // where-only: the baseline where it is cleanest: away (100), then home (200 < 300).
+  const PlacesResult where = ReplayPlaces(places, pool, 1, 1, PlaceMode::kWhereOnly, std::nullopt, absl::Hours(24));
+  EXPECT_THAT(where.requests, ::testing::ElementsAre(20, 10));
+  EXPECT_NEAR(where.result.report.grams, Grams(1, 10, 100) + Grams(1, 20, 200), 1e-15);
+  EXPECT_NEAR(where.home_grams, Grams(1, 10, 200) + Grams(1, 20, 200), 1e-15);
+  // where+which: away first (its window is one reading: flat, the default), then home (flat: default).
+  const PlacesResult both = ReplayPlaces(places, pool, 1, 1, PlaceMode::kWhereAndWhich, std::nullopt, absl::Hours(24));
+  EXPECT_THAT(both.result.choices, ::testing::ElementsAre(1, 1));
+  EXPECT_THAT(both.requests, ::testing::ElementsAre(20, 10));
+  // A 2 ms budget leaves only home.
+  const PlacesResult near = ReplayPlaces(places, pool, 1, 1, PlaceMode::kWhereOnly, absl::Milliseconds(2), absl::Hours(24));
+  EXPECT_THAT(near.requests, ::testing::ElementsAre(30, 0));
+  // The away place's window now spans 100..300: at 200 the heuristic picks by its own range.
+  places[1].periods.push_back({T(2), 200, 5});
+  places[0].periods.push_back({T(2), 250, 5});
+  const PlacesResult third = ReplayPlaces(places, pool, 1, 1, PlaceMode::kWhereAndWhich, std::nullopt, absl::Hours(24));
+  EXPECT_EQ(third.result.choices[2], 2u);  // resnet101 at the middle of away's 100..300
+  EXPECT_THAT(third.requests, ::testing::ElementsAre(20, 15));
+}
+
+TEST(ReplayTest, ResampleTakesTheReadingInForce) {
+  const std::vector<selector::IntensityReading> quarter = {{10, T(0)}, {20, T(0) + absl::Minutes(15)}, {30, T(1)},
+                                                           {40, T(1) + absl::Minutes(15)}};
+  const auto half = Resample(quarter, T(0) - absl::Minutes(30), T(2) + absl::Minutes(1), absl::Minutes(30));
+  ASSERT_EQ(half.size(), 4u);
+  EXPECT_EQ(half[0].gco2_per_kwh, 10);  // before the series: its first reading
+  EXPECT_EQ(half[1].gco2_per_kwh, 10);
+  EXPECT_EQ(half[2].gco2_per_kwh, 30);
+  EXPECT_EQ(half[3].gco2_per_kwh, 40);
+  EXPECT_EQ(half[3].at, T(2));
+}
+
 TEST(ReplayTest, TheSameDecisionsRecostAtTrueEnergiesByHand) {
   // The heuristic decides on the table (152, 34, 101, 101, as above); the hardware's resnet101 is
   // truly 20 % dearer and resnet34 10 % cheaper. Charged at the truth: the same choices, the grams
