@@ -557,6 +557,22 @@ class MetricsRenderer {
                 "The counterfactual: the same inferences at the route's home cluster's intensity at the time. "
                 "Summed over clusters and less the emissions, what choosing the place saved.",
                 [](const telemetry::ClusterTotals& t, const RouteView& r) { return t.home_grams * r.pue; });
+    per_cluster("carbon_sidecar_cluster_spilled_requests_total",
+                "Unary inference calls that found the route's first cluster at its max_in_flight and were sent "
+                "to the next cluster that could serve them.",
+                [](const telemetry::ClusterTotals& t, const RouteView&) { return static_cast<double>(t.spilled_out); });
+    w_.Family("carbon_sidecar_cluster_in_flight_requests", MetricType::kGauge,
+              "Unary inference calls in flight to each cluster with a max_in_flight, all routes together.");
+    for (const ClusterStatus& c : clusters) {
+      if (c.max_in_flight > 0) {
+        w_.Sample({{"cluster", c.upstream->name}}, static_cast<double>(c.in_flight->load(std::memory_order_relaxed)));
+      }
+    }
+    w_.Family("carbon_sidecar_cluster_max_in_flight_requests", MetricType::kGauge,
+              "Each cluster's configured max_in_flight (clusters with one only).");
+    for (const ClusterStatus& c : clusters) {
+      if (c.max_in_flight > 0) w_.Sample({{"cluster", c.upstream->name}}, static_cast<double>(c.max_in_flight));
+    }
     w_.Family("carbon_sidecar_failovers_total", MetricType::kCounter,
               "Unary inference calls a cluster failed (UNAVAILABLE before answering) and the route's next "
               "cluster was sent, by route and the clusters from and to.");
@@ -626,7 +642,8 @@ nlohmann::json RouteClustersJson(const RoutingSnapshot& snapshot, const RouteVie
                                {"inferences", t.items},
                                {"grams", t.grams * route.pue},
                                {"home_grams", t.home_grams * route.pue},
-                               {"failed_over", t.failed_over}}}});
+                               {"failed_over", t.failed_over},
+                               {"spilled_out", t.spilled_out}}}});
   }
   return out;
 }
@@ -761,6 +778,8 @@ std::string RenderSelectionJson(const RoutingSnapshot& snapshot, absl::Time wall
         {"reachable", cs.upstream_reachable ? json(*cs.upstream_reachable) : json(nullptr)},
         {"rtt_seconds", c.rtt ? json(absl::ToDoubleSeconds(*c.rtt)) : json(nullptr)},
         {"rtt_source", c.rtt_configured ? "configured" : "measured"},
+        {"max_in_flight", c.max_in_flight > 0 ? json(c.max_in_flight) : json(nullptr)},
+        {"in_flight", c.max_in_flight > 0 ? json(c.in_flight->load(std::memory_order_relaxed)) : json(nullptr)},
     });
   }
   json doc = {{"generated_at", absl::FormatTime(absl::RFC3339_sec, wall_now, absl::UTCTimeZone())},

@@ -495,6 +495,9 @@ absl::Status ReadClusters(const YAML::Node& node, const std::string& file, const
       if (stale < 0) c.Fail("stale_intensity", absl::StrCat(where, ".stale_intensity must not be negative (gCO2/kWh)"));
       cluster.stale_intensity = stale;
     }
+    if (c.Integer("max_in_flight", &cluster.max_in_flight) && cluster.max_in_flight < 1) {
+      c.Fail("max_in_flight", absl::StrCat(where, ".max_in_flight must be a whole number of calls, at least 1"));
+    }
     YAML::Node tls = c.Get("tls", false);
     YAML::Node intensity = c.Get("intensity", false);
     if (auto s = c.Finish(); !s.ok()) return s;

@@ -69,6 +69,9 @@ struct ClusterConfig {
   // The intensity it is ranked at while its own is stale; absent: after every cluster with a fresh
   // reading (and, when no cluster has one, the route's policy serves its default there).
   std::optional<double> stale_intensity;
+  // The unary inference calls this sidecar may have in flight to it, all routes together; 0: no
+  // limit. A route whose first cluster is full sends the call to its next one that can serve.
+  int64_t max_in_flight = 0;
 };
 
 struct RouteConfig {

@@ -237,13 +237,39 @@ class RequestRouter {
       }
       variant = *with_room;
     }
+    // The cluster: the route's first with room for a unary call (a cluster with a max_in_flight),
+    // else the next one that can serve. Later messages of a stream stay where the stream is.
+    size_t cluster_pos = 0;
+    if (first_message && kind_ == MethodKind::kInfer) {
+      std::optional<size_t> with_room;
+      for (size_t k = 0; k < route->clusters.size(); ++k) {
+        if (k > 0 && route->clusters[k].rank > ClusterRank::kOverBudget) break;
+        if (EnterCluster(route->clusters[k])) {
+          with_room = k;
+          break;
+        }
+      }
+      if (!with_room) {
+        bytes.Clear();
+        if (started_) telemetry::VariantLedger::CallEnded(*started_);
+        started_.reset();
+        RecordRefused(*route, variant);
+        return absl::ResourceExhaustedError(absl::StrCat("route '", route->route->config.name,
+                                                         "': every cluster that can serve it is at its max_in_flight"));
+      }
+      cluster_pos = *with_room;
+      if (cluster_pos > 0) {
+        route->clusters.front().ledger->RecordSpilledOut();
+        reason = kClusterCapacityReason;
+      }
+    }
     bytes.AppendTo(message, route->route->overrides[variant]);
 
     const int64_t dim = scanned->first_input_leading_dim.value_or(1);
     const uint64_t items = route->route->config.batch_dimension && dim > 0 ? static_cast<uint64_t>(dim) : 1;
     // The cluster it is served in: the route's first for a call's first message; for later
     // messages of a stream, the one the stream already goes to (when this snapshot still has it).
-    const RouteCluster* served_in = &route->clusters.front();
+    const RouteCluster* served_in = &route->clusters[cluster_pos];
     if (!first_message && upstream_ != nullptr) {
       for (const RouteCluster& rc : route->clusters) {
         if (snapshot->clusters()[rc.index].upstream == upstream_) served_in = &rc;
@@ -256,7 +282,7 @@ class RequestRouter {
     const Charge charge{cell,  served_in->ledger, intensity, route->home_intensity, 1, items, route->MeasuredJoules(variant),
                         route->JoulesPerInference(variant)};
     if (first_message) {
-      first_ = Decision{snapshot, route, variant, reason, static_cast<int64_t>(items), charge};
+      first_ = Decision{snapshot, route, variant, reason, static_cast<int64_t>(items), charge, cluster_pos};
     } else {
       // Later messages of a stream: merged per (variant, intensity), so a long stream keeps a
       // handful of entries, not one per message.
@@ -279,7 +305,7 @@ class RequestRouter {
   // snapshot's first cluster. Held by the call, so a cluster a reload removes lives until it ends.
   const UpstreamCluster& Upstream() {
     if (upstream_ == nullptr) {
-      upstream_ = first_ ? first_->snapshot->clusters()[first_->route->clusters.front().index].upstream
+      upstream_ = first_ ? first_->snapshot->clusters()[first_->route->clusters[first_->cluster_pos].index].upstream
                          : routes_->Load()->default_upstream();
     }
     return *upstream_;
@@ -290,21 +316,44 @@ class RequestRouter {
   bool MayFailOver(grpc::StatusCode code) const {
     if (code != grpc::StatusCode::UNAVAILABLE || failed_over_ || kind_ != MethodKind::kInfer || !first_) return false;
     const RouteView& route = *first_->route;
-    return route.route->config.failover && route.clusters.size() > 1 &&
-           route.clusters[1].rank <= ClusterRank::kOverBudget;
+    const size_t next = first_->cluster_pos + 1;
+    return route.route->config.failover && route.clusters.size() > next &&
+           route.clusters[next].rank <= ClusterRank::kOverBudget;
   }
 
   // Moves the call to the route's next cluster and counts the move; the charge follows.
   const UpstreamCluster& FailOver() {
     failed_over_ = true;
     const RouteView& route = *first_->route;
-    route.clusters[0].ledger->RecordFailedOver();
-    route.failovers->fetch_add(1, std::memory_order_relaxed);
-    first_->charge.cluster = route.clusters[1].ledger;
-    first_->charge.intensity = route.clusters[1].intensity;
+    const RouteCluster& from = route.clusters[first_->cluster_pos];
+    const RouteCluster& to = route.clusters[++first_->cluster_pos];
+    from.ledger->RecordFailedOver();
+    for (const RouteView::FailoverCount& f : route.failover_counts) {
+      if (f.from == from.index && f.to == to.index) f.count->fetch_add(1, std::memory_order_relaxed);
+    }
+    // The call moves its place in the clusters' counts (past a full one's limit: it was let in).
+    if (cluster_ticket_) cluster_ticket_->fetch_sub(1, std::memory_order_relaxed);
+    cluster_ticket_ = nullptr;
+    if (to.max_in_flight > 0) {
+      to.in_flight->fetch_add(1, std::memory_order_relaxed);
+      cluster_ticket_ = to.in_flight;
+    }
+    first_->charge.cluster = to.ledger;
+    first_->charge.intensity = to.intensity;
     first_->reason = kFailoverReason;
-    upstream_ = first_->snapshot->clusters()[route.clusters[1].index].upstream;
+    upstream_ = first_->snapshot->clusters()[to.index].upstream;
     return *upstream_;
+  }
+
+  // Counts a unary inference call in to a cluster with a max_in_flight; false when it is full.
+  bool EnterCluster(const RouteCluster& rc) {
+    if (rc.max_in_flight <= 0) return true;
+    if (rc.in_flight->fetch_add(1, std::memory_order_relaxed) >= rc.max_in_flight) {
+      rc.in_flight->fetch_sub(1, std::memory_order_relaxed);
+      return false;
+    }
+    cluster_ticket_ = rc.in_flight;
+    return true;
   }
 
   // Counts a unary inference call in to `variant`, against its in-flight limit; false when the
@@ -341,6 +390,7 @@ class RequestRouter {
     if (first_) settle(first_->charge);
     for (const Charge& c : more_charges_) settle(c);
     if (started_) telemetry::VariantLedger::CallEnded(*started_);
+    if (cluster_ticket_) cluster_ticket_->fetch_sub(1, std::memory_order_relaxed);
     if (first_ && seconds) first_->charge.cell->latency().Observe(*seconds);
   }
 
@@ -385,6 +435,7 @@ class RequestRouter {
     std::string_view reason;
     int64_t items = 1;
     Charge charge;
+    size_t cluster_pos = 0;  // in route->clusters: where the call is sent
   };
 
   const selector::SnapshotCell<RoutingSnapshot>* routes_;
@@ -392,6 +443,7 @@ class RequestRouter {
   MethodKind kind_;
   std::shared_ptr<const UpstreamCluster> upstream_;
   bool failed_over_ = false;
+  std::atomic<int64_t>* cluster_ticket_ = nullptr;  // the cluster count the call is in, until Settle
   std::optional<RequestControls> controls_;
   bool decided_first_ = false;
   std::optional<Decision> first_;

@@ -24,6 +24,8 @@ inline constexpr char kGramsHeader[] = "x-carbon-grams";
 inline constexpr char kClusterHeader[] = "x-carbon-cluster";
 // The reason of a call its route's first cluster failed and the next one served.
 inline constexpr char kFailoverReason[] = "failover";
+// The reason of a call its route's first cluster had no room for (max_in_flight) and the next took.
+inline constexpr char kClusterCapacityReason[] = "cluster_capacity";
 // Request metadata keys clients may set.
 inline constexpr char kPinModelHeader[] = "x-carbon-pin-model";
 inline constexpr char kMaxErrorHeader[] = "x-carbon-max-error-percent";

@@ -183,6 +183,7 @@ struct SelectionPublisher::ClusterSource {
   absl::Status last_poll;                                     // of the provider
   std::vector<selector::IntensityReading> forecast;           // include_forecast: what is coming
   std::optional<absl::StatusOr<selector::IntensityReading>> first_reading;  // from MakeState
+  std::atomic<int64_t>* in_flight = nullptr;  // kept by the ledger, by name: a reload keeps counting
 };
 
 struct SelectionPublisher::ClusterAnswers {
@@ -774,6 +775,8 @@ void SelectionPublisher::Publish(State& s) {
     status.rtt_configured = c.config.rtt.has_value();
     status.ranking_intensity = g.ranking_intensity;
     status.intensity_assumed = g.assumed;
+    status.max_in_flight = c.config.max_in_flight;
+    status.in_flight = c.in_flight;
     statuses.push_back(std::move(status));
     grids.push_back(std::move(g));
   }
@@ -781,7 +784,11 @@ void SelectionPublisher::Publish(State& s) {
   for (size_t i = 0; i < s.routes.size(); ++i) {
     const CompiledRoute& route = *s.routes[i];
     std::vector<RouteCluster> clusters = RankClusters(route.config, grids, reachable, rtt, s.ready[i]);
-    for (RouteCluster& rc : clusters) rc.ledger = s.cluster_ledgers[i][rc.index];
+    for (RouteCluster& rc : clusters) {
+      rc.ledger = s.cluster_ledgers[i][rc.index];
+      rc.max_in_flight = s.clusters[rc.index].config.max_in_flight;
+      rc.in_flight = s.clusters[rc.index].in_flight;
+    }
     const size_t where = clusters.front().index;
     const ClusterGrid& grid = grids[where];
     if (s.chosen[i] != where && s.clusters.size() > 1) {
@@ -882,7 +889,6 @@ void SelectionPublisher::Publish(State& s) {
         std::atomic<uint64_t>* count =
             ledger_->Failovers(route.config.name, s.clusters[from].config.name, s.clusters[to].config.name);
         view.failover_counts.push_back({from, to, count});
-        if (from == clusters[0].index && to == clusters[1].index) view.failovers = count;
       }
     }
     view.clusters = std::move(clusters);
@@ -921,6 +927,7 @@ absl::StatusOr<std::shared_ptr<SelectionPublisher::State>> SelectionPublisher::M
     c.config = cluster;
     c.upstream = connect ? connect(cluster) : std::make_shared<const UpstreamCluster>(cluster.name, cluster.target, nullptr);
     c.provider = *std::move(provider);
+    c.in_flight = ledger.ClusterInFlight(cluster.name);
     c.window = selector::IntensityWindow(cluster.intensity.window);
     c.window.SetFixedBounds(cluster.intensity.fixed_bounds);
     const absl::Time now = c.provider->Now();

@@ -54,6 +54,9 @@ struct RouteCluster {
   double intensity = -1;
   // Where the calls served there are counted (kept by the CarbonLedger, valid for its life).
   telemetry::ClusterLedger* ledger = nullptr;
+  // The cluster's max_in_flight (0: none) and its count of unary calls in flight, all routes.
+  int64_t max_in_flight = 0;
+  std::atomic<int64_t>* in_flight = nullptr;
 };
 
 // A route and what its policy currently decides for it.
@@ -94,12 +97,10 @@ struct RouteView {
   std::vector<RouteCluster> clusters;
   size_t home = 0;             // the route's home cluster (index into the snapshot's clusters)
   double home_intensity = -1;  // its intensity now; negative: unknown
-  // Calls failed over from clusters[0] to clusters[1]; null with one cluster.
-  std::atomic<uint64_t>* failovers = nullptr;
   // Every (from, to) pair of the route's clusters with its count (snapshot indices), for /metrics.
   struct FailoverCount {
     size_t from, to;
-    const std::atomic<uint64_t>* count;
+    std::atomic<uint64_t>* count;
   };
   std::vector<FailoverCount> failover_counts;
   const RouteCluster& served_in() const { return clusters.front(); }
@@ -165,6 +166,8 @@ struct ClusterStatus {
   // The intensity the cluster is ranked at now; nullopt when stale with none assumed.
   std::optional<double> ranking_intensity;
   bool intensity_assumed = false;  // stale, ranked at its configured stale_intensity
+  int64_t max_in_flight = 0;       // 0: none
+  const std::atomic<int64_t>* in_flight = nullptr;  // counted only with a max_in_flight
 };
 
 // Everything the request path and the admin port read, swapped whole when intensity or config

@@ -180,6 +180,13 @@ std::atomic<uint64_t>* CarbonLedger::Failovers(const std::string& route, const s
   return n.get();
 }
 
+std::atomic<int64_t>* CarbonLedger::ClusterInFlight(const std::string& cluster) {
+  absl::MutexLock lock(&mu_);
+  std::unique_ptr<std::atomic<int64_t>>& n = cluster_in_flight_[cluster];
+  if (n == nullptr) n = std::make_unique<std::atomic<int64_t>>(0);
+  return n.get();
+}
+
 void ClusterLedger::RecordServed(uint64_t requests, uint64_t items, double joules_per_item, double gco2_per_kwh,
                                  double home_gco2_per_kwh) {
   Shard& s = shards_[ThisThreadShard()];
@@ -204,6 +211,7 @@ ClusterTotals ClusterLedger::Totals() const {
     t.home_grams += s.home_grams.load(std::memory_order_relaxed);
   }
   t.failed_over = failed_over_.load(std::memory_order_relaxed);
+  t.spilled_out = spilled_out_.load(std::memory_order_relaxed);
   return t;
 }
 

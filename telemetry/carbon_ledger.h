@@ -166,6 +166,7 @@ struct ClusterTotals {
   double grams = 0;             // Σ items × E × C / 3.6e6, at this cluster's intensity
   double home_grams = 0;        // the same items at the route's home cluster's intensity then
   uint64_t failed_over = 0;     // calls this cluster failed (UNAVAILABLE) that were sent on
+  uint64_t spilled_out = 0;     // calls that found it at its max_in_flight and went to the next
 };
 
 // The ledger of one (route, cluster), by name, kept across reloads. Thread-safe; never blocks.
@@ -177,6 +178,7 @@ class ClusterLedger {
   void RecordServed(uint64_t requests, uint64_t items, double joules_per_item, double gco2_per_kwh,
                     double home_gco2_per_kwh);
   void RecordFailedOver() { failed_over_.fetch_add(1, std::memory_order_relaxed); }
+  void RecordSpilledOut() { spilled_out_.fetch_add(1, std::memory_order_relaxed); }
   ClusterTotals Totals() const;
 
  private:
@@ -189,6 +191,7 @@ class ClusterLedger {
   };
   std::array<Shard, kLedgerShards> shards_;
   std::atomic<uint64_t> failed_over_{0};
+  std::atomic<uint64_t> spilled_out_{0};
 };
 
 // How a report turns the ledger into grams beyond what the ledger holds.
@@ -251,6 +254,8 @@ class CarbonLedger {
   ClusterLedger* Cluster(const std::string& route, const std::string& cluster);
   // Calls of `route` failed over from cluster `from` to `to`; valid as long as the ledger.
   std::atomic<uint64_t>* Failovers(const std::string& route, const std::string& from, const std::string& to);
+  // The unary inference calls in flight to a cluster with a max_in_flight, all routes together.
+  std::atomic<int64_t>* ClusterInFlight(const std::string& cluster);
 
  private:
   absl::Mutex mu_;
@@ -259,6 +264,7 @@ class CarbonLedger {
   absl::flat_hash_map<std::string, std::unique_ptr<std::atomic<uint64_t>>> spilled_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<std::string, std::unique_ptr<ClusterLedger>> clusters_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<std::string, std::unique_ptr<std::atomic<uint64_t>>> failovers_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<std::string, std::unique_ptr<std::atomic<int64_t>>> cluster_in_flight_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace carbon::telemetry

@@ -116,6 +116,7 @@ struct TestCluster {
   std::string name;
   std::string intensity;  // the body of its `intensity:` mapping
   std::string extra;      // more keys of the cluster (rtt, stale_intensity)
+  absl::Duration service_time;  // of every model
   std::unique_ptr<bench::FakeUpstreamServer> server;
   int port = 0;
 };
@@ -131,17 +132,20 @@ class ClusterTest : public ::testing::Test {
     std::filesystem::remove_all(dir_);
   }
 
-  TestCluster& AddCluster(const std::string& name, const std::string& intensity, const std::string& extra = "") {
+  TestCluster& AddCluster(const std::string& name, const std::string& intensity, const std::string& extra = "",
+                          absl::Duration service_time = absl::ZeroDuration()) {
     TestCluster& c = clusters_.emplace_back();
     c.name = name;
     c.intensity = intensity;
     c.extra = extra;
+    c.service_time = service_time;
     Restart(c);
     return c;
   }
   void Restart(TestCluster& c) {
     bench::FakeUpstreamOptions options;
     options.models = kVariants;
+    for (const std::string& m : kVariants) options.service_time[m] = c.service_time;
     auto server = bench::FakeUpstreamServer::Start(c.port ? absl::StrCat("127.0.0.1:", c.port) : "127.0.0.1:0", options);
     ASSERT_TRUE(server.ok()) << server.status();
     c.server = *std::move(server);
@@ -268,7 +272,9 @@ TEST_F(ClusterTest, TheCleanestClusterWithinTheBudgetServesWithTheVariantOfItsGr
   EXPECT_EQ(SumSamples(metrics, "carbon_sidecar_cluster_rtt_seconds", {"cluster=\"far\"", "source=\"configured\""}), 0.2);
   // The readiness questions measure the others' round trip; every cluster answered them.
   EXPECT_TRUE(PollUntil([&] {
-    return SumSamples(Get("/metrics"), "carbon_sidecar_cluster_up") == 3;
+    const std::string m = Get("/metrics");
+    return SumSamples(m, "carbon_sidecar_cluster_up") == 3 &&
+           SumSamples(m, "carbon_sidecar_cluster_rtt_seconds", {"cluster=\"home\"", "source=\"measured\""}) > 0;
   }));
 }
 
@@ -304,6 +310,28 @@ TEST_F(ClusterTest, AClusterKilledUnderLoadFailsOverAndLosesNothing) {
   EXPECT_EQ(selection["routes"][0]["clusters"][0]["ledger"]["failed_over"].get<double>() +
                 selection["routes"][0]["clusters"][1]["ledger"]["failed_over"].get<double>(),
             failovers);
+}
+
+TEST_F(ClusterTest, AFullClusterSpillsToTheNextThatCanServe) {
+  // Home is cleanest but takes two calls at a time, each 20 ms; eight clients want more.
+  AddCluster("home", "provider: static, gco2_per_kwh: 120", "max_in_flight: 2", absl::Milliseconds(20));
+  AddCluster("next", "provider: static, gco2_per_kwh: 280");
+  StartSidecar(WriteConfig());
+  ClusterLoad load(channel_, 8);
+  ASSERT_TRUE(PollUntil([&] { return load.served_by("next") >= 200 && load.served_by("home") >= 50; }))
+      << load.last_error();
+  const std::string during = Get("/metrics");
+  EXPECT_LE(SumSamples(during, "carbon_sidecar_cluster_in_flight_requests", {"cluster=\"home\""}), 2);
+  EXPECT_EQ(SumSamples(during, "carbon_sidecar_cluster_max_in_flight_requests", {"cluster=\"home\""}), 2);
+  load.Stop();
+  EXPECT_EQ(load.count(grpc::StatusCode::OK), load.total()) << load.last_error();
+  const std::string metrics = Get("/metrics");
+  // Every call that found home full went on, and was counted as such.
+  const double spilled = SumSamples(metrics, "carbon_sidecar_cluster_spilled_requests_total", {"cluster=\"home\""});
+  EXPECT_EQ(spilled, SumSamples(metrics, "carbon_sidecar_cluster_requests_total", {"cluster=\"next\""}));
+  EXPECT_EQ(spilled, load.served_by("next"));
+  EXPECT_EQ(SumSamples(metrics, "carbon_sidecar_cluster_in_flight_requests", {"cluster=\"home\""}), 0);
+  EXPECT_EQ(SumSamples(metrics, "carbon_sidecar_failovers_total"), 0);
 }
 
 TEST_F(ClusterTest, WithoutFailoverAKilledClustersCallsFailAsTheyDid) {

@@ -400,6 +400,8 @@ TEST_F(ConfigTest, ClustersEachHaveATargetAndAGridAndRoutesNameThem) {
             file + ":4:5: clusters[0] is missing required key 'target'");
   EXPECT_EQ(ErrorOf(head + "clusters:\n  - { name: es, target: nowhere }\n" + route),
             file + ":4:25: clusters[0].target must be host:port, got 'nowhere'");
+  EXPECT_THAT(ErrorOf(head + "clusters:\n  - { name: es, target: \"e:1\", max_in_flight: 0 }\n" + route),
+              HasSubstr("sidecar.yaml:4:47: clusters[0].max_in_flight must be a whole number of calls, at least 1"));
   EXPECT_EQ(ErrorOf(head + "clusters: []\n" + route), file + ":3:11: clusters must be a non-empty list of clusters (name, target, intensity)");
   EXPECT_EQ(ErrorOf("upstream: { target: \"h:1\" }\n" + head.substr(head.find('\n') + 1) + clusters + route),
             file + ":1:21: upstream.target and clusters: name the targets in one place (each cluster has its own)");
