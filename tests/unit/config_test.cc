@@ -8,6 +8,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include "sidecar/routing.h"
 #include "telemetry/providers/kinds.h"
 
 namespace carbon::sidecar {
@@ -175,6 +176,26 @@ TEST_F(ConfigTest, TheShippedDemoConfigLoads) {
   EXPECT_EQ(pool[1].error_percent, 7.138);
   EXPECT_EQ(pool[2].error_percent, 6.454);
   EXPECT_EQ(pool[3].error_percent, 5.954);
+}
+
+TEST_F(ConfigTest, TheShippedClustersConfigLoads) {
+  auto config = LoadConfig(std::string(CARBON_SOURCE_DIR) + "/config/sidecar-clusters.yaml");
+  ASSERT_TRUE(config.ok()) << config.status();
+  ASSERT_EQ(config->clusters.size(), 3u);
+  EXPECT_EQ(config->clusters[1].name, "fr");
+  EXPECT_EQ(config->clusters[1].intensity.region(), "FR");
+  EXPECT_EQ(config->clusters[0].intensity.region(), "GB");
+  EXPECT_EQ(config->clusters[1].max_in_flight, 64);
+  EXPECT_EQ(config->routes[0].latency_budget, absl::Milliseconds(15));
+  // Its grids load and give readings: a publisher over them chooses the cleanest within the budget.
+  auto publisher = SelectionPublisher::Create(*config);
+  ASSERT_TRUE(publisher.ok()) << publisher.status();
+  const auto snapshot = (*publisher)->snapshots().Load();
+  ASSERT_EQ(snapshot->clusters().size(), 3u);
+  for (const ClusterStatus& c : snapshot->clusters()) EXPECT_TRUE(c.source.latest.has_value()) << c.upstream->name;
+  const RouteView& route = snapshot->routes()[0];
+  EXPECT_NE(snapshot->clusters()[route.clusters.front().index].upstream->name, "de");
+  EXPECT_EQ(route.clusters.back().rank, selector::PlaceRank::kOverBudget);
 }
 
 struct BadConfig {
