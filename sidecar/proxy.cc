@@ -272,7 +272,7 @@ class RequestRouter {
     const RouteCluster* served_in = &route->clusters[cluster_pos];
     if (!first_message && upstream_ != nullptr) {
       for (const RouteCluster& rc : route->clusters) {
-        if (snapshot->clusters()[rc.index].upstream == upstream_) served_in = &rc;
+        if (snapshot->clusters()[rc.index].upstream.get() == upstream_) served_in = &rc;
       }
     }
     const double intensity = served_in == &route->clusters.front() && route->decision.intensity
@@ -301,12 +301,17 @@ class RequestRouter {
     return absl::OkStatus();
   }
 
-  // The cluster the call goes to, chosen once: the route's first for a routed call, else the
-  // snapshot's first cluster. Held by the call, so a cluster a reload removes lives until it ends.
+  // The cluster the call goes to, chosen once: the route's for a routed call, else the snapshot's
+  // first cluster. The call holds the snapshot that holds it (a routed call already does), so a
+  // cluster a reload removes lives until its last call ends, at no extra reference count per call.
   const UpstreamCluster& Upstream() {
     if (upstream_ == nullptr) {
-      upstream_ = first_ ? first_->snapshot->clusters()[first_->route->clusters[first_->cluster_pos].index].upstream
-                         : routes_->Load()->default_upstream();
+      if (first_) {
+        upstream_ = first_->snapshot->clusters()[first_->route->clusters[first_->cluster_pos].index].upstream.get();
+      } else {
+        passthrough_snapshot_ = routes_->Load();
+        upstream_ = passthrough_snapshot_->default_upstream().get();
+      }
     }
     return *upstream_;
   }
@@ -341,7 +346,7 @@ class RequestRouter {
     first_->charge.cluster = to.ledger;
     first_->charge.intensity = to.intensity;
     first_->reason = kFailoverReason;
-    upstream_ = first_->snapshot->clusters()[to.index].upstream;
+    upstream_ = first_->snapshot->clusters()[to.index].upstream.get();
     return *upstream_;
   }
 
@@ -441,7 +446,8 @@ class RequestRouter {
   const selector::SnapshotCell<RoutingSnapshot>* routes_;
   ProxyCounters* counters_;
   MethodKind kind_;
-  std::shared_ptr<const UpstreamCluster> upstream_;
+  const UpstreamCluster* upstream_ = nullptr;
+  std::shared_ptr<const RoutingSnapshot> passthrough_snapshot_;  // keeps upstream_ alive when not routed
   bool failed_over_ = false;
   std::atomic<int64_t>* cluster_ticket_ = nullptr;  // the cluster count the call is in, until Settle
   std::optional<RequestControls> controls_;
