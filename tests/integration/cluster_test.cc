@@ -23,28 +23,17 @@
 #include "inference/grpc_service.grpc.pb.h"
 #include "sidecar/proxy.h"
 #include "sidecar/server.h"
+#include "tests/support/metric_samples.h"
 #include "tests/support/poll.h"
 
 namespace carbon::sidecar {
 namespace {
 
 using testing::PollUntil;
+using testing::SumSamples;
 
 const std::vector<std::string> kVariants = {"resnet34", "resnet50", "resnet101", "resnet152"};
 
-// The sum of the samples of `metric` whose line contains every one of `labels`.
-double SumSamples(const std::string& exposition, const std::string& metric, std::vector<std::string> labels = {}) {
-  double sum = 0;
-  for (absl::string_view line : absl::StrSplit(exposition, '\n')) {
-    if (!absl::StartsWith(line, metric + "{") && !absl::StartsWith(line, metric + " ")) continue;
-    bool all = true;
-    for (const std::string& l : labels) all = all && absl::StrContains(line, l);
-    if (!all) continue;
-    double v = 0;
-    if (absl::SimpleAtod(line.substr(line.rfind(' ') + 1), &v)) sum += v;
-  }
-  return sum;
-}
 
 // Client threads calling ModelInfer on "resnet" back to back; outcomes counted by code, and by the
 // cluster and model the sidecar's headers name.
@@ -168,11 +157,7 @@ class ClusterTest : public ::testing::Test {
       if (!c.extra.empty()) out << "    " << c.extra << "\n";
     }
     out << "routes:\n  - name: resnet\n    baseline: resnet50\n    default: resnet50\n" << route_extra
-        << "    variants:\n"
-        << "      - { name: resnet34, energy_mj: 359.9, error_percent: 8.58 }\n"
-        << "      - { name: resnet50, energy_mj: 420.6, error_percent: 7.138 }\n"
-        << "      - { name: resnet101, energy_mj: 803.1, error_percent: 6.454 }\n"
-        << "      - { name: resnet152, energy_mj: 1238.1, error_percent: 5.954 }\n";
+        << testing::kResnetVariantsYaml;
     return path;
   }
 

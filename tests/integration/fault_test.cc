@@ -28,6 +28,7 @@
 #include "bench/fake_upstream.h"
 #include "inference/grpc_service.grpc.pb.h"
 #include "sidecar/server.h"
+#include "tests/support/metric_samples.h"
 #include "tests/support/poll.h"
 #include "tests/support/resident_memory.h"
 
@@ -36,21 +37,11 @@ namespace {
 
 using ::testing::HasSubstr;
 using testing::PollUntil;
+using testing::SumSamples;
 using testing::ResidentKiB;
 
 const std::vector<std::string> kVariants = {"resnet34", "resnet50", "resnet101", "resnet152"};
 
-// The sum of the samples of `metric` whose labels contain `label` (e.g. code="OK").
-double SumSamples(const std::string& exposition, const std::string& metric, const std::string& label = "") {
-  double sum = 0;
-  for (absl::string_view line : absl::StrSplit(exposition, '\n')) {
-    if (!absl::StartsWith(line, metric + "{") && !absl::StartsWith(line, metric + " ")) continue;
-    if (!label.empty() && !absl::StrContains(line, label)) continue;
-    double v = 0;
-    if (absl::SimpleAtod(line.substr(line.rfind(' ') + 1), &v)) sum += v;
-  }
-  return sum;
-}
 
 // Client threads calling ModelInfer on the route back to back, each call with its own deadline;
 // every outcome is counted by code, and the longest call is kept.
@@ -242,11 +233,7 @@ class FaultTest : public ::testing::Test {
                         << "intensity: { " << intensity_line
                         << ", refresh: " << refresh << ", window_bounds: { low: 100, high: 300 } }\n"
                         << broken << "routes:\n  - name: resnet\n    baseline: resnet50\n    default: resnet50\n"
-                        << "    variants:\n"
-                        << "      - { name: resnet34, energy_mj: 359.9, error_percent: 8.58 }\n"
-                        << "      - { name: resnet50, energy_mj: 420.6, error_percent: 7.138 }\n"
-                        << "      - { name: resnet101, energy_mj: 803.1, error_percent: 6.454 }\n"
-                        << "      - { name: resnet152, energy_mj: 1238.1, error_percent: 5.954 }\n";
+                        << testing::kResnetVariantsYaml;
     return path;
   }
 
@@ -306,7 +293,7 @@ TEST_F(FaultTest, UpstreamKilledUnderLoadAndRestartedLosesNothingFromTheLedger) 
   // The ledger charged exactly the successful responses the clients received, and counted every
   // call once.
   const std::string metrics = Metrics();
-  EXPECT_EQ(SumSamples(metrics, "carbon_sidecar_requests_total", "code=\"OK\""), load.count(grpc::StatusCode::OK));
+  EXPECT_EQ(SumSamples(metrics, "carbon_sidecar_requests_total", {"code=\"OK\""}), load.count(grpc::StatusCode::OK));
   EXPECT_EQ(SumSamples(metrics, "carbon_sidecar_inferences_total"), load.count(grpc::StatusCode::OK));
   EXPECT_EQ(SumSamples(metrics, "carbon_sidecar_requests_total"), load.total());
 }
@@ -356,8 +343,8 @@ TEST_F(FaultTest, ReloadsUnderLoadDropNothingAndABrokenFileKeepsTheOldConfig) {
 
   EXPECT_EQ(load.total(), load.count(grpc::StatusCode::OK)) << load.last_error();
   const std::string metrics = Metrics();
-  EXPECT_EQ(SumSamples(metrics, "carbon_sidecar_config_reloads_total", "result=\"failure\""), 1);
-  EXPECT_EQ(SumSamples(metrics, "carbon_sidecar_config_reloads_total", "result=\"success\""), 1);
+  EXPECT_EQ(SumSamples(metrics, "carbon_sidecar_config_reloads_total", {"result=\"failure\""}), 1);
+  EXPECT_EQ(SumSamples(metrics, "carbon_sidecar_config_reloads_total", {"result=\"success\""}), 1);
   EXPECT_EQ(SumSamples(metrics, "carbon_sidecar_requests_total"), load.total());
 }
 
