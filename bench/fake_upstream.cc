@@ -340,6 +340,8 @@ class StreamInferReactor final
   void OnDone() override {
     HappensAfter(this);
     service_->open_streams_.fetch_sub(1);
+    // The server's Wait (inside uninstrumented libgrpc) returns after this; the service is deleted then.
+    HappensBefore(service_);
     delete this;
   }
 
@@ -377,6 +379,7 @@ void FakeUpstreamServer::Shutdown() {
   if (server_) {
     server_->Shutdown(std::chrono::system_clock::now());
     server_->Wait();
+    HappensAfter(service_.get());  // every stream's OnDone, which touched the service, came first
     server_.reset();
   }
 }
