@@ -74,6 +74,7 @@ else
 fi
 echo "Load: 300 ModelInfer requests a second for model \"resnet\" (the pool: resnet34 … resnet152)."
 echo "Clean grid -> bigger, more accurate model; dirty grid -> smaller, frugal one. Logs: $run_dir"
+echo "Open the status page while it runs: http://127.0.0.1:9464/"
 echo
 
 "$build_dir/bench/loadgen" --target 127.0.0.1:8001 --model resnet --rate 300 --warmup 0s \

@@ -26,6 +26,8 @@ if [ "$build_only" = 0 ]; then
     curl procps prometheus gnuplot-nox bc
     clang libclang-rt-14-dev
     shellcheck yamllint
+    # The status page's browser test (tests/e2e/status_page_test.py).
+    chromium
     # The container test: an engine and locally made base images (tests/e2e/container_test.py).
     podman runc mmdebstrap
   )

@@ -585,6 +585,14 @@ absl::StatusOr<SidecarConfig> LoadConfig(const std::string& path) {
                        absl::StrCat("admin.listen must be host:port, such as 127.0.0.1:9464, got '",
                                     config.admin_listen, "'"));
       }
+      if (a.Duration("history_interval", &config.history_interval, /*allow_zero=*/false) &&
+          config.history_interval < absl::Milliseconds(100)) {
+        a.Fail("history_interval", "admin.history_interval must be at least 100ms");
+      }
+      if (a.Integer("history_points", &config.history_points) &&
+          (config.history_points < 1 || config.history_points > 100000)) {
+        a.Fail("history_points", "admin.history_points must lie between 1 and 100000");
+      }
       if (auto s = a.Finish(); !s.ok()) return s;
     }
 
@@ -668,7 +676,16 @@ SidecarConfig WithClusters(SidecarConfig config) {
 
 const RestartOnlySetting kRestartOnlySettings[7] = {
     CARBON_RESTART_ONLY("listen", listen),
-    CARBON_RESTART_ONLY("admin", admin_listen),
+    RestartOnlySetting{"admin",
+                       [](const SidecarConfig& a, const SidecarConfig& b) {
+                         return a.admin_listen == b.admin_listen && a.history_interval == b.history_interval &&
+                                a.history_points == b.history_points;
+                       },
+                       [](const SidecarConfig& running, SidecarConfig* next) {
+                         next->admin_listen = running.admin_listen;
+                         next->history_interval = running.history_interval;
+                         next->history_points = running.history_points;
+                       }},
     CARBON_RESTART_ONLY("tls", tls),
     // The one cluster made of `upstream` keeps its target until a restart; listed clusters are
     // reloaded like routes.

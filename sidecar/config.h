@@ -127,6 +127,10 @@ struct SidecarConfig {
   // The admin HTTP port (/metrics, /healthz, /readyz, /v1/selection, /v1/config). Loopback by
   // default: exposing it further is an explicit choice.
   std::string admin_listen = "127.0.0.1:9464";
+  // The status page's history (/v1/history): one sample of every route this often, the last
+  // `history_points` kept (default: two hours).
+  absl::Duration history_interval = absl::Seconds(10);
+  int64_t history_points = 720;
   std::optional<TlsConfig> tls;  // the client-facing listener; absent: plaintext (h2c)
   UpstreamConfig upstream;
   // Never empty: the `clusters:` listed, or one cluster named "default" made of `upstream.target`,

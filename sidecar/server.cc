@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "common/string_view_compat.h"
+#include "sidecar/status_page.h"
 #include "sidecar/tls.h"
 #include "spdlog/spdlog.h"
 #include "telemetry/exposition.h"
@@ -52,6 +53,14 @@ absl::StatusOr<std::unique_ptr<SidecarServer>> SidecarServer::Start(const Sideca
   if (!s->server_ || s->port_ == 0) {
     return absl::UnavailableError(absl::StrCat("cannot listen on ", config.listen));
   }
+  s->history_ = std::make_unique<StatusHistory>(static_cast<size_t>(config.history_points));
+  s->history_interval_ = config.history_interval;
+  s->history_->Record(*s->publisher_->snapshots().Load(), absl::Now());
+  s->sampler_ = std::thread([server = s.get()] {
+    while (!server->stop_sampling_.WaitForNotificationWithTimeout(server->history_interval_)) {
+      server->history_->Record(*server->publisher_->snapshots().Load(), absl::Now());
+    }
+  });
   auto admin = telemetry::AdminServer::Start(config.admin_listen, s->AdminHandlers());
   if (!admin.ok()) return admin.status();
   s->admin_ = *std::move(admin);
@@ -91,6 +100,18 @@ std::map<std::string, telemetry::AdminHandler> SidecarServer::AdminHandlers() {
   handlers["/v1/selection"] = [this](const telemetry::AdminRequest&) {
     const std::shared_ptr<const RoutingSnapshot> snapshot = publisher_->snapshots().Load();
     return telemetry::AdminResponse{200, "application/json", RenderSelectionJson(*snapshot, absl::Now())};
+  };
+  handlers["/"] = [this](const telemetry::AdminRequest&) {
+    const std::shared_ptr<const RoutingSnapshot> snapshot = publisher_->snapshots().Load();
+    const double last = reloads_.last_success_timestamp.load();
+    StatusPageInputs in{*snapshot, absl::Now(), reloads_.success.load(), reloads_.failure.load(),
+                        last > 0 ? std::optional<absl::Time>(absl::FromUnixNanos(static_cast<int64_t>(last * 1e9)))
+                                 : std::nullopt};
+    return telemetry::AdminResponse{200, "text/html; charset=utf-8", RenderStatusPage(in)};
+  };
+  handlers["/v1/history"] = [this](const telemetry::AdminRequest&) {
+    return telemetry::AdminResponse{200, "application/json",
+                                    RenderHistoryJson(history_->Points(), history_->capacity(), history_interval_)};
   };
   handlers["/v1/config"] = [this](const telemetry::AdminRequest&) {
     absl::MutexLock lock(&config_mu_);
@@ -147,6 +168,8 @@ void SidecarServer::Shutdown(absl::Duration drain) {
   server_->Shutdown(std::chrono::system_clock::now() + absl::ToChronoMilliseconds(drain));
   server_->Wait();
   if (admin_) admin_->Stop();
+  stop_sampling_.Notify();
+  if (sampler_.joinable()) sampler_.join();
   publisher_->Stop();
 }
 

@@ -14,6 +14,9 @@
 #include "sidecar/proxy.h"
 #include "sidecar/readiness.h"
 #include "sidecar/routing.h"
+#include "sidecar/status_history.h"
+#include "absl/synchronization/notification.h"
+#include <thread>
 #include "telemetry/admin_server.h"
 #include "telemetry/carbon_ledger.h"
 
@@ -56,6 +59,10 @@ class SidecarServer {
   std::unique_ptr<SelectionPublisher> publisher_;
   std::unique_ptr<InferenceProxy> proxy_;
   std::unique_ptr<grpc::Server> server_;
+  std::unique_ptr<StatusHistory> history_;
+  absl::Duration history_interval_;
+  absl::Notification stop_sampling_;
+  std::thread sampler_;  // records history_ every history_interval_
   std::unique_ptr<telemetry::AdminServer> admin_;
   int port_ = 0;
   bool shut_down_ = false;
