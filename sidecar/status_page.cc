@@ -60,7 +60,7 @@ function chart(svg,points,route){
  const t0=pts[0].t,t1=Math.max(pts[pts.length-1].t,t0+1);const cis=pts.map(p=>p.ci).filter(v=>v!=null);const cmax=Math.max(1,...cis);
  const rps=pts.map((p,i)=>i===0?0:Math.max(0,(p.n-pts[i-1].n)/Math.max(1e-9,p.t-pts[i-1].t)));const rmax=Math.max(1,...rps);
  const models=[...new Set(pts.map(p=>p.m))];const X=t=>pad+(w-2*pad)*(t-t0)/(t1-t0);
- const ns='http://www.w3.org/2000/svg';const add=(tag,attrs,text)=>{const e=document.createElementNS(ns,tag);for(const k in attrs)e.setAttribute(k,attrs[k]);if(text)e.textContent=text;svg.appendChild(e);return e;};
+ const ns=svg.namespaceURI;const add=(tag,attrs,text)=>{const e=document.createElementNS(ns,tag);for(const k in attrs)e.setAttribute(k,attrs[k]);if(text)e.textContent=text;svg.appendChild(e);return e;};
  add('text',{x:2,y:12},'gCO2/kWh (line), requests/s (bars), model (dots)');
  pts.forEach((p,i)=>{const bh=(h-2*pad)*rps[i]/rmax;add('rect',{x:X(p.t)-1,y:h-pad-bh,width:2,height:bh,fill:'#8c959f',opacity:0.5});});
  add('polyline',{points:pts.filter(p=>p.ci!=null).map(p=>X(p.t)+','+(h-pad-(h-2*pad)*p.ci/cmax)).join(' '),fill:'none',stroke:'#9a6700','stroke-width':2});
