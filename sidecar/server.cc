@@ -103,10 +103,18 @@ std::map<std::string, telemetry::AdminHandler> SidecarServer::AdminHandlers() {
   };
   handlers["/"] = [this](const telemetry::AdminRequest&) {
     const std::shared_ptr<const RoutingSnapshot> snapshot = publisher_->snapshots().Load();
-    const double last = reloads_.last_success_timestamp.load();
-    StatusPageInputs in{*snapshot, absl::Now(), reloads_.success.load(), reloads_.failure.load(),
-                        last > 0 ? std::optional<absl::Time>(absl::FromUnixNanos(static_cast<int64_t>(last * 1e9)))
-                                 : std::nullopt};
+    const double loaded = reloads_.last_success_timestamp.load();
+    std::optional<RejectedReload> rejected;
+    {
+      absl::MutexLock lock(&config_mu_);
+      rejected = last_rejected_reload_;
+    }
+    const StatusPageInputs in{*snapshot,
+                              absl::Now(),
+                              absl::FromUnixNanos(static_cast<int64_t>(loaded * 1e9)),
+                              reloads_.success.load(),
+                              reloads_.failure.load(),
+                              std::move(rejected)};
     return telemetry::AdminResponse{200, "text/html; charset=utf-8", RenderStatusPage(in)};
   };
   handlers["/v1/history"] = [this](const telemetry::AdminRequest&) {
@@ -156,6 +164,10 @@ absl::Status SidecarServer::ReloadFromFile(const std::string& path) {
     spdlog::info("event=config_reloaded result=success path={}", path);
   } else {
     reloads_.failure.fetch_add(1);
+    {
+      absl::MutexLock lock(&config_mu_);
+      last_rejected_reload_ = RejectedReload{absl::Now(), std::string(result.message())};
+    }
     spdlog::error("event=config_reloaded result=failure error=\"{}\" detail=\"old config kept\"",
                   ToStd(result.message()));
   }

@@ -2,7 +2,9 @@
 
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
+#include <thread>
 
 #include <grpcpp/grpcpp.h>
 
@@ -10,13 +12,13 @@
 #include "absl/time/time.h"
 #include "sidecar/config.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
 #include "sidecar/admin_endpoints.h"
 #include "sidecar/proxy.h"
 #include "sidecar/readiness.h"
 #include "sidecar/routing.h"
 #include "sidecar/status_history.h"
-#include "absl/synchronization/notification.h"
-#include <thread>
+#include "sidecar/status_page.h"
 #include "telemetry/admin_server.h"
 #include "telemetry/carbon_ledger.h"
 
@@ -53,6 +55,7 @@ class SidecarServer {
 
   mutable absl::Mutex config_mu_;
   SidecarConfig config_ ABSL_GUARDED_BY(config_mu_);
+  std::optional<RejectedReload> last_rejected_reload_ ABSL_GUARDED_BY(config_mu_);  // for the status page
   // Declared before what records into it, so it outlives them.
   telemetry::CarbonLedger ledger_;
   ReloadCounters reloads_;

@@ -10,7 +10,7 @@ void StatusHistory::Record(const RoutingSnapshot& snapshot, absl::Time at) {
   for (const RouteView& route : snapshot.routes()) {
     const telemetry::RouteReport report = route.Report();
     point.routes.push_back({route.route->config.name, route.pool()[route.decision.primary].name,
-                            snapshot.clusters()[route.clusters.front().index].upstream->name,
+                            snapshot.clusters()[route.served_in().index].upstream->name,
                             route.decision.intensity ? route.decision.intensity->gco2_per_kwh : -1, report.requests,
                             report.grams});
   }

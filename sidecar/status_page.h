@@ -13,12 +13,19 @@ namespace carbon::sidecar {
 // Text for HTML (element content and quoted attributes): & < > " ' escaped.
 std::string HtmlEscape(std::string_view text);
 
+// A reload the sidecar refused, for the page (the running config stayed).
+struct RejectedReload {
+  absl::Time at;
+  std::string message;
+};
+
 struct StatusPageInputs {
   const RoutingSnapshot& snapshot;
-  absl::Time now;  // wall clock
+  absl::Time now;            // wall clock
+  absl::Time config_loaded;  // when the config in force was loaded (start or last applied reload)
   uint64_t reloads_ok = 0;
   uint64_t reloads_failed = 0;
-  std::optional<absl::Time> last_reload;
+  std::optional<RejectedReload> last_reload_error;
 };
 
 // GET /: one self-contained page (no external resource) with every route's figures rendered in it,

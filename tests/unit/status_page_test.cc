@@ -41,19 +41,51 @@ TEST(StatusPageTest, EscapesEveryCharacterThatMeansSomethingInHtml) {
   EXPECT_EQ(HtmlEscape("resnet50"), "resnet50");
 }
 
-TEST(StatusPageTest, NamesFromTheConfigAreEscapedAndFiguresCarryTheirExactValue) {
+StatusPageInputs Inputs(const RoutingSnapshot& snapshot) {
+  return {snapshot, absl::FromUnixSeconds(1700000000), absl::FromUnixSeconds(1699990000), 0, 0, std::nullopt};
+}
+
+TEST(StatusPageTest, EveryStringFromTheConfigOrAProviderIsEscaped) {
   SidecarConfig config = carbon::testing::StaticSidecarConfig(1, 200);
   config.routes[0].name = "<script>alert(1)</script>";
+  std::vector<selector::Variant> variants = config.routes[0].pool->variants();
+  variants[3].name = "<img src=x onerror=alert(2)>";
+  config.routes[0].pool = std::make_shared<const selector::Pool>(*selector::Pool::Create(variants));
   auto publisher = SelectionPublisher::Create(config);
   ASSERT_TRUE(publisher.ok()) << publisher.status();
-  const std::string html = RenderStatusPage({*(*publisher)->snapshots().Load(), absl::Now()});
+  StatusPageInputs in = Inputs(*(*publisher)->snapshots().Load());
+  in.reloads_failed = 1;
+  in.last_reload_error = RejectedReload{absl::FromUnixSeconds(1699995000), "bad.yaml:3:7: unknown key '<b>'"};
+  const std::string html = RenderStatusPage(in);
   EXPECT_THAT(html, Not(HasSubstr("<script>alert(1)</script>")));
   EXPECT_THAT(html, HasSubstr("&lt;script&gt;alert(1)&lt;/script&gt;"));
-  EXPECT_THAT(html, HasSubstr("data-field=\"model\" data-value=\"resnet101\""));
-  EXPECT_THAT(html, HasSubstr("data-field=\"intensity\" data-value=\"200\""));
+  EXPECT_THAT(html, Not(HasSubstr("<img")));
+  EXPECT_THAT(html, HasSubstr("&lt;img src=x onerror=alert(2)&gt;"));
+  // The chart's legend is JSON inside an attribute: escaped too.
+  EXPECT_THAT(html, HasSubstr("data-models=\"[&quot;resnet34&quot;,"));
+  EXPECT_THAT(html, HasSubstr("unknown key &#39;&lt;b&gt;&#39;"));
+  EXPECT_THAT(html, HasSubstr("1 rejected"));
   // Self-contained: nothing fetched from elsewhere.
   EXPECT_THAT(html, Not(HasSubstr("http://")));
   EXPECT_THAT(html, Not(HasSubstr("https://")));
+  EXPECT_THAT(html, Not(HasSubstr("src=\"")));
+}
+
+TEST(StatusPageTest, FiguresCarryTheirExactValueBesideTheRoundedOne) {
+  auto publisher = SelectionPublisher::Create(carbon::testing::StaticSidecarConfig(1, 200));
+  ASSERT_TRUE(publisher.ok()) << publisher.status();
+  const std::string html = RenderStatusPage(Inputs(*(*publisher)->snapshots().Load()));
+  EXPECT_THAT(html, HasSubstr("data-field=\"model\" data-value=\"resnet101\">resnet101<"));
+  EXPECT_THAT(html, HasSubstr("data-field=\"intensity\" data-value=\"200\">200<small> gCO2/kWh"));
+  EXPECT_THAT(html, HasSubstr("data-field=\"weight_percent:resnet101\" data-value=\"100\">100.0"));
+  EXPECT_THAT(html, HasSubstr("data-field=\"weight_percent:resnet34\" data-value=\"0\">0.0"));
+  EXPECT_THAT(html, HasSubstr("data-field=\"served:resnet101\" data-value=\"0\">0<"));
+  // Nothing served yet: no mean error to show, and the page says so rather than 0.
+  EXPECT_THAT(html, HasSubstr("data-field=\"mean_error\" data-value=\"\">—"));
+  // Where 200 sits in the fixed window 100..300.
+  EXPECT_THAT(html, HasSubstr("window 100 – 300 gCO2/kWh"));
+  EXPECT_THAT(html, HasSubstr("aria-label=\"50 % of the way"));
+  EXPECT_THAT(html, HasSubstr("Config loaded 2023-11-14T19:26:40+00:00"));
 }
 
 }  // namespace
