@@ -88,5 +88,28 @@ TEST(StatusPageTest, FiguresCarryTheirExactValueBesideTheRoundedOne) {
   EXPECT_THAT(html, HasSubstr("Config loaded 2023-11-14T19:26:40+00:00"));
 }
 
+TEST(StatusPageTest, ARouteAcrossClustersShowsWhereItsCallsGoAndWhy) {
+  SidecarConfig config = carbon::testing::StaticSidecarConfig(1, 200);
+  config.clusters_listed = true;
+  ClusterConfig near{.name = "near", .target = "127.0.0.1:1"};
+  near.intensity = config.intensity;
+  near.intensity.provider = telemetry::StaticIntensity(300, "GB");
+  near.rtt = absl::Milliseconds(2);
+  ClusterConfig far{.name = "far", .target = "127.0.0.1:2"};
+  far.intensity = config.intensity;
+  far.intensity.provider = telemetry::StaticIntensity(100, "FR");
+  far.rtt = absl::Milliseconds(12);
+  config.clusters = {near, far};
+  auto publisher = SelectionPublisher::Create(config);
+  ASSERT_TRUE(publisher.ok()) << publisher.status();
+  const std::string html = RenderStatusPage(Inputs(*(*publisher)->snapshots().Load()));
+  // The cleaner grid serves, with the variant its intensity gives (100 is the window's low).
+  EXPECT_THAT(html, HasSubstr("data-field=\"cluster\" data-value=\"far\""));
+  EXPECT_THAT(html, HasSubstr("data-field=\"intensity\" data-value=\"100\""));
+  EXPECT_THAT(html, HasSubstr("data-field=\"model\" data-value=\"resnet152\""));
+  EXPECT_THAT(html, HasSubstr("Clusters in order: far (cleanest, 100 gCO2/kWh) → near ("));
+  EXPECT_THAT(html, HasSubstr("12.0 ms (configured)"));
+}
+
 }  // namespace
 }  // namespace carbon::sidecar
