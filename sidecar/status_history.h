@@ -29,7 +29,8 @@ struct HistoryPoint {
 };
 
 // The last `capacity` samples of what each route did, for the status page's chart (/v1/history).
-// Memory is bounded: capacity × routes × (the names plus 40 bytes). Thread-safe.
+// Memory is bounded: about capacity × routes × 150 bytes (names longer than 15 characters add their
+// length). Thread-safe: the sampler records while the admin port reads.
 class StatusHistory {
  public:
   explicit StatusHistory(size_t capacity) : capacity_(capacity) {}

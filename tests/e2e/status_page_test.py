@@ -90,9 +90,23 @@ class StatusPage(SidecarTestCase):
 
         thread = threading.Thread(target=load)
         thread.start()
-        self.assertTrue(poll(lambda: len(json.loads(get(admin, "/v1/history")[0])["points"]) >= 40, timeout=20))
-        stop.set()
-        thread.join()
+        try:
+            self.assertTrue(poll(lambda: len(json.loads(get(admin, "/v1/history")[0])["points"]) >= 40, timeout=20))
+
+            # The screenshots (README) while the load still runs.
+            shot = os.environ.get("CARBON_SCREENSHOT") or os.path.join(self.dir, "status-page.png")
+            result = self.chromium("--window-size=1100,1000", f"--screenshot={shot}", f"http://127.0.0.1:{admin}/")
+            self.assertEqual(result.returncode, 0, result.stderr)
+            # And at a phone's width (the README's second picture).
+            phone = shot[:-len(".png")] + "-phone.png"
+            result = self.chromium("--window-size=390,1800", f"--screenshot={phone}", f"http://127.0.0.1:{admin}/")
+            self.assertEqual(result.returncode, 0, result.stderr)
+            for path in (shot, phone):
+                with open(path, "rb") as f:
+                    self.assertEqual(f.read(8), b"\x89PNG\r\n\x1a\n")
+        finally:
+            stop.set()
+            thread.join()
         self.assertGreater(len(set(served)), 1, "the replayed grid should have moved the choice")
 
         body, content_type = get(admin, "/")
@@ -134,17 +148,6 @@ class StatusPage(SidecarTestCase):
         # The history is full (its bound), and the chart drew every point of it.
         self.assertEqual(len(history["points"]), 40)
         self.assertEqual(page.charts["resnet"], 40)
-
-        shot = os.environ.get("CARBON_SCREENSHOT") or os.path.join(self.dir, "status-page.png")
-        result = self.chromium("--window-size=1100,1000", f"--screenshot={shot}", f"http://127.0.0.1:{admin}/")
-        self.assertEqual(result.returncode, 0, result.stderr)
-        # And at a phone's width (the README's second picture).
-        phone = shot[:-len(".png")] + "-phone.png"
-        result = self.chromium("--window-size=390,1800", f"--screenshot={phone}", f"http://127.0.0.1:{admin}/")
-        self.assertEqual(result.returncode, 0, result.stderr)
-        for path in (shot, phone):
-            with open(path, "rb") as f:
-                self.assertEqual(f.read(8), b"\x89PNG\r\n\x1a\n")
 
     def test_names_from_the_config_are_escaped(self):
         port = self.start_upstream()
