@@ -8,6 +8,7 @@ Must run under Debian's /usr/bin/python3 (python3-grpcio).
 import html.parser
 import json
 import os
+import signal
 import subprocess
 import threading
 import time
@@ -159,6 +160,15 @@ class StatusPage(SidecarTestCase):
         sidecar, _ = self.start_sidecar(config)
         body, _ = get(sidecar.admin_port, "/")
         self.assertNotIn("<b>r&d</b>", body)
+        self.assertIn("&lt;b&gt;r&amp;d&lt;/b&gt;&quot;x", body)
+
+        # A reload the sidecar rejects: the page says so, with the error (escaped), and keeps the route.
+        with open(config, "a") as f:
+            f.write("bogus_key: <i>\n")
+        sidecar.proc.send_signal(signal.SIGHUP)
+        self.assertTrue(poll(lambda: "1 rejected" in get(sidecar.admin_port, "/")[0]), sidecar.output())
+        body, _ = get(sidecar.admin_port, "/")
+        self.assertIn("unknown key &#39;bogus_key&#39;", body)
         self.assertIn("&lt;b&gt;r&amp;d&lt;/b&gt;&quot;x", body)
 
 

@@ -147,6 +147,8 @@ routes:
   ASSERT_TRUE(config.ok()) << config.status();
   EXPECT_EQ(config->listen, "0.0.0.0:8001");
   EXPECT_EQ(config->admin_listen, "127.0.0.1:9464");  // loopback unless chosen otherwise
+  EXPECT_EQ(config->history_interval, absl::Seconds(10));  // two hours of status-page history
+  EXPECT_EQ(config->history_points, 720);
   EXPECT_EQ(config->upstream.readiness_interval, absl::Seconds(10));
   EXPECT_EQ(config->upstream.max_message_bytes, 64 * 1024 * 1024);
   EXPECT_EQ(config->memory_limit_bytes, 512 * 1024 * 1024);
@@ -250,6 +252,10 @@ TEST_F(ConfigTest, EveryMistakeNamesFileLineAndColumn) {
        "31:11: admin.listen must be host:port, such as 127.0.0.1:9464, got 'everywhere'"},
       {"admin unknown key", "  listen: 127.0.0.1:0", "  listen: 127.0.0.1:0\n  tls: on",
        "32:3: unknown key 'tls' in admin"},
+      {"history too often", "  listen: 127.0.0.1:0", "  listen: 127.0.0.1:0\n  history_interval: 50ms",
+       "32:21: admin.history_interval must be at least 100ms"},
+      {"history points", "  listen: 127.0.0.1:0", "  listen: 127.0.0.1:0\n  history_points: 0",
+       "32:19: admin.history_points must lie between 1 and 100000"},
       {"readiness interval", "  max_message_bytes: 1048576", "  max_message_bytes: 1048576\n  readiness_interval: -1s",
        "5:23: upstream.readiness_interval must be a duration"},
       {"broken YAML", "  target: 127.0.0.1:9011", "  target: [127.0.0.1:9011", "invalid YAML"},
