@@ -91,11 +91,15 @@ TEST(StatusPageTest, FiguresCarryTheirExactValueBesideTheRoundedOne) {
 TEST(StatusPageTest, ARouteAcrossClustersShowsWhereItsCallsGoAndWhy) {
   SidecarConfig config = carbon::testing::StaticSidecarConfig(1, 200);
   config.clusters_listed = true;
-  ClusterConfig near{.name = "near", .target = "127.0.0.1:1"};
+  ClusterConfig near;
+  near.name = "near";
+  near.target = "127.0.0.1:1";
   near.intensity = config.intensity;
   near.intensity.provider = telemetry::StaticIntensity(300, "GB");
   near.rtt = absl::Milliseconds(2);
-  ClusterConfig far{.name = "far", .target = "127.0.0.1:2"};
+  ClusterConfig far;
+  far.name = "far";
+  far.target = "127.0.0.1:2";
   far.intensity = config.intensity;
   far.intensity.provider = telemetry::StaticIntensity(100, "FR");
   far.rtt = absl::Milliseconds(12);
