@@ -6,7 +6,9 @@
 #   grpc-floor        loadgen -> bench/grpc-floor-proxy -> fake-upstream   (unary only: a yardstick for
 #                     what any gRPC C++ proxy costs, with nothing parsed, copied or counted)
 # Unary ModelInfer at concurrency 1, 16 and 64 and ModelStreamInfer with 1 and 16 streams, each with a
-# 1 KB payload and one 224x224x3 FP32 image (602,112 bytes), three repetitions, recording the proxy's
+# 1 KB payload and one 224x224x3 FP32 image (602,112 bytes), answered with small responses (a
+# classifier's scores) and with a 602,112-byte output tensor (segmentation, super-resolution and
+# generative models answer that way; the loadgen checks it arrived whole), three repetitions, recording the proxy's
 # CPU seconds (from /proc) per 1,000 requests and its peak RSS during that run (VmHWM, reset before
 # each run); then cross-checks the small payload with h2load, an independent HTTP/2 client. Medians
 # and ratios go to bench/results/compare/<time>/summary.md; copy the table into bench/RESULTS.md.
@@ -103,8 +105,9 @@ pids+=("$floor_pid")
 wait_port "$floor_port"
 
 # One loadgen run against a target; prints its JSON line (with the proxy's CPU and peak RSS).
-measure() {  # mode target payload concurrency seconds rep
-  local mode=$1 target=$2 payload=$3 concurrency=$4 seconds=$5 rep=$6 port model pid before result cpu=0 rss=0
+measure() {  # mode target payload concurrency seconds rep [response_bytes]
+  local mode=$1 target=$2 payload=$3 concurrency=$4 seconds=$5 rep=$6 response=${7:-0}
+  local port model pid before result cpu=0 rss=0
   case "$target" in
     direct) port=$upstream_port; model=resnet50; pid=0 ;;
     sidecar) port=$sidecar_port; model=resnet; pid=$sidecar_pid ;;
@@ -114,29 +117,31 @@ measure() {  # mode target payload concurrency seconds rep
   if [ "$pid" != 0 ]; then before=$(cpu_seconds "$pid"); reset_peak_rss "$pid"; fi
   result=$("$build_dir/bench/loadgen" --target "127.0.0.1:$port" --model "$model" \
     --stream="$([ "$mode" = stream ] && echo true || echo false)" \
-    --concurrency "$concurrency" --payload_bytes "$payload" --warmup 1s --duration "${seconds}s")
+    --concurrency "$concurrency" --payload_bytes "$payload" --response_bytes "$response" --warmup 1s \
+    --duration "${seconds}s")
   if [ "$pid" != 0 ]; then
     cpu=$(echo "$(cpu_seconds "$pid") - $before" | bc | awk '{printf "%.4f", $1}')
     rss=$(peak_rss_kb "$pid")
   fi
-  echo "rep $rep $mode payload $payload c=$concurrency $target: $(echo "$result" | /usr/bin/python3 bench/compare_summary.py --line)" >&2
-  echo "{\"rep\": $rep, \"mode\": \"$mode\", \"target\": \"$target\", \"payload\": $payload, \"concurrency\": $concurrency, \"proxy_cpu_s\": $cpu, \"proxy_peak_rss_kb\": $rss, \"load\": $result}"
+  echo "rep $rep $mode payload $payload response $response c=$concurrency $target: $(echo "$result" | /usr/bin/python3 bench/compare_summary.py --line)" >&2
+  echo "{\"rep\": $rep, \"mode\": \"$mode\", \"target\": \"$target\", \"payload\": $payload, \"response\": $response, \"concurrency\": $concurrency, \"proxy_cpu_s\": $cpu, \"proxy_peak_rss_kb\": $rss, \"load\": $result}"
 }
 
 raw="$out/raw.jsonl"
 : >"$raw"
-# Payload-major, so that no 1 KB run follows a 602 KB one: memory a process freed but kept (glibc
-# does not hand every freed block back) would show as the 1 KB runs' peak.
-for payload in 1024 602112; do
+# Size-major, smallest first, so that no small run follows a large one: memory a process freed but
+# kept (glibc does not hand every freed block back) would show as the small runs' peak.
+for sizes in "1024 0" "602112 0" "1024 602112" "602112 602112"; do
+  read -r payload response <<<"$sizes"
   for rep in $(seq "$reps"); do
     for concurrency in 1 16 64; do
       for target in direct sidecar nginx grpc-floor; do
-        measure unary "$target" "$payload" "$concurrency" "$duration" "$rep" >>"$raw"
+        measure unary "$target" "$payload" "$concurrency" "$duration" "$rep" "$response" >>"$raw"
       done
     done
     for concurrency in 1 16; do
       for target in direct sidecar nginx; do
-        measure stream "$target" "$payload" "$concurrency" "$duration" "$rep" >>"$raw"
+        measure stream "$target" "$payload" "$concurrency" "$duration" "$rep" "$response" >>"$raw"
       done
     done
   done

@@ -12,12 +12,13 @@ from collections import defaultdict
 
 
 def read_runs(*paths):
-    """loadgen runs from compare.sh's .jsonl files, by (call, target, payload, concurrency)."""
+    """loadgen runs from compare.sh's .jsonl files, by (call, target, payload, response, concurrency);
+    runs recorded before responses were varied had small responses (0)."""
     runs = defaultdict(list)
     for path in paths:
         for line in open(path):
             r = json.loads(line)
-            runs[(r.get("mode", "unary"), r["target"], r["payload"], r["concurrency"])].append(r)
+            runs[(r.get("mode", "unary"), r["target"], r["payload"], r.get("response", 0), r["concurrency"])].append(r)
     return runs
 
 
@@ -42,17 +43,17 @@ def growth(raw, growth_file, out_dir):
     runs = read_runs(raw, growth_file)
 
     def point(payload, c):
-        direct = median(runs, ("unary", "direct", payload, c), p50_us)
+        direct = median(runs, ("unary", "direct", payload, 0, c), p50_us)
         row = []
         for target in ("sidecar", "nginx"):
-            key = ("unary", target, payload, c)
+            key = ("unary", target, payload, 0, c)
             row += [median(runs, key, p50_us) - direct, 1e6 * median(runs, key, cpu_s_per_request)]
         return row
 
-    unary = [k for k in runs if k[0] == "unary"]
+    unary = [k for k in runs if k[0] == "unary" and k[3] == 0]
     sweeps = {
-        "payload": [(p, point(p, 1)) for p in sorted({k[2] for k in unary if k[3] == 1})],
-        "concurrency": [(c, point(1024, c)) for c in sorted({k[3] for k in unary if k[2] == 1024})],
+        "payload": [(p, point(p, 1)) for p in sorted({k[2] for k in unary if k[4] == 1})],
+        "concurrency": [(c, point(1024, c)) for c in sorted({k[4] for k in unary if k[2] == 1024})],
     }
     for name, rows in sweeps.items():
         label = "payload bytes (concurrency 1)" if name == "payload" else "concurrency (1 KB payload)"
@@ -114,18 +115,20 @@ def main():
     def ratio(a, b):
         return a / b if b > 0 else float("nan")
 
-    print("| call | payload | concurrency | target | throughput (req/s) | p50 µs | p99 µs | added p50 µs | added p99 µs "
-          "| proxy CPU s / 1000 req | proxy peak RSS MB | errors |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| call | request | response | concurrency | target | throughput (req/s) | p50 µs | p99 µs | added p50 µs "
+          "| added p99 µs | proxy CPU s / 1000 req | proxy peak RSS MB | errors |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     ratios = []
     for mode in ("unary", "stream"):
-        for payload in sorted({k[2] for k in runs if k[0] == mode}):
-            for c in sorted({k[3] for k in runs if k[0] == mode}):
-                base_p50 = med((mode, "direct", payload, c), lambda r: r["load"]["latency_us"]["p50"])
-                base_p99 = med((mode, "direct", payload, c), lambda r: r["load"]["latency_us"]["p99"])
+        sizes = sorted({(k[3], k[2]) for k in runs if k[0] == mode})  # small responses first
+        for response, payload in sizes:
+            for c in sorted({k[4] for k in runs if k[0] == mode}):
+                direct = (mode, "direct", payload, response, c)
+                base_p50 = med(direct, lambda r: r["load"]["latency_us"]["p50"])
+                base_p99 = med(direct, lambda r: r["load"]["latency_us"]["p99"])
                 row = {}
                 for target in ("direct", "sidecar", "nginx", "grpc-floor"):
-                    key = (mode, target, payload, c)
+                    key = (mode, target, payload, response, c)
                     if key not in runs:
                         continue
                     rps = med(key, lambda r: r["load"]["throughput_rps"])
@@ -135,25 +138,27 @@ def main():
                     rss = med(key, lambda r: r["proxy_peak_rss_kb"]) / 1024
                     errors = sum(sum(r["load"]["errors"].values()) for r in runs[key])
                     row[target] = dict(rps=rps, p50=p50, p99=p99, cpu=cpu, add50=p50 - base_p50, add99=p99 - base_p99)
+                    sizes_cells = f"| {mode} | {payload} | {response or 'small'} | {c} | {target} |"
                     if target == "direct":
-                        print(f"| {mode} | {payload} | {c} | {target} | {rps:.0f} | {p50:.0f} | {p99:.0f} | — | — | — | — | {errors} |")
+                        print(f"{sizes_cells} {rps:.0f} | {p50:.0f} | {p99:.0f} | — | — | — | — | {errors} |")
                     else:
-                        print(f"| {mode} | {payload} | {c} | {target} | {rps:.0f} | {p50:.0f} | {p99:.0f} | "
+                        print(f"{sizes_cells} {rps:.0f} | {p50:.0f} | {p99:.0f} | "
                               f"{p50 - base_p50:.0f} | {p99 - base_p99:.0f} | {cpu:.4f} | {rss:.1f} | {errors} |")
                 if "sidecar" in row and "nginx" in row:
                     s, n, d = row["sidecar"], row["nginx"], row["direct"]
                     f = row.get("grpc-floor")
-                    ratios.append((mode, payload, c, ratio(s["rps"], d["rps"]), ratio(s["rps"], n["rps"]),
+                    ratios.append((mode, payload, response, c, ratio(s["rps"], d["rps"]), ratio(s["rps"], n["rps"]),
                                    ratio(s["add50"], n["add50"]), ratio(s["add99"], n["add99"]), ratio(s["cpu"], n["cpu"]),
                                    ratio(f["add50"], n["add50"]) if f else None, ratio(f["cpu"], n["cpu"]) if f else None))
     print()
-    print("| call | payload | concurrency | throughput sidecar/direct | throughput sidecar/nginx | added p50 sidecar/nginx "
-          "| added p99 sidecar/nginx | CPU per request sidecar/nginx | added p50 grpc-floor/nginx "
-          "| CPU per request grpc-floor/nginx |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    for mode, payload, c, a, b, l50, l99, cpu, f50, fcpu in ratios:
+    print("| call | request | response | concurrency | throughput sidecar/direct | throughput sidecar/nginx "
+          "| added p50 sidecar/nginx | added p99 sidecar/nginx | CPU per request sidecar/nginx "
+          "| added p50 grpc-floor/nginx | CPU per request grpc-floor/nginx |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for mode, payload, response, c, a, b, l50, l99, cpu, f50, fcpu in ratios:
         floor = f"{f50:.2f} | {fcpu:.2f}" if f50 is not None else "— | —"
-        print(f"| {mode} | {payload} | {c} | {a:.2f} | {b:.2f} | {l50:.2f} | {l99:.2f} | {cpu:.2f} | {floor} |")
+        print(f"| {mode} | {payload} | {response or 'small'} | {c} | {a:.2f} | {b:.2f} | {l50:.2f} | {l99:.2f} "
+              f"| {cpu:.2f} | {floor} |")
 
     print("\nh2load cross-check (1 KB, 1 connection, 16 streams, 20,000 requests):\n")
     print("| target | req/s | succeeded |")

@@ -83,6 +83,9 @@ class DelayedUnaryReactor final : public grpc::ServerUnaryReactor {
 
 namespace {
 
+// The largest output a request may ask for: well inside the 64 MiB messages both sides accept.
+constexpr int64_t kMaxResponseBytes = int64_t{48} * 1024 * 1024;
+
 grpc::ServerUnaryReactor* Done(grpc::CallbackServerContext* ctx, grpc::Status status = grpc::Status::OK) {
   auto* reactor = ctx->DefaultReactor();
   reactor->Finish(status);
@@ -171,6 +174,17 @@ grpc::Status FakeInferenceService::Infer(const inference::ModelInferRequest& req
     return grpc::Status(grpc::StatusCode::NOT_FOUND,
                         absl::StrCat("Request for unknown model: '", request.model_name(), "' is not found"));
   }
+  // A model that answers with a large tensor (segmentation, super-resolution, generation): the
+  // request asks for `response_bytes` of output, for benchmarks of the response direction.
+  int64_t response_bytes = 0;
+  if (const auto it = request.parameters().find("response_bytes"); it != request.parameters().end()) {
+    response_bytes = it->second.int64_param();
+    if (response_bytes < 0 || response_bytes > kMaxResponseBytes || response_bytes % 4 != 0) {
+      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                          absl::StrCat("response_bytes must be a multiple of 4 between 0 and ", kMaxResponseBytes,
+                                       ", got ", response_bytes));
+    }
+  }
   uint64_t input_bytes = 0;
   for (const std::string& raw : request.raw_input_contents()) input_bytes += raw.size();
   response->set_model_name(request.model_name());
@@ -193,6 +207,14 @@ grpc::Status FakeInferenceService::Infer(const inference::ModelInferRequest& req
   std::string count(8, '\0');
   for (int i = 0; i < 8; ++i) count[i] = static_cast<char>(input_bytes >> (8 * i) & 0xff);
   response->add_raw_output_contents(count);
+  if (response_bytes > 0) {
+    auto* tensor = response->add_outputs();
+    tensor->set_name("output");
+    tensor->set_datatype("FP32");
+    tensor->add_shape(1);
+    tensor->add_shape(response_bytes / 4);
+    response->add_raw_output_contents(std::string(static_cast<size_t>(response_bytes), '\x02'));
+  }
   if (options_.gpu) {
     const int64_t batch = request.inputs_size() > 0 && request.inputs(0).shape_size() > 0 ? request.inputs(0).shape(0) : 1;
     options_.gpu->CountInference(request.model_name(), std::max<int64_t>(batch, 1));
@@ -365,6 +387,7 @@ absl::StatusOr<std::unique_ptr<FakeUpstreamServer>> FakeUpstreamServer::Start(
   grpc::ServerBuilder builder;
   builder.AddListeningPort(address, credentials ? credentials : grpc::InsecureServerCredentials(), &server->port_);
   builder.SetMaxReceiveMessageSize(64 * 1024 * 1024);
+  builder.SetMaxSendMessageSize(64 * 1024 * 1024);
   builder.RegisterService(server->service_.get());
   server->server_ = builder.BuildAndStart();
   if (!server->server_ || server->port_ == 0) {

@@ -38,6 +38,9 @@ ABSL_FLAG(double, rate, 0, "Open loop: calls started per second (0: closed loop)
 ABSL_FLAG(absl::Duration, duration, absl::Seconds(10), "How long to measure.");
 ABSL_FLAG(absl::Duration, warmup, absl::Seconds(1), "Load before measuring, not counted.");
 ABSL_FLAG(int64_t, payload_bytes, 1024, "raw_input_contents size (602112: one 224x224x3 FP32 image).");
+ABSL_FLAG(int64_t, response_bytes, 0,
+          "Asks the fake upstream for an output tensor this large (602112: one image back); a response "
+          "without it counts as a DATA_LOSS error.");
 ABSL_FLAG(int64_t, batch, 1, "shape[0] of the input tensor.");
 ABSL_FLAG(absl::Duration, timeout, absl::Seconds(10), "Deadline of each call.");
 ABSL_FLAG(int, channels, 1, "gRPC channels (connections) the calls are spread over.");
@@ -54,6 +57,9 @@ class LoadGenerator {
     input->set_datatype("FP32");
     for (int64_t d : {absl::GetFlag(FLAGS_batch), int64_t{3}, int64_t{224}, int64_t{224}}) input->add_shape(d);
     request_.add_raw_input_contents(std::string(static_cast<size_t>(absl::GetFlag(FLAGS_payload_bytes)), '\x01'));
+    if (absl::GetFlag(FLAGS_response_bytes) > 0) {
+      (*request_.mutable_parameters())["response_bytes"].set_int64_param(absl::GetFlag(FLAGS_response_bytes));
+    }
     grpc::ChannelArguments args;
     args.SetMaxReceiveMessageSize(-1);
     args.SetMaxSendMessageSize(-1);
@@ -72,7 +78,7 @@ class LoadGenerator {
     auto& stub = *stubs_[next_stub_.fetch_add(1, std::memory_order_relaxed) % stubs_.size()];
     in_flight_.fetch_add(1);
     stub.async()->ModelInfer(&call->ctx, &request_, &call->response, [this, call, then](grpc::Status s) {
-      Record(call->intended, s, call->response.model_name());
+      Record(call->intended, s, &call->response);
       delete call;
       if (then) then();
       in_flight_.fetch_sub(1);  // last: main may end the process once nothing is in flight
@@ -113,11 +119,12 @@ class LoadGenerator {
     const double seconds = absl::ToDoubleSeconds(measured);
     return absl::StrFormat(
         "{\"mode\": \"%s\", \"target\": \"%s\", \"concurrency\": %d, \"rate\": %g, \"payload_bytes\": %d, "
+        "\"response_bytes\": %d, "
         "\"duration_s\": %.3f, \"requests\": %d, \"ok\": %d, \"throughput_rps\": %.1f, "
         "\"latency_us\": {\"p50\": %.1f, \"p90\": %.1f, \"p99\": %.1f, \"p999\": %.1f, \"max\": %.1f, \"mean\": %.1f}, "
         "\"errors\": {%s}, \"models\": {%s}}\n",
         mode, absl::GetFlag(FLAGS_target), absl::GetFlag(FLAGS_concurrency), absl::GetFlag(FLAGS_rate),
-        absl::GetFlag(FLAGS_payload_bytes), seconds, latencies_us_.size(), ok_,
+        absl::GetFlag(FLAGS_payload_bytes), absl::GetFlag(FLAGS_response_bytes), seconds, latencies_us_.size(), ok_,
         static_cast<double>(ok_) / seconds, pct(0.5), pct(0.9), pct(0.99), pct(0.999),
         latencies_us_.empty() ? 0.0 : latencies_us_.back(), latencies_us_.empty() ? 0.0 : sum / latencies_us_.size(),
         errors, models);
@@ -154,11 +161,11 @@ class LoadGenerator {
       answered_ = true;
       const std::string& error = response_.error_message();
       gen_->Record(sent_, error.empty() ? grpc::Status::OK : grpc::Status(grpc::StatusCode::UNKNOWN, error),
-                   response_.infer_response().model_name());
+                   &response_.infer_response());
       Step();
     }
     void OnDone(const grpc::Status& status) override {
-      if (!status.ok() && !answered_) gen_->Record(sent_, status, "");
+      if (!status.ok() && !answered_) gen_->Record(sent_, status, nullptr);
       LoadGenerator* gen = gen_;
       delete this;
       gen->in_flight_.fetch_sub(1);  // last: main may end the process once nothing is in flight
@@ -192,15 +199,21 @@ class LoadGenerator {
     absl::Time sent_;
   };
 
-  void Record(absl::Time intended, const grpc::Status& status, const std::string& model) {
+  void Record(absl::Time intended, grpc::Status status, const inference::ModelInferResponse* response) {
     const absl::Time done = absl::Now();
+    const int64_t want = absl::GetFlag(FLAGS_response_bytes);
+    if (status.ok() && want > 0 &&
+        (response->raw_output_contents().empty() ||
+         static_cast<int64_t>(response->raw_output_contents().rbegin()->size()) != want)) {
+      status = grpc::Status(grpc::StatusCode::DATA_LOSS, "the output tensor is missing or short");
+    }
     absl::MutexLock lock(&mu_);
     // Counted when the call started inside the measured span.
     if (intended < measure_from_ || intended >= measure_to_) return;
     latencies_us_.push_back(absl::ToDoubleMicroseconds(done - intended));
     if (status.ok()) {
       ++ok_;
-      ++models_[model];
+      ++models_[response->model_name()];
     } else {
       ++errors_[static_cast<int>(status.error_code())];
     }

@@ -33,10 +33,16 @@ class LoadgenSmoke(SidecarTestCase):
         port = int(sidecar.find(r"event=listening .* port=(\d+)").group(1))
         for mode, extra in (("closed", ["--concurrency", "4"]),
                             ("open", ["--rate", "300"]),
-                            ("stream", ["--stream", "--concurrency", "4", "--payload_bytes", "602112"])):
-            with self.subTest(mode=mode):
+                            ("stream", ["--stream", "--concurrency", "4", "--payload_bytes", "602112"]),
+                            # A large answer (the loadgen counts a short one as DATA_LOSS), both ways.
+                            ("closed", ["--concurrency", "4", "--response_bytes", "602112"]),
+                            ("stream", ["--stream", "--concurrency", "4", "--payload_bytes", "602112",
+                                        "--response_bytes", "602112"])):
+            with self.subTest(mode=mode, extra=extra):
                 report = self.loadgen(port, *extra)
                 self.assertEqual(report["mode"], mode)
+                self.assertEqual(report["response_bytes"], int(extra[extra.index("--response_bytes") + 1])
+                                 if "--response_bytes" in extra else 0)
                 # Open loop sends 300 whatever the speed; closed loops get what the machine (or a
                 # sanitizer build) manages, which is never judged beyond "some".
                 self.assertGreaterEqual(report["requests"], 290 if mode == "open" else 50, report)
@@ -44,16 +50,23 @@ class LoadgenSmoke(SidecarTestCase):
                 self.assertEqual(report["errors"], {}, report)
                 self.assertEqual(report["models"], {"resnet101": report["ok"]}, report)
 
+    def test_a_response_without_the_tensor_asked_for_is_an_error(self):
+        # Asked of the upstream directly: 6 bytes is no FP32 tensor, so it refuses, and every call counts.
+        upstream = self.start_upstream()
+        report = self.loadgen(upstream, "--concurrency", "2", "--response_bytes", "6", model="resnet50")
+        self.assertEqual(report["ok"], 0, report)
+        self.assertEqual(report["errors"], {"3": report["requests"]}, report)  # INVALID_ARGUMENT
+
     def test_the_grpc_floor_proxy_forwards_every_request(self):
         upstream = self.start_upstream()
         floor = Process([FLOOR_PROXY, "--listen", "127.0.0.1:0", "--upstream", f"127.0.0.1:{upstream}"])
         self.processes.append(floor)
         match = poll(lambda: floor.find(r"listening on port (\d+)"))
         self.assertIsNotNone(match, floor.output())
-        for payload in ("1024", "602112"):
-            with self.subTest(payload=payload):
+        for payload, response in (("1024", "0"), ("602112", "0"), ("1024", "602112")):
+            with self.subTest(payload=payload, response=response):
                 report = self.loadgen(int(match.group(1)), "--concurrency", "4", "--payload_bytes", payload,
-                                      model="resnet50")
+                                      "--response_bytes", response, model="resnet50")
                 self.assertGreaterEqual(report["requests"], 20, report)
                 self.assertEqual(report["ok"], report["requests"], report)
                 self.assertEqual(report["errors"], {}, report)
