@@ -30,16 +30,30 @@ std::string HtmlEscape(std::string_view text) {
 
 namespace {
 
+// A figure in an element that also carries it for programs: data-route, data-field and data-value
+// (the exact value); `shown` is already HTML. `big`: styled as a headline figure.
+std::string Tagged(std::string_view route, std::string_view field, std::string_view value, std::string_view shown,
+                   bool big) {
+  return absl::StrCat("<span ", big ? "class=\"fig\" " : "", "data-route=\"", HtmlEscape(route), "\" data-field=\"",
+                      HtmlEscape(field), "\" data-value=\"", HtmlEscape(value), "\">", ToAbsl(shown), "</span>");
+}
+
+// A text (a name, a reason) as it is, for a person and for a program.
+std::string TextFigure(std::string_view route, std::string_view field, std::string_view text, bool big = false) {
+  return Tagged(route, field, text, HtmlEscape(text), big);
+}
+
 // A number for a person, and the exact one for a program (data-value), in one element.
 // `signed_figure`: a difference, shown with its sign.
 std::string Figure(std::string_view route, std::string_view field, double value, int decimals,
                    std::string_view unit = "", bool signed_figure = false) {
-  const std::string shown = !std::isfinite(value) ? "—"
-                            : signed_figure       ? absl::StrFormat("%+.*f", decimals, value)
-                                                  : absl::StrFormat("%.*f", decimals, value);
-  return absl::StrCat("<span class=\"fig\" data-route=\"", HtmlEscape(route), "\" data-field=\"", HtmlEscape(field),
-                      "\" data-value=\"", std::isfinite(value) ? absl::StrFormat("%.17g", value) : "", "\">",
-                      shown, unit.empty() ? "" : absl::StrCat("<small> ", ToAbsl(unit), "</small>"), "</span>");
+  const bool known = std::isfinite(value);
+  const std::string shown = !known          ? "—"
+                            : signed_figure ? absl::StrFormat("%+.*f", decimals, value)
+                                            : absl::StrFormat("%.*f", decimals, value);
+  return Tagged(route, field, known ? absl::StrFormat("%.17g", value) : "",
+                absl::StrCat(shown, unit.empty() ? "" : absl::StrCat("<small> ", ToAbsl(unit), "</small>")),
+                /*big=*/true);
 }
 
 // The part of the page about one route.
@@ -52,19 +66,15 @@ void RenderRoute(const RoutingSnapshot& snapshot, const RouteView& route, std::s
   const ClusterStatus& cluster = snapshot.clusters()[route.served_in().index];
   const SourceStatus& source = cluster.source;
   const double largest = report.counterfactual_grams.empty() ? NAN : report.counterfactual_grams[pool.most_accurate()];
-  const std::string& model = pool[d.primary].name;
   absl::StrAppend(html, "<section><h2>Route <code>", name, "</code> <small class=\"k\">policy ",
                   HtmlEscape(route.route->policy->kind()), "</small></h2><div class=\"grid\">");
 
-  absl::StrAppend(html, "<div><div class=\"k\">serving now</div><span class=\"fig\" data-route=\"", name,
-                  "\" data-field=\"model\" data-value=\"", HtmlEscape(model), "\">", HtmlEscape(model), "</span>");
+  absl::StrAppend(html, "<div><div class=\"k\">serving now</div>",
+                  TextFigure(route_name, "model", pool[d.primary].name, /*big=*/true));
   if (snapshot.clusters().size() > 1) {
-    const std::string cluster_name = HtmlEscape(cluster.upstream->name);
-    absl::StrAppend(html, "<div class=\"k\">in <span data-route=\"", name, "\" data-field=\"cluster\" data-value=\"",
-                    cluster_name, "\">", cluster_name, "</span></div>");
+    absl::StrAppend(html, "<div class=\"k\">in ", TextFigure(route_name, "cluster", cluster.upstream->name), "</div>");
   }
-  absl::StrAppend(html, "<div class=\"k\">because <span data-route=\"", name, "\" data-field=\"reason\" data-value=\"",
-                  HtmlEscape(d.reason), "\">", HtmlEscape(d.reason), "</span>");
+  absl::StrAppend(html, "<div class=\"k\">because ", TextFigure(route_name, "reason", d.reason));
   for (const selector::ExplanationTerm& t : d.explanation) {
     absl::StrAppend(html, " · ", HtmlEscape(t.name), " ", absl::StrFormat("%.4g", t.value));
   }

@@ -91,19 +91,18 @@ TEST(StatusPageTest, FiguresCarryTheirExactValueBesideTheRoundedOne) {
 TEST(StatusPageTest, ARouteAcrossClustersShowsWhereItsCallsGoAndWhy) {
   SidecarConfig config = carbon::testing::StaticSidecarConfig(1, 200);
   config.clusters_listed = true;
-  ClusterConfig near;
-  near.name = "near";
-  near.target = "127.0.0.1:1";
-  near.intensity = config.intensity;
-  near.intensity.provider = telemetry::StaticIntensity(300, "GB");
-  near.rtt = absl::Milliseconds(2);
-  ClusterConfig far;
-  far.name = "far";
-  far.target = "127.0.0.1:2";
-  far.intensity = config.intensity;
-  far.intensity.provider = telemetry::StaticIntensity(100, "FR");
-  far.rtt = absl::Milliseconds(12);
-  config.clusters = {near, far};
+  const auto cluster = [&](const char* name, const char* target, double intensity, const char* region,
+                           absl::Duration rtt) {
+    ClusterConfig c;
+    c.name = name;
+    c.target = target;
+    c.intensity = config.intensity;
+    c.intensity.provider = telemetry::StaticIntensity(intensity, region);
+    c.rtt = rtt;
+    return c;
+  };
+  config.clusters = {cluster("near", "127.0.0.1:1", 300, "GB", absl::Milliseconds(2)),
+                     cluster("far", "127.0.0.1:2", 100, "FR", absl::Milliseconds(12))};
   auto publisher = SelectionPublisher::Create(config);
   ASSERT_TRUE(publisher.ok()) << publisher.status();
   const std::string html = RenderStatusPage(Inputs(*(*publisher)->snapshots().Load()));
