@@ -18,6 +18,8 @@ packages=(
   libgrpc++-dev libgrpc-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libabsl-dev libspdlog-dev libfmt-dev libyaml-cpp-dev libcurl4-openssl-dev nlohmann-json3-dev
   libcpp-httplib-dev libssl-dev
+  # The HTTP/2 data plane (data_plane: h2).
+  libnghttp2-dev libevent-dev zlib1g-dev
 )
 if [ "$build_only" = 0 ]; then
   packages+=(

@@ -904,6 +904,8 @@ std::string RenderConfigJson(const SidecarConfig& config) {
                 {"tls", TlsJson(config.upstream.tls, "ca_file")}}},
               {"drain_timeout", Duration(config.drain_timeout)},
               {"memory_limit_bytes", config.memory_limit_bytes},
+              {"data_plane", DataPlaneName(config.data_plane)},
+              {"data_plane_threads", config.data_plane_threads},
               {"intensity", IntensityJson(config.intensity)},
               {"accounting",
                {{"pue", config.accounting.pue},

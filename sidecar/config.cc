@@ -550,6 +550,17 @@ absl::StatusOr<SidecarConfig> LoadConfig(const std::string& path) {
       return ErrorAt(path, (*root)["memory_limit_bytes"].Mark(),
                      absl::StrCat("memory_limit_bytes must be 0 (no limit) or at least ", kMinMemoryLimitBytes));
     }
+    std::string data_plane = "grpc";
+    if (top.String("data_plane", &data_plane) && data_plane != "grpc" && data_plane != "h2") {
+      return ErrorAt(path, (*root)["data_plane"].Mark(),
+                     absl::StrCat("data_plane must be grpc or h2, got '", data_plane, "'"));
+    }
+    config.data_plane = data_plane == "h2" ? SidecarConfig::DataPlane::kH2 : SidecarConfig::DataPlane::kGrpc;
+    if (top.Integer("data_plane_threads", &config.data_plane_threads) &&
+        (config.data_plane_threads < 0 || config.data_plane_threads > 256)) {
+      return ErrorAt(path, (*root)["data_plane_threads"].Mark(),
+                     "data_plane_threads must lie between 0 (one per core) and 256");
+    }
     YAML::Node admin = top.Get("admin", false);
     YAML::Node tls = top.Get("tls", false);
     YAML::Node upstream = top.Get("upstream", true);
@@ -629,6 +640,15 @@ absl::StatusOr<SidecarConfig> LoadConfig(const std::string& path) {
     if (auto s = ReadIntensity(i, &config.intensity); !s.ok()) return s;
 
     if (auto s = ReadClusters(clusters, path, base_dir, &config); !s.ok()) return s;
+    if (config.data_plane == SidecarConfig::DataPlane::kH2) {
+      bool upstream_tls_used = config.upstream.tls.has_value();
+      for (const ClusterConfig& c : config.clusters) upstream_tls_used |= c.tls.has_value();
+      if (config.tls || upstream_tls_used) {
+        return ErrorAt(path, (*root)["data_plane"].Mark(),
+                       "data_plane h2 serves plaintext (h2c) only so far: tls, upstream.tls and clusters' tls "
+                       "need data_plane: grpc");
+      }
+    }
 
     if (!routes.IsSequence() || routes.size() == 0) {
       return ErrorAt(path, routes.Mark(), "routes must be a non-empty list");
@@ -674,8 +694,10 @@ SidecarConfig WithClusters(SidecarConfig config) {
         [](const SidecarConfig& running, SidecarConfig* next) { next->member = running.member; }   \
   }
 
-const RestartOnlySetting kRestartOnlySettings[7] = {
+const RestartOnlySetting kRestartOnlySettings[9] = {
     CARBON_RESTART_ONLY("listen", listen),
+    CARBON_RESTART_ONLY("data_plane", data_plane),
+    CARBON_RESTART_ONLY("data_plane_threads", data_plane_threads),
     RestartOnlySetting{"admin",
                        [](const SidecarConfig& a, const SidecarConfig& b) {
                          return a.admin_listen == b.admin_listen && a.history_interval == b.history_interval &&
@@ -707,6 +729,10 @@ const RestartOnlySetting kRestartOnlySettings[7] = {
     CARBON_RESTART_ONLY("memory_limit_bytes", memory_limit_bytes),
 };
 #undef CARBON_RESTART_ONLY
+
+std::string_view DataPlaneName(SidecarConfig::DataPlane plane) {
+  return plane == SidecarConfig::DataPlane::kH2 ? "h2" : "grpc";
+}
 
 SidecarConfig ConfigForReload(const SidecarConfig& running, const SidecarConfig& next,
                               std::vector<std::string>* changed) {

@@ -143,6 +143,11 @@ struct SidecarConfig {
   // message whole before checking max_message_bytes, so without a limit a client could make the
   // sidecar hold any amount. 0: no limit.
   int64_t memory_limit_bytes = int64_t{512} * 1024 * 1024;
+  // How client calls are proxied: through gRPC C++'s generic service, message by message ("grpc"),
+  // or as HTTP/2 streams, frame by frame (dataplane/h2_proxy.h, "h2"; plaintext only so far).
+  enum class DataPlane { kGrpc, kH2 };
+  DataPlane data_plane = DataPlane::kGrpc;
+  int64_t data_plane_threads = 0;  // the h2 plane's workers; 0: one per core
   IntensityConfig intensity;
   std::vector<RouteConfig> routes;
   AccountingConfig accounting;
@@ -160,7 +165,9 @@ struct RestartOnlySetting {
   bool (*same)(const SidecarConfig& a, const SidecarConfig& b);
   void (*keep)(const SidecarConfig& running, SidecarConfig* next);
 };
-extern const RestartOnlySetting kRestartOnlySettings[7];
+extern const RestartOnlySetting kRestartOnlySettings[9];
+
+std::string_view DataPlaneName(SidecarConfig::DataPlane plane);
 
 // The config a reload puts in force: `next`, with every restart-only setting as `running` has it.
 // `changed` receives the keys of the restart-only settings `next` would have changed.

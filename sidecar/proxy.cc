@@ -23,41 +23,6 @@
 namespace carbon::sidecar {
 namespace {
 
-enum class MethodKind {
-  kOpaqueUnary,   // a known unary method that names no model: forwarded as is
-  kOpaqueStream,  // anything unknown: forwarded as a bidi stream, whatever its real shape
-  kInfer,         // ModelInfer
-  kStreamInfer,   // ModelStreamInfer: every request message is routed
-  kModelQuery,    // ModelMetadata, ModelReady, ModelConfig, ModelStatistics
-};
-
-MethodKind Classify(std::string_view method) {
-  static const auto* kinds = new absl::flat_hash_map<std::string_view, MethodKind>{
-      {"/inference.GRPCInferenceService/ModelInfer", MethodKind::kInfer},
-      {"/inference.GRPCInferenceService/ModelStreamInfer", MethodKind::kStreamInfer},
-      {"/inference.GRPCInferenceService/ModelMetadata", MethodKind::kModelQuery},
-      {"/inference.GRPCInferenceService/ModelReady", MethodKind::kModelQuery},
-      {"/inference.GRPCInferenceService/ModelConfig", MethodKind::kModelQuery},
-      {"/inference.GRPCInferenceService/ModelStatistics", MethodKind::kModelQuery},
-      {"/inference.GRPCInferenceService/ServerLive", MethodKind::kOpaqueUnary},
-      {"/inference.GRPCInferenceService/ServerReady", MethodKind::kOpaqueUnary},
-      {"/inference.GRPCInferenceService/ServerMetadata", MethodKind::kOpaqueUnary},
-      {"/inference.GRPCInferenceService/RepositoryIndex", MethodKind::kOpaqueUnary},
-      {"/inference.GRPCInferenceService/RepositoryModelLoad", MethodKind::kOpaqueUnary},
-      {"/inference.GRPCInferenceService/RepositoryModelUnload", MethodKind::kOpaqueUnary},
-      {"/inference.GRPCInferenceService/SystemSharedMemoryStatus", MethodKind::kOpaqueUnary},
-      {"/inference.GRPCInferenceService/SystemSharedMemoryRegister", MethodKind::kOpaqueUnary},
-      {"/inference.GRPCInferenceService/SystemSharedMemoryUnregister", MethodKind::kOpaqueUnary},
-      {"/inference.GRPCInferenceService/CudaSharedMemoryStatus", MethodKind::kOpaqueUnary},
-      {"/inference.GRPCInferenceService/CudaSharedMemoryRegister", MethodKind::kOpaqueUnary},
-      {"/inference.GRPCInferenceService/CudaSharedMemoryUnregister", MethodKind::kOpaqueUnary},
-      {"/inference.GRPCInferenceService/TraceSetting", MethodKind::kOpaqueUnary},
-      {"/inference.GRPCInferenceService/LogSettings", MethodKind::kOpaqueUnary},
-  };
-  auto it = kinds->find(method);
-  return it == kinds->end() ? MethodKind::kOpaqueStream : it->second;
-}
-
 std::string_view View(grpc::string_ref s) { return {s.data(), s.size()}; }
 
 grpc::Status ToGrpc(const absl::Status& s) {
@@ -75,19 +40,6 @@ grpc::Status ForClient(const grpc::Status& upstream, grpc::ServerContextBase& ct
     return upstream;
   }
   return grpc::Status(grpc::StatusCode::UNAVAILABLE, "the upstream reset the call");
-}
-
-// Keys a proxy must not copy from one hop to the next: HTTP/2 pseudo-headers, hop-by-hop
-// headers, and grpc- keys, which the gRPC library sets itself on each hop.
-bool IsForwardable(std::string_view key) {
-  if (key.empty() || key.front() == ':' || absl::StartsWith(ToAbsl(key), "grpc-")) return false;
-  static constexpr std::string_view kHopByHop[] = {
-      "connection", "keep-alive", "proxy-connection", "te",         "transfer-encoding",
-      "upgrade",    "host",       "content-type",     "user-agent", "content-length"};
-  for (std::string_view h : kHopByHop) {
-    if (key == h) return false;
-  }
-  return true;
 }
 
 void CopyRequestMetadata(const grpc::GenericCallbackServerContext& from, grpc::ClientContext* to) {
@@ -108,353 +60,38 @@ void CopyTrailers(const grpc::ClientContext& from, grpc::GenericCallbackServerCo
   }
 }
 
-// The per-request controls (docs/design.md §3), read once per call from the client's metadata.
-struct RequestControls {
-  std::string_view pin;  // points into the server context's metadata
-  std::optional<double> max_error_percent;
-};
-
-absl::StatusOr<RequestControls> ReadControls(const grpc::GenericCallbackServerContext& ctx) {
-  RequestControls controls;
-  for (const auto& [key, value] : ctx.client_metadata()) {
-    const std::string_view k = View(key);
-    if (k == kPinModelHeader) {
-      controls.pin = View(value);
-    } else if (k == kMaxErrorHeader) {
-      double v;
-      if (!absl::SimpleAtod(ToAbsl(View(value)), &v) || !(v >= 0 && v <= 100)) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            kMaxErrorHeader, " must be a number of percent in [0, 100], got '", ToAbsl(View(value)), "'"));
-      }
-      controls.max_error_percent = v;
-    }
+// Routes `message` when it names a model: rewritten when it names a route, untouched otherwise.
+// Errors are INVALID_ARGUMENT or RESOURCE_EXHAUSTED, and the message must then not be forwarded.
+absl::Status RouteMessage(const grpc::GenericCallbackServerContext& ctx, CallRouter* router,
+                          bool* read_headers, MethodKind kind, grpc::ByteBuffer* message) {
+  if (!*read_headers) {
+    for (const auto& [key, value] : ctx.client_metadata()) router->ReadHeader(View(key), View(value));
+    *read_headers = true;
   }
-  return controls;
+  // Reused per thread: after the first call on a thread, a rewrite allocates nothing.
+  thread_local RequestBytes bytes;
+  const bool wants_batch = kind == MethodKind::kInfer || kind == MethodKind::kStreamInfer;
+  auto scanned = bytes.Scan(message, wants_batch);
+  if (!scanned.ok()) {
+    bytes.Clear();
+    router->CountMalformed();
+    return scanned.status();
+  }
+  const grpc::Slice* override_bytes = nullptr;
+  absl::Status routed = router->Route(*scanned, &override_bytes);
+  if (routed.ok() && override_bytes != nullptr) {
+    bytes.AppendTo(message, *override_bytes);
+  } else {
+    bytes.Clear();
+  }
+  return routed;
 }
 
-// Decides and applies the variant for the model-named messages of one call, and remembers the
-// first decision for the response headers.
-class RequestRouter {
- public:
-  RequestRouter(const selector::SnapshotCell<RoutingSnapshot>* routes, ProxyCounters* counters,
-                MethodKind kind)
-      : routes_(routes), counters_(counters), kind_(kind) {}
-
-  // Rewrites `message` when it names a route; leaves it untouched otherwise. Errors are
-  // INVALID_ARGUMENT and the message must then not be forwarded.
-  absl::Status Route(const grpc::GenericCallbackServerContext& ctx, grpc::ByteBuffer* message) {
-    if (!controls_) {
-      auto controls = ReadControls(ctx);
-      if (!controls.ok()) {
-        counters_->bad_controls.fetch_add(1, std::memory_order_relaxed);
-        return controls.status();
-      }
-      controls_ = *controls;
-    }
-    // Reused per thread: after the first call on a thread, a rewrite allocates nothing.
-    thread_local RequestBytes bytes;
-    const bool wants_batch = kind_ == MethodKind::kInfer || kind_ == MethodKind::kStreamInfer;
-    auto scanned = bytes.Scan(message, wants_batch);
-    if (!scanned.ok()) {
-      bytes.Clear();
-      counters_->malformed.fetch_add(1, std::memory_order_relaxed);
-      return scanned.status();
-    }
-    const std::shared_ptr<const RoutingSnapshot>& snapshot = routes_->Load();
-    const RouteView* route = snapshot->Find(scanned->model_name);
-    // Only the call's first message decides the response headers; later messages of a stream
-    // never touch them, since the headers may be sent concurrently.
-    const bool first_message = !decided_first_;
-    decided_first_ = true;
-    if (route == nullptr) {
-      bytes.Clear();
-      return absl::OkStatus();
-    }
-    const selector::Pool& pool = route->pool();
-    size_t variant = 0;
-    std::string_view reason = route->decision.reason;
-    if (!controls_->pin.empty()) {
-      auto pinned = pool.IndexOf(controls_->pin);
-      if (!pinned) {
-        bytes.Clear();
-        counters_->bad_controls.fetch_add(1, std::memory_order_relaxed);
-        std::vector<absl::string_view> names;
-        for (const auto& v : pool.variants()) names.push_back(v.name);
-        return absl::InvalidArgumentError(
-            absl::StrCat(kPinModelHeader, " '", ToAbsl(controls_->pin), "' is not a variant of route '",
-                         route->route->config.name, "' (", absl::StrJoin(names, ", "), ")"));
-      }
-      variant = *pinned;
-      reason = "pinned";
-      if (!StartCall(*route, variant)) {
-        bytes.Clear();
-        RecordRefused(*route, variant);
-        return absl::ResourceExhaustedError(
-            absl::StrCat(kPinModelHeader, " '", ToAbsl(controls_->pin), "' is at its limit of ",
-                         route->InFlightLimit(variant),
-                         " calls in flight; pinned calls are not moved to another variant"));
-      }
-    } else {
-      // Pinned requests take no turn of the draw, so the others still follow the weights.
-      const selector::WeightedDraw::Pick pick = route->Draw();
-      variant = pick.variant;
-      if (pick.origin != pick.variant) {
-        // The latency guard or a ramp moved this share of the route from what the policy wants.
-        route->route->ledger->spilled(pick.origin, pick.variant, route->moved_by).fetch_add(1, std::memory_order_relaxed);
-        reason = telemetry::SpillReasonName(route->moved_by);
-      }
-      if (controls_->max_error_percent) {
-        const size_t floored = selector::ApplyQualityFloor(pool, variant, route->decision.aim_energy_mj,
-                                                           *controls_->max_error_percent, route->ready);
-        if (floored != variant) reason = "quality_floor";
-        variant = floored;
-      }
-      // The capacity guard: a variant at its in-flight limit takes no more calls; the call goes to
-      // the nearest lower-energy ready variant with room (one that still meets a quality floor).
-      const size_t drawn = variant;
-      std::optional<size_t> with_room;
-      for (size_t v = drawn + 1; v-- > 0;) {
-        if (v != drawn && ((route->ready >> v & 1) == 0 ||
-                           (controls_->max_error_percent && pool[v].error_percent > *controls_->max_error_percent))) {
-          continue;
-        }
-        if (StartCall(*route, v)) {
-          with_room = v;
-          break;
-        }
-      }
-      if (!with_room) {
-        bytes.Clear();
-        RecordRefused(*route, drawn);
-        return absl::ResourceExhaustedError(absl::StrCat(
-            "route '", route->route->config.name, "': ", pool[drawn].name, " and every ready variant of lower energy",
-            controls_->max_error_percent ? " within the requested error" : "", " are at their in-flight limits"));
-      }
-      if (*with_room != drawn) {
-        route->route->ledger->spilled(drawn, *with_room, telemetry::SpillReason::kInFlightLimit)
-            .fetch_add(1, std::memory_order_relaxed);
-        reason = telemetry::SpillReasonName(telemetry::SpillReason::kInFlightLimit);
-      }
-      variant = *with_room;
-    }
-    // The cluster: the route's first with room for a unary call (a cluster with a max_in_flight),
-    // else the next one that can serve. Later messages of a stream stay where the stream is.
-    size_t cluster_pos = 0;
-    if (first_message && kind_ == MethodKind::kInfer) {
-      std::optional<size_t> with_room;
-      for (size_t k = 0; k < route->clusters.size(); ++k) {
-        if (k > 0 && route->clusters[k].rank > ClusterRank::kOverBudget) break;
-        if (EnterCluster(route->clusters[k])) {
-          with_room = k;
-          break;
-        }
-      }
-      if (!with_room) {
-        bytes.Clear();
-        if (started_) telemetry::VariantLedger::CallEnded(*started_);
-        started_.reset();
-        RecordRefused(*route, variant);
-        return absl::ResourceExhaustedError(absl::StrCat("route '", route->route->config.name,
-                                                         "': every cluster that can serve it is at its max_in_flight"));
-      }
-      cluster_pos = *with_room;
-      if (cluster_pos > 0) {
-        route->clusters.front().ledger->RecordSpilledOut();
-        reason = kClusterCapacityReason;
-      }
-    }
-    bytes.AppendTo(message, route->route->overrides[variant]);
-
-    const int64_t dim = scanned->first_input_leading_dim.value_or(1);
-    const uint64_t items = route->route->config.batch_dimension && dim > 0 ? static_cast<uint64_t>(dim) : 1;
-    // The cluster it is served in: the route's first for a call's first message; for later
-    // messages of a stream, the one the stream already goes to (when this snapshot still has it).
-    const RouteCluster* served_in = &route->clusters[cluster_pos];
-    if (!first_message && upstream_ != nullptr) {
-      for (const RouteCluster& rc : route->clusters) {
-        if (snapshot->clusters()[rc.index].upstream.get() == upstream_) served_in = &rc;
-      }
-    }
-    const double intensity = served_in == &route->clusters.front() && route->decision.intensity
-                                 ? route->decision.intensity->gco2_per_kwh
-                                 : served_in->intensity;
-    telemetry::VariantLedger* cell = &route->route->ledger->variant(variant);
-    const Charge charge{cell,  served_in->ledger, intensity, route->home_intensity, 1, items, route->MeasuredJoules(variant),
-                        route->JoulesPerInference(variant)};
-    if (first_message) {
-      first_ = Decision{snapshot, route, variant, reason, static_cast<int64_t>(items), charge, cluster_pos};
-    } else {
-      // Later messages of a stream: merged per (variant, intensity), so a long stream keeps a
-      // handful of entries, not one per message.
-      bool merged = false;
-      for (Charge& c : more_charges_) {
-        if (c.cell == cell && c.cluster == charge.cluster && c.intensity == intensity &&
-            c.home_intensity == charge.home_intensity && c.measured_joules == charge.measured_joules) {
-          ++c.requests;
-          c.items += items;
-          merged = true;
-          break;
-        }
-      }
-      if (!merged) more_charges_.push_back(charge);
-    }
-    return absl::OkStatus();
-  }
-
-  // The cluster the call goes to, chosen once: the route's for a routed call, else the snapshot's
-  // first cluster. The call holds the snapshot that holds it (a routed call already does), so a
-  // cluster a reload removes lives until its last call ends, at no extra reference count per call.
-  const UpstreamCluster& Upstream() {
-    if (upstream_ == nullptr) {
-      if (first_) {
-        upstream_ = first_->snapshot->clusters()[first_->route->clusters[first_->cluster_pos].index].upstream.get();
-      } else {
-        passthrough_snapshot_ = routes_->Load();
-        upstream_ = passthrough_snapshot_->default_upstream().get();
-      }
-    }
-    return *upstream_;
-  }
-
-  // Whether a unary inference call that ended with `code`, nothing answered, may be sent on to the
-  // route's next cluster: once, when the route allows it and that cluster looked able to serve.
-  bool MayFailOver(grpc::StatusCode code) const {
-    if (code != grpc::StatusCode::UNAVAILABLE || failed_over_ || kind_ != MethodKind::kInfer || !first_) return false;
-    const RouteView& route = *first_->route;
-    const size_t next = first_->cluster_pos + 1;
-    return route.route->config.failover && route.clusters.size() > next &&
-           route.clusters[next].rank <= ClusterRank::kOverBudget;
-  }
-
-  // Moves the call to the route's next cluster and counts the move; the charge follows.
-  const UpstreamCluster& FailOver() {
-    failed_over_ = true;
-    const RouteView& route = *first_->route;
-    const RouteCluster& from = route.clusters[first_->cluster_pos];
-    const RouteCluster& to = route.clusters[++first_->cluster_pos];
-    from.ledger->RecordFailedOver();
-    for (const RouteView::FailoverCount& f : route.failover_counts) {
-      if (f.from == from.index && f.to == to.index) f.count->fetch_add(1, std::memory_order_relaxed);
-    }
-    // The call moves its place in the clusters' counts (past a full one's limit: it was let in).
-    if (cluster_ticket_) cluster_ticket_->fetch_sub(1, std::memory_order_relaxed);
-    cluster_ticket_ = nullptr;
-    if (to.max_in_flight > 0) {
-      to.in_flight->fetch_add(1, std::memory_order_relaxed);
-      cluster_ticket_ = to.in_flight;
-    }
-    first_->charge.cluster = to.ledger;
-    first_->charge.intensity = to.intensity;
-    first_->reason = kFailoverReason;
-    upstream_ = first_->snapshot->clusters()[to.index].upstream.get();
-    return *upstream_;
-  }
-
-  // Counts a unary inference call in to a cluster with a max_in_flight; false when it is full.
-  bool EnterCluster(const RouteCluster& rc) {
-    if (rc.max_in_flight <= 0) return true;
-    if (rc.in_flight->fetch_add(1, std::memory_order_relaxed) >= rc.max_in_flight) {
-      rc.in_flight->fetch_sub(1, std::memory_order_relaxed);
-      return false;
-    }
-    cluster_ticket_ = rc.in_flight;
-    return true;
-  }
-
-  // Counts a unary inference call in to `variant`, against its in-flight limit; false when the
-  // variant is at it. Other calls (streams, metadata) are not counted and always start.
-  bool StartCall(const RouteView& route, size_t variant) {
-    if (kind_ != MethodKind::kInfer) return true;
-    started_ = route.route->ledger->variant(variant).TryStartCall(route.InFlightLimit(variant));
-    return started_.has_value();
-  }
-
-  // A call refused for capacity: charged as failed to the variant it wanted.
-  void RecordRefused(const RouteView& route, size_t variant) const {
-    route.route->ledger->variant(variant).RecordRefused();
-  }
-
-  // Whether the call carried routed inferences, which the ledger charges (model metadata and
-  // readiness queries are routed too, but are not inferences).
-  bool routed() const {
-    return (kind_ == MethodKind::kInfer || kind_ == MethodKind::kStreamInfer) &&
-           (first_.has_value() || !more_charges_.empty());
-  }
-
-  // Charges the ledger for the routed messages of a call that ended with `code`: served when OK,
-  // failed with that code otherwise. `seconds` is the call's duration (unary calls only).
-  void Settle(grpc::StatusCode code, std::optional<double> seconds) const {
-    const auto settle = [code](const Charge& c) {
-      if (code == grpc::StatusCode::OK) {
-        c.cell->RecordServed(c.requests, c.items, c.intensity, c.measured_joules);
-        c.cluster->RecordServed(c.requests, c.items, c.joules_per_item, c.intensity, c.home_intensity);
-      } else {
-        c.cell->RecordFailed(static_cast<int>(code), c.requests);
-      }
-    };
-    if (first_) settle(first_->charge);
-    for (const Charge& c : more_charges_) settle(c);
-    if (started_) telemetry::VariantLedger::CallEnded(*started_);
-    if (cluster_ticket_) cluster_ticket_->fetch_sub(1, std::memory_order_relaxed);
-    if (first_ && seconds) first_->charge.cell->latency().Observe(*seconds);
-  }
-
-  // Adds the x-carbon-* headers for the first routed message, if any.
-  void AddTags(grpc::GenericCallbackServerContext* ctx) const {
-    if (!first_) return;
-    const RouteView& route = *first_->route;
-    const selector::Variant& v = route.pool()[first_->variant];
-    ctx->AddInitialMetadata(kModelHeader, v.name);
-    ctx->AddInitialMetadata(kRouteHeader, route.route->config.name);
-    ctx->AddInitialMetadata(kReasonHeader, std::string(first_->reason));
-    if (route.clusters.size() > 1) ctx->AddInitialMetadata(kClusterHeader, upstream_->name);
-    if (const double c = first_->charge.intensity; c >= 0) {
-      ctx->AddInitialMetadata(kIntensityHeader, ShortestDecimal(c));
-      // E × PUE × I for this request, at the energy it is charged at.
-      const double grams = first_->charge.joules_per_item * static_cast<double>(first_->items) / 3.6e6 * c * route.pue;
-      ctx->AddInitialMetadata(kGramsHeader, ShortestDecimal(grams));
-    }
-  }
-
- private:
-  // What to charge for routed messages once the call's outcome is known. Ledger cells live as
-  // long as the server.
-  struct Charge {
-    telemetry::VariantLedger* cell;
-    telemetry::ClusterLedger* cluster;
-    double intensity;  // gCO2/kWh in force where served; negative: none known
-    double home_intensity;  // the route's home cluster's then; negative: none known
-    uint64_t requests;
-    uint64_t items;
-    double measured_joules;  // per inference when measured; 0: the table's
-    double joules_per_item;  // what it is charged at: measured, else the table's
-  };
-
-  // Where a unary inference call is counted in flight, until Settle.
-  std::optional<telemetry::VariantLedger::CallTicket> started_;
-
-  struct Decision {
-    std::shared_ptr<const RoutingSnapshot> snapshot;  // keeps `route` alive
-    const RouteView* route = nullptr;
-    size_t variant = 0;
-    std::string_view reason;
-    int64_t items = 1;
-    Charge charge;
-    size_t cluster_pos = 0;  // in route->clusters: where the call is sent
-  };
-
-  const selector::SnapshotCell<RoutingSnapshot>* routes_;
-  ProxyCounters* counters_;
-  MethodKind kind_;
-  const UpstreamCluster* upstream_ = nullptr;
-  std::shared_ptr<const RoutingSnapshot> passthrough_snapshot_;  // keeps upstream_ alive when not routed
-  bool failed_over_ = false;
-  std::atomic<int64_t>* cluster_ticket_ = nullptr;  // the cluster count the call is in, until Settle
-  std::optional<RequestControls> controls_;
-  bool decided_first_ = false;
-  std::optional<Decision> first_;
-  std::vector<Charge> more_charges_;  // streams only
-};
+void AddTags(const CallRouter& router, grpc::GenericCallbackServerContext* ctx) {
+  router.ForEachTag([ctx](std::string_view key, std::string_view value) {
+    ctx->AddInitialMetadata(std::string(key), std::string(value));
+  });
+}
 
 double SecondsSince(std::chrono::steady_clock::time_point start) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
@@ -487,7 +124,7 @@ class UnaryProxyCall final : public grpc::ServerGenericBidiReactor {
       return;
     }
     if (kind_ != MethodKind::kOpaqueUnary) {
-      if (absl::Status routed = router_.Route(*ctx_, &request_); !routed.ok()) {
+      if (absl::Status routed = RouteMessage(*ctx_, &router_, &read_headers_, kind_, &request_); !routed.ok()) {
         HappensBefore(this);
         Finish(ToGrpc(routed));
         return;
@@ -522,13 +159,9 @@ class UnaryProxyCall final : public grpc::ServerGenericBidiReactor {
       CallUpstream(router_.FailOver());
       return;
     }
-    if (router_.routed()) {
-      router_.Settle(status.error_code(), SecondsSince(start_));
-    } else {
-      proxy_->counters_.CountPassthrough(status.error_code());
-    }
+    router_.Finish(status.error_code(), SecondsSince(start_));
     CopyResponseHeaders(*upstream_ctx_, ctx_);
-    router_.AddTags(ctx_);
+    AddTags(router_, ctx_);
     CopyTrailers(*upstream_ctx_, ctx_);
     HappensBefore(this);
     if (status.ok()) {
@@ -541,7 +174,8 @@ class UnaryProxyCall final : public grpc::ServerGenericBidiReactor {
   InferenceProxy* proxy_;
   grpc::GenericCallbackServerContext* ctx_;
   MethodKind kind_;
-  RequestRouter router_;
+  CallRouter router_;
+  bool read_headers_ = false;  // into router_
   const std::chrono::steady_clock::time_point start_;
   std::unique_ptr<grpc::ClientContext> upstream_ctx_;
   grpc::ByteBuffer request_;
@@ -583,7 +217,7 @@ class StreamingProxyCall final : public grpc::ServerGenericBidiReactor {
         return;
       }
       if (ok) {
-        if (absl::Status routed = router_.Route(*ctx_, &request_); !routed.ok()) {
+        if (absl::Status routed = RouteMessage(*ctx_, &router_, &read_headers_, kind_, &request_); !routed.ok()) {
           HappensBefore(this);
           Finish(ToGrpc(routed));
           return;
@@ -591,7 +225,7 @@ class StreamingProxyCall final : public grpc::ServerGenericBidiReactor {
       }
       StartUpstream();
     } else if (ok && kind_ == MethodKind::kStreamInfer) {
-      if (absl::Status routed = router_.Route(*ctx_, &request_); !routed.ok()) {
+      if (absl::Status routed = RouteMessage(*ctx_, &router_, &read_headers_, kind_, &request_); !routed.ok()) {
         // A bad message mid-stream ends the whole call with its reason.
         bool release;
         {
@@ -706,7 +340,7 @@ class StreamingProxyCall final : public grpc::ServerGenericBidiReactor {
     HappensAfter(this);
     if (ok) {
       CopyResponseHeaders(*upstream_ctx_, ctx_);
-      router_.AddTags(ctx_);
+      AddTags(router_, ctx_);
       StartSendInitialMetadata();
     }
     HappensBefore(&response_);
@@ -796,11 +430,7 @@ class StreamingProxyCall final : public grpc::ServerGenericBidiReactor {
       override_status = override_status_;
     }
     const grpc::Status final_status = override_status ? *override_status : ForClient(status, *ctx_);
-    if (router_.routed()) {
-      router_.Settle(final_status.error_code(), std::nullopt);
-    } else {
-      proxy_->counters_.CountPassthrough(final_status.error_code());
-    }
+    router_.Finish(final_status.error_code(), std::nullopt);
     HappensBefore(this);
     Finish(final_status);
     Unref();
@@ -813,7 +443,8 @@ class StreamingProxyCall final : public grpc::ServerGenericBidiReactor {
   InferenceProxy* proxy_;
   grpc::GenericCallbackServerContext* ctx_;
   MethodKind kind_;
-  RequestRouter router_;
+  CallRouter router_;
+  bool read_headers_ = false;  // into router_
   Upstream upstream_;
   std::unique_ptr<grpc::ClientContext> upstream_ctx_;
   grpc::ByteBuffer request_;
@@ -836,7 +467,7 @@ InferenceProxy::~InferenceProxy() { HappensAfter(this); }  // every call's OnDon
 
 grpc::ServerGenericBidiReactor* InferenceProxy::CreateReactor(
     grpc::GenericCallbackServerContext* ctx) {
-  const MethodKind kind = Classify(ctx->method());
+  const MethodKind kind = ClassifyMethod(ctx->method());
   if (kind == MethodKind::kOpaqueStream || kind == MethodKind::kStreamInfer) {
     return new StreamingProxyCall(this, ctx, kind);
   }

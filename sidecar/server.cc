@@ -35,23 +35,41 @@ absl::StatusOr<std::unique_ptr<SidecarServer>> SidecarServer::Start(const Sideca
   s->publisher_ = *std::move(publisher);
   s->reloads_.last_success_timestamp = absl::ToDoubleSeconds(absl::Now() - absl::UnixEpoch());
 
-  s->proxy_ = std::make_unique<InferenceProxy>(&s->publisher_->snapshots());
-
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
-  grpc::ServerBuilder builder;
-  builder.AddListeningPort(config.listen, ListenerCredentials(config.tls), &s->port_);
-  builder.SetMaxReceiveMessageSize(max_bytes);
-  builder.SetMaxSendMessageSize(max_bytes);
-  if (config.memory_limit_bytes > 0) {
-    grpc::ResourceQuota quota("carbon-sidecar-listener");
-    quota.Resize(static_cast<size_t>(config.memory_limit_bytes));
-    builder.SetResourceQuota(quota);  // the builder keeps a reference
-  }
-  builder.RegisterCallbackGenericService(s->proxy_.get());
-  s->server_ = builder.BuildAndStart();
-  if (!s->server_ || s->port_ == 0) {
-    return absl::UnavailableError(absl::StrCat("cannot listen on ", config.listen));
+  if (config.data_plane == SidecarConfig::DataPlane::kH2) {
+    // The sidecar's own services run on a loopback gRPC server; the h2 plane forwards their calls.
+    grpc::ServerBuilder local;
+    int local_port = 0;
+    local.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &local_port);
+    s->local_services_ = local.BuildAndStart();
+    if (!s->local_services_ || local_port == 0) return absl::UnavailableError("cannot start the local services");
+    s->h2_calls_ = std::make_unique<RoutedCallFactory>(&s->publisher_->snapshots(),
+                                                       absl::StrCat("127.0.0.1:", local_port));
+    dataplane::H2ProxyOptions options;
+    options.listen = config.listen;
+    options.threads = static_cast<int>(config.data_plane_threads);
+    options.max_message_bytes = static_cast<uint32_t>(max_bytes);
+    auto h2 = dataplane::H2Proxy::Start(options, s->h2_calls_.get());
+    if (!h2.ok()) return h2.status();
+    s->h2_ = *std::move(h2);
+    s->port_ = s->h2_->port();
+  } else {
+    s->proxy_ = std::make_unique<InferenceProxy>(&s->publisher_->snapshots());
+    grpc::ServerBuilder builder;
+    builder.AddListeningPort(config.listen, ListenerCredentials(config.tls), &s->port_);
+    builder.SetMaxReceiveMessageSize(max_bytes);
+    builder.SetMaxSendMessageSize(max_bytes);
+    if (config.memory_limit_bytes > 0) {
+      grpc::ResourceQuota quota("carbon-sidecar-listener");
+      quota.Resize(static_cast<size_t>(config.memory_limit_bytes));
+      builder.SetResourceQuota(quota);  // the builder keeps a reference
+    }
+    builder.RegisterCallbackGenericService(s->proxy_.get());
+    s->server_ = builder.BuildAndStart();
+    if (!s->server_ || s->port_ == 0) {
+      return absl::UnavailableError(absl::StrCat("cannot listen on ", config.listen));
+    }
   }
   s->history_ = std::make_unique<StatusHistory>(static_cast<size_t>(config.history_points));
   s->history_interval_ = config.history_interval;
@@ -69,8 +87,8 @@ absl::StatusOr<std::unique_ptr<SidecarServer>> SidecarServer::Start(const Sideca
   for (const ClusterConfig& c : WithClusters(config).clusters) {
     clusters.push_back(absl::StrCat(c.name, "=", c.target, c.tls ? "(tls)" : ""));
   }
-  spdlog::info("event=listening address={} port={} admin_port={} tls={} clusters={} routes={}", config.listen,
-               s->port_, s->admin_->port(), !config.tls ? "off" : config.tls->ca_file.empty() ? "on" : "mutual",
+  spdlog::info("event=listening address={} port={} admin_port={} data_plane={} tls={} clusters={} routes={}",
+               config.listen, s->port_, s->admin_->port(), DataPlaneName(config.data_plane), !config.tls ? "off" : config.tls->ca_file.empty() ? "on" : "mutual",
                absl::StrJoin(clusters, ","), config.routes.size());
   return s;
 }
@@ -85,7 +103,7 @@ std::map<std::string, telemetry::AdminHandler> SidecarServer::AdminHandlers() {
     const std::shared_ptr<const RoutingSnapshot> snapshot = publisher_->snapshots().Load();
     telemetry::AdminResponse response;
     response.content_type = open_metrics ? telemetry::kOpenMetricsType : telemetry::kPrometheusTextType;
-    response.body = RenderMetrics({*snapshot, proxy_->counters(), reloads_}, open_metrics);
+    response.body = RenderMetrics({*snapshot, counters(), reloads_}, open_metrics);
     return response;
   };
   handlers["/healthz"] = [](const telemetry::AdminRequest&) {
@@ -175,10 +193,15 @@ absl::Status SidecarServer::ReloadFromFile(const std::string& path) {
 }
 
 void SidecarServer::Shutdown(absl::Duration drain) {
-  if (shut_down_ || server_ == nullptr) return;
+  if (shut_down_ || (server_ == nullptr && h2_ == nullptr)) return;
   shut_down_ = true;
-  server_->Shutdown(std::chrono::system_clock::now() + absl::ToChronoMilliseconds(drain));
-  server_->Wait();
+  if (h2_) {
+    h2_->Shutdown(drain);
+    local_services_->Shutdown(std::chrono::system_clock::now());
+  } else {
+    server_->Shutdown(std::chrono::system_clock::now() + absl::ToChronoMilliseconds(drain));
+    server_->Wait();
+  }
   if (admin_) admin_->Stop();
   stop_sampling_.Notify();
   if (sampler_.joinable()) sampler_.join();

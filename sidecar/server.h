@@ -11,6 +11,8 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "sidecar/config.h"
+#include "dataplane/h2_proxy.h"
+#include "sidecar/h2_calls.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 #include "sidecar/admin_endpoints.h"
@@ -60,8 +62,13 @@ class SidecarServer {
   telemetry::CarbonLedger ledger_;
   ReloadCounters reloads_;
   std::unique_ptr<SelectionPublisher> publisher_;
+  // The data plane in force: proxy_ and server_ (grpc), or h2_calls_, local_services_ and h2_ (h2).
   std::unique_ptr<InferenceProxy> proxy_;
   std::unique_ptr<grpc::Server> server_;
+  std::unique_ptr<RoutedCallFactory> h2_calls_;
+  std::unique_ptr<grpc::Server> local_services_;  // health and reflection, behind the h2 plane
+  std::unique_ptr<dataplane::H2Proxy> h2_;
+  const ProxyCounters& counters() const { return proxy_ ? proxy_->counters() : h2_calls_->counters(); }
   std::unique_ptr<StatusHistory> history_;
   absl::Duration history_interval_;
   absl::Notification stop_sampling_;

@@ -97,7 +97,21 @@ std::vector<std::string> BidiCall(const std::shared_ptr<grpc::Channel>& channel,
   return replies;
 }
 
-class ProxyTest : public ::testing::Test {
+// Every proxy test runs against both data planes.
+class PlaneTest : public ::testing::TestWithParam<SidecarConfig::DataPlane> {
+ protected:
+  SidecarConfig OnPlane(SidecarConfig config) const {
+    config.data_plane = GetParam();
+    config.data_plane_threads = 2;
+    return config;
+  }
+};
+
+std::string PlaneName(const ::testing::TestParamInfo<SidecarConfig::DataPlane>& info) {
+  return std::string(DataPlaneName(info.param));
+}
+
+class ProxyTest : public PlaneTest {
  protected:
   void SetUp() override {
     bench::FakeUpstreamOptions options;
@@ -109,7 +123,7 @@ class ProxyTest : public ::testing::Test {
   }
 
   void StartSidecar(const SidecarConfig& config) {
-    auto sidecar = SidecarServer::Start(config);
+    auto sidecar = SidecarServer::Start(OnPlane(config));
     ASSERT_TRUE(sidecar.ok()) << sidecar.status();
     sidecar_ = *std::move(sidecar);
     channel_ = grpc::CreateChannel(absl::StrCat("127.0.0.1:", sidecar_->port()),
@@ -129,7 +143,7 @@ class ProxyTest : public ::testing::Test {
   std::unique_ptr<inference::GRPCInferenceService::Stub> stub_;
 };
 
-TEST_F(ProxyTest, RoutedInferGoesToTheSelectedVariantWithPayloadIntactAndTags) {
+TEST_P(ProxyTest, RoutedInferGoesToTheSelectedVariantWithPayloadIntactAndTags) {
   const inference::ModelInferRequest req = InferRequest("resnet", 602112, /*batch=*/4);
   auto ctx = Context();
   ctx->AddMetadata("x-request-source", "gateway-7");
@@ -187,7 +201,7 @@ class SeventyThirtySpec final : public selector::PolicySpec {
   }
 };
 
-TEST_F(ProxyTest, AMixedDecisionIsServedByTheWeightedDrawTaggedAndCharged) {
+TEST_P(ProxyTest, AMixedDecisionIsServedByTheWeightedDrawTaggedAndCharged) {
   SidecarConfig config = StaticConfig(upstream_->port(), 200);
   config.routes[0].policy = std::make_shared<SeventyThirtySpec>();
   StartSidecar(config);
@@ -218,7 +232,7 @@ TEST_F(ProxyTest, AMixedDecisionIsServedByTheWeightedDrawTaggedAndCharged) {
                                               tagged["resnet152"], "\n")));
 }
 
-TEST_F(ProxyTest, NamesThatAreNotRoutesPassThroughUntouched) {
+TEST_P(ProxyTest, NamesThatAreNotRoutesPassThroughUntouched) {
   auto ctx = Context();
   inference::ModelInferResponse resp;
   ASSERT_TRUE(stub_->ModelInfer(ctx.get(), InferRequest("resnet50", 100), &resp).ok());
@@ -234,7 +248,7 @@ TEST_F(ProxyTest, NamesThatAreNotRoutesPassThroughUntouched) {
   EXPECT_THAT(status.error_message(), HasSubstr("no-such-model"));
 }
 
-TEST_F(ProxyTest, ModelQueriesOnARouteGoToTheSelectedVariant) {
+TEST_P(ProxyTest, ModelQueriesOnARouteGoToTheSelectedVariant) {
   {
     auto ctx = Context();
     inference::ModelMetadataRequest req;
@@ -272,7 +286,7 @@ TEST_F(ProxyTest, ModelQueriesOnARouteGoToTheSelectedVariant) {
                                            "ModelConfig:resnet101", "ModelStatistics:resnet101"));
 }
 
-TEST_F(ProxyTest, ServerMethodsPassThrough) {
+TEST_P(ProxyTest, ServerMethodsPassThrough) {
   auto ctx = Context();
   inference::ServerLiveResponse live;
   ASSERT_TRUE(stub_->ServerLive(ctx.get(), inference::ServerLiveRequest(), &live).ok());
@@ -283,7 +297,7 @@ TEST_F(ProxyTest, ServerMethodsPassThrough) {
   EXPECT_FALSE(meta.name().empty());
 }
 
-TEST_F(ProxyTest, PinAndQualityFloorControls) {
+TEST_P(ProxyTest, PinAndQualityFloorControls) {
   {
     auto ctx = Context();
     ctx->AddMetadata("x-carbon-pin-model", "resnet152");
@@ -323,7 +337,7 @@ TEST_F(ProxyTest, PinAndQualityFloorControls) {
   EXPECT_EQ(upstream_->service().received_count(), before);  // neither reached the upstream
 }
 
-TEST_F(ProxyTest, MalformedRequestBytesAreRejectedBeforeTheUpstream) {
+TEST_P(ProxyTest, MalformedRequestBytesAreRejectedBeforeTheUpstream) {
   grpc::GenericStub generic(channel_);
   const std::string bad("\x0a\x10short", 7);  // model name declares 16 bytes, 5 follow
   grpc::Slice slice(bad.data(), bad.size());
@@ -347,7 +361,7 @@ TEST_F(ProxyTest, MalformedRequestBytesAreRejectedBeforeTheUpstream) {
   EXPECT_EQ(upstream_->service().received_count(), 0u);
 }
 
-TEST_F(ProxyTest, AMegabyteModelNameIsRefusedBeforeTheUpstream) {
+TEST_P(ProxyTest, AMegabyteModelNameIsRefusedBeforeTheUpstream) {
   for (const auto& name : {std::string(1 << 20, 'm'), std::string(kMaxModelNameBytes + 1, 'm')}) {
     auto ctx = Context();
     inference::ModelInferResponse resp;
@@ -364,7 +378,7 @@ TEST_F(ProxyTest, AMegabyteModelNameIsRefusedBeforeTheUpstream) {
   EXPECT_EQ(upstream_->service().received_count(), 1u);
 }
 
-TEST_F(ProxyTest, OversizedRequestIsResourceExhausted) {
+TEST_P(ProxyTest, OversizedRequestIsResourceExhausted) {
   auto ctx = Context();
   inference::ModelInferResponse resp;
   grpc::Status status = stub_->ModelInfer(ctx.get(), InferRequest("resnet", 5 * 1024 * 1024), &resp);
@@ -372,7 +386,7 @@ TEST_F(ProxyTest, OversizedRequestIsResourceExhausted) {
   EXPECT_EQ(upstream_->service().received_count(), 0u);
 }
 
-TEST_F(ProxyTest, DeadlineReachesTheUpstream) {
+TEST_P(ProxyTest, DeadlineReachesTheUpstream) {
   auto ctx = Context(absl::Seconds(7));
   const absl::Time client_deadline = absl::FromChrono(ctx->deadline());
   inference::ModelInferResponse resp;
@@ -388,7 +402,7 @@ TEST_F(ProxyTest, DeadlineReachesTheUpstream) {
   EXPECT_GT(received[0].deadline, client_deadline - absl::Seconds(1));
 }
 
-TEST_F(ProxyTest, SlowUpstreamPastTheDeadlineIsDeadlineExceeded) {
+TEST_P(ProxyTest, SlowUpstreamPastTheDeadlineIsDeadlineExceeded) {
   upstream_.reset();
   bench::FakeUpstreamOptions options;
   options.models = {"resnet101"};
@@ -461,7 +475,7 @@ TEST(FakeUpstreamTest, InstancesQueueCallsAndACancelledWaiterLeavesTheQueue) {
   holder.join();
 }
 
-TEST_F(ProxyTest, OversizedMetadataIsRefusedAndTheProxyCarriesOn) {
+TEST_P(ProxyTest, OversizedMetadataIsRefusedAndTheProxyCarriesOn) {
   auto ctx = Context();
   ctx->AddMetadata("x-huge", std::string(64 * 1024, 'm'));
   inference::ModelInferResponse resp;
@@ -477,7 +491,7 @@ TEST_F(ProxyTest, OversizedMetadataIsRefusedAndTheProxyCarriesOn) {
   EXPECT_EQ(upstream_->service().received_count(), 1u);
 }
 
-TEST_F(ProxyTest, StreamInferRoutesEveryMessage) {
+TEST_P(ProxyTest, StreamInferRoutesEveryMessage) {
   auto ctx = Context();
   auto stream = stub_->ModelStreamInfer(ctx.get());
   ASSERT_TRUE(stream->Write(InferRequest("resnet", 1000)));
@@ -498,7 +512,7 @@ TEST_F(ProxyTest, StreamInferRoutesEveryMessage) {
   EXPECT_THAT(upstream_saw, ::testing::ElementsAre("resnet101", "resnet50", "resnet101"));
 }
 
-TEST_F(ProxyTest, BadMessageMidStreamEndsTheStreamWithInvalidArgument) {
+TEST_P(ProxyTest, BadMessageMidStreamEndsTheStreamWithInvalidArgument) {
   // A good message, its answer, then bytes no protobuf parser would accept.
   const std::string good = InferRequest("resnet", 10).SerializeAsString();
   const std::string bad("\x0a\x10short", 7);
@@ -514,7 +528,7 @@ TEST_F(ProxyTest, BadMessageMidStreamEndsTheStreamWithInvalidArgument) {
   EXPECT_TRUE(PollUntil([&] { return upstream_->service().cancelled_streams() >= 1; }));
 }
 
-TEST_F(ProxyTest, ConcurrentStreamsAndCancellationsAllEndCleanly) {
+TEST_P(ProxyTest, ConcurrentStreamsAndCancellationsAllEndCleanly) {
   // Streams that finish normally, half-close without sending, or are cancelled by the client at
   // different points, all at once: each must end, with the right status, and nothing may leak
   // (the sanitizer build checks the latter).
@@ -582,7 +596,7 @@ TEST_F(ProxyTest, ConcurrentStreamsAndCancellationsAllEndCleanly) {
   ASSERT_TRUE(stub_->ModelInfer(ctx.get(), InferRequest("resnet", 10), &resp).ok());
 }
 
-TEST_F(ProxyTest, AClientCancelReachesTheUpstreamStream) {
+TEST_P(ProxyTest, AClientCancelReachesTheUpstreamStream) {
   grpc::ClientContext ctx;
   ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(10)));
   auto stream = stub_->ModelStreamInfer(&ctx);
@@ -597,7 +611,7 @@ TEST_F(ProxyTest, AClientCancelReachesTheUpstreamStream) {
   EXPECT_TRUE(PollUntil([&] { return upstream_->service().open_streams() == 0; }));
 }
 
-TEST_F(ProxyTest, UpstreamDownIsUnavailableAndRecovers) {
+TEST_P(ProxyTest, UpstreamDownIsUnavailableAndRecovers) {
   const int port = upstream_->port();
   upstream_.reset();
   {
@@ -619,7 +633,7 @@ TEST_F(ProxyTest, UpstreamDownIsUnavailableAndRecovers) {
   }));
 }
 
-TEST_F(ProxyTest, ReloadChangesTheSelection) {
+TEST_P(ProxyTest, ReloadChangesTheSelection) {
   SidecarConfig dirty = StaticConfig(upstream_->port(), 300);
   ASSERT_TRUE(sidecar_->Reload(dirty).ok());
   auto ctx = Context();
@@ -646,7 +660,7 @@ TEST_F(ProxyTest, ReloadChangesTheSelection) {
   EXPECT_EQ(resp.model_name(), "resnet152");  // the old config keeps serving
 }
 
-TEST_F(ProxyTest, HealthServiceAnswersLocally) {
+TEST_P(ProxyTest, HealthServiceAnswersLocally) {
   auto health = grpc::CreateChannel(absl::StrCat("127.0.0.1:", sidecar_->port()),
                                     grpc::InsecureChannelCredentials());
   grpc::GenericStub generic(health);
@@ -673,7 +687,7 @@ TEST_F(ProxyTest, HealthServiceAnswersLocally) {
   EXPECT_EQ(upstream_->service().received_count(), 0u);
 }
 
-TEST_F(ProxyTest, ReflectionDescribesTheInferenceService) {
+TEST_P(ProxyTest, ReflectionDescribesTheInferenceService) {
   // ServerReflectionRequest{file_containing_symbol (4): "inference.GRPCInferenceService"}, as
   // grpcurl sends for `describe`.
   const std::string symbol = "inference.GRPCInferenceService";
@@ -774,7 +788,7 @@ class EchoService final : public grpc::CallbackGenericService {
   }
 };
 
-class OpaqueProxyTest : public ::testing::Test {
+class OpaqueProxyTest : public PlaneTest {
  protected:
   void SetUp() override {
     grpc::ServerBuilder builder;
@@ -782,7 +796,7 @@ class OpaqueProxyTest : public ::testing::Test {
     builder.RegisterCallbackGenericService(&echo_);
     echo_server_ = builder.BuildAndStart();
     ASSERT_NE(echo_port_, 0);
-    auto sidecar = SidecarServer::Start(StaticConfig(echo_port_, 200));
+    auto sidecar = SidecarServer::Start(OnPlane(StaticConfig(echo_port_, 200)));
     ASSERT_TRUE(sidecar.ok()) << sidecar.status();
     sidecar_ = *std::move(sidecar);
     channel_ = grpc::CreateChannel(absl::StrCat("127.0.0.1:", sidecar_->port()),
@@ -805,7 +819,7 @@ class OpaqueProxyTest : public ::testing::Test {
   std::shared_ptr<grpc::Channel> channel_;
 };
 
-TEST_F(OpaqueProxyTest, UnknownMethodsStreamThroughByteForByte) {
+TEST_P(OpaqueProxyTest, UnknownMethodsStreamThroughByteForByte) {
   grpc::ClientContext ctx;
   ctx.AddMetadata("x-tenant", "blue");
   grpc::Status status;
@@ -819,7 +833,7 @@ TEST_F(OpaqueProxyTest, UnknownMethodsStreamThroughByteForByte) {
   EXPECT_EQ(Header(ctx.GetServerTrailingMetadata(), "x-echo-bin"), std::string("\x00\xff\x01", 3));
 }
 
-TEST_F(OpaqueProxyTest, StatusCodesMessagesAndDetailsComeBackAsSent) {
+TEST_P(OpaqueProxyTest, StatusCodesMessagesAndDetailsComeBackAsSent) {
   for (int code : {1, 3, 5, 7, 8, 9, 10, 12, 13, 14, 16}) {
     grpc::ClientContext ctx;
     ctx.AddMetadata("x-want-code", std::to_string(code));
@@ -834,7 +848,7 @@ TEST_F(OpaqueProxyTest, StatusCodesMessagesAndDetailsComeBackAsSent) {
 
 // A client that writes and never reads: HTTP/2 flow control must push back through the sidecar
 // to the client's writes, so that the sidecar does not buffer the replies without bound.
-TEST_F(OpaqueProxyTest, AClientThatStopsReadingIsHeldBackByFlowControl) {
+TEST_P(OpaqueProxyTest, AClientThatStopsReadingIsHeldBackByFlowControl) {
   constexpr int kMessages = 1000;
   const std::string message(256 * 1024, 'f');  // 1000 of them: 250 MiB each way
   grpc::GenericStub generic(channel_);
@@ -911,7 +925,7 @@ TEST_F(OpaqueProxyTest, AClientThatStopsReadingIsHeldBackByFlowControl) {
   }
 }
 
-TEST_F(OpaqueProxyTest, ServerLiveOnANonInferenceUpstreamIsForwardedAsIs) {
+TEST_P(OpaqueProxyTest, ServerLiveOnANonInferenceUpstreamIsForwardedAsIs) {
   // A unary inference method that names no model goes through the unary path untouched.
   grpc::ClientContext ctx;
   grpc::Status status;
@@ -922,6 +936,11 @@ TEST_F(OpaqueProxyTest, ServerLiveOnANonInferenceUpstreamIsForwardedAsIs) {
   EXPECT_EQ(Header(ctx.GetServerInitialMetadata(), "x-echo-method"),
             "/inference.GRPCInferenceService/ServerLive");
 }
+
+INSTANTIATE_TEST_SUITE_P(Planes, ProxyTest,
+                         ::testing::Values(SidecarConfig::DataPlane::kGrpc, SidecarConfig::DataPlane::kH2), PlaneName);
+INSTANTIATE_TEST_SUITE_P(Planes, OpaqueProxyTest,
+                         ::testing::Values(SidecarConfig::DataPlane::kGrpc, SidecarConfig::DataPlane::kH2), PlaneName);
 
 }  // namespace
 }  // namespace carbon::sidecar

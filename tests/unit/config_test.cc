@@ -211,7 +211,12 @@ TEST_F(ConfigTest, EveryMistakeNamesFileLineAndColumn) {
   const std::vector<BadConfig> cases = {
       {"unknown key", "drain_timeout: 5s", "drain_timeout: 5s\nlisten_port: 1",
        "6:1: unknown key 'listen_port' in the config (known keys: listen, drain_timeout, "
-       "memory_limit_bytes, admin, tls, upstream, intensity, routes, accounting, clusters)"},
+       "memory_limit_bytes, data_plane, data_plane_threads, admin, tls, upstream, intensity, routes, accounting, "
+       "clusters)"},
+      {"unknown data plane", "drain_timeout: 5s", "drain_timeout: 5s\ndata_plane: quic",
+       "6:13: data_plane must be grpc or h2, got 'quic'"},
+      {"data plane threads", "drain_timeout: 5s", "drain_timeout: 5s\ndata_plane_threads: -1",
+       "6:21: data_plane_threads must lie between 0 (one per core) and 256"},
       {"small memory limit", "drain_timeout: 5s", "drain_timeout: 5s\nmemory_limit_bytes: 65536",
        "6:21: memory_limit_bytes must be 0 (no limit) or at least 16777216"},
       {"misspelt nested key", "  refresh: 10s", "  refesh: 10s",
@@ -269,6 +274,26 @@ TEST_F(ConfigTest, EveryMistakeNamesFileLineAndColumn) {
     EXPECT_THAT(error, StartsWith(Path("sidecar.yaml") + ":")) << c.what;
     EXPECT_THAT(error, HasSubstr(c.expected)) << c.what << ": " << error;
   }
+}
+
+TEST_F(ConfigTest, TheH2DataPlaneIsPlaintextOnlyAndRestartOnly) {
+  std::string h2 = kValid;
+  h2.replace(h2.find("drain_timeout: 5s\n"), 18, "drain_timeout: 5s\ndata_plane: h2\ndata_plane_threads: 3\n");
+  auto config = LoadConfig(Write("sidecar.yaml", h2));
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_EQ(config->data_plane, SidecarConfig::DataPlane::kH2);
+  EXPECT_EQ(config->data_plane_threads, 3);
+  EXPECT_EQ(LoadConfig(Write("grpc.yaml", kValid))->data_plane, SidecarConfig::DataPlane::kGrpc);
+
+  std::string with_tls = h2;
+  with_tls.replace(with_tls.find("  max_message_bytes: 1048576\n"), 29, "  max_message_bytes: 1048576\n  tls: {}\n");
+  EXPECT_THAT(ErrorOf(with_tls), HasSubstr("7:13: data_plane h2 serves plaintext (h2c) only so far"));
+
+  std::vector<std::string> changed;
+  SidecarConfig grpc = *LoadConfig(Write("grpc.yaml", kValid));
+  const SidecarConfig applied = ConfigForReload(grpc, *config, &changed);
+  EXPECT_EQ(applied.data_plane, SidecarConfig::DataPlane::kGrpc);
+  EXPECT_THAT(changed, ::testing::IsSupersetOf({"data_plane", "data_plane_threads"}));
 }
 
 // The keys a mapping accepts, as the unknown-key error lists them.

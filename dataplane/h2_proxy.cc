@@ -1,0 +1,908 @@
+#include "dataplane/h2_proxy.h"
+
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/event.h>
+#include <event2/listener.h>
+#include <event2/thread.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <nghttp2/nghttp2.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <charconv>
+#include <cstring>
+#include <list>
+#include <mutex>
+#include <optional>
+#include <thread>
+#include <unordered_map>
+#include <vector>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/notification.h"
+#include "common/string_view_compat.h"
+
+namespace carbon::dataplane {
+namespace {
+
+constexpr int kGrpcCancelled = 1;
+constexpr int kGrpcUnknown = 2;
+constexpr int kGrpcInternal = 13;
+constexpr int kGrpcUnavailable = 14;
+// Output a connection may queue before the sidecar stops producing frames for it.
+constexpr size_t kOutputHighWater = 256 * 1024;
+
+// Fields HTTP/2 forbids or that describe one hop only (RFC 9113 §8.2.2).
+bool IsConnectionSpecific(std::string_view name) {
+  static constexpr std::string_view kNames[] = {"connection", "keep-alive", "proxy-connection",
+                                                "transfer-encoding", "upgrade", "host"};
+  return std::find(std::begin(kNames), std::end(kNames), name) != std::end(kNames);
+}
+
+nghttp2_nv Nv(std::string_view name, std::string_view value) {
+  return {reinterpret_cast<uint8_t*>(const_cast<char*>(name.data())),
+          reinterpret_cast<uint8_t*>(const_cast<char*>(value.data())), name.size(), value.size(),
+          NGHTTP2_NV_FLAG_NONE};
+}
+
+// grpc-message is percent-encoded (gRPC over HTTP/2: Status-Message).
+std::string PercentEncode(std::string_view message) {
+  std::string out;
+  for (char c : message) {
+    const auto u = static_cast<unsigned char>(c);
+    if (u < 0x20 || u > 0x7e || c == '%') {
+      static constexpr char kHex[] = "0123456789ABCDEF";
+      out += '%';
+      out += kHex[u >> 4];
+      out += kHex[u & 15];
+    } else {
+      out += c;
+    }
+  }
+  return out;
+}
+
+std::optional<int> ParseGrpcStatus(const std::vector<HeaderField>& fields) {
+  for (const HeaderField& f : fields) {
+    if (f.name == "grpc-status") {
+      int code;
+      if (absl::SimpleAtoi(f.value, &code)) return code;
+      return kGrpcUnknown;
+    }
+  }
+  return std::nullopt;
+}
+
+absl::StatusOr<std::pair<std::string, std::string>> SplitHostPort(std::string_view target) {
+  if (target.starts_with("dns:///")) target.remove_prefix(7);
+  const size_t colon = target.rfind(':');
+  if (colon == std::string_view::npos) return absl::InvalidArgumentError(absl::StrCat("no port in '", ToAbsl(target), "'"));
+  std::string host(target.substr(0, colon));
+  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') host = host.substr(1, host.size() - 2);
+  if (host.empty() || host == "0.0.0.0") host = host.empty() ? "0.0.0.0" : host;
+  return std::make_pair(host, std::string(target.substr(colon + 1)));
+}
+
+struct Connection;
+struct ClientConnection;
+struct UpstreamConnection;
+
+// One proxied call: a client stream and, once opened, its upstream stream.
+struct Call {
+  H2Proxy::Worker* worker = nullptr;
+  ClientConnection* client = nullptr;  // not to be touched once client_closed
+  int32_t client_id = 0;
+  UpstreamConnection* upstream = nullptr;
+  int32_t upstream_id = -1;
+  std::list<Call*>::iterator in_upstream;  // in upstream->calls, while upstream is set
+  std::list<Call*>::iterator in_client;    // in client->calls, until client_closed
+
+  std::string path;
+  std::vector<HeaderField> request_headers;
+  std::vector<HeaderField> response_headers;
+  std::vector<HeaderField> trailers;
+  std::unique_ptr<CallHandler> handler;
+  std::optional<RequestFramer> framer;
+
+  evbuffer* to_upstream = evbuffer_new();
+  evbuffer* to_client = evbuffer_new();
+  // Bytes received from each side and not yet given back as window (nghttp2_session_consume).
+  size_t unconsumed_from_client = 0;
+  size_t unconsumed_from_upstream = 0;
+
+  bool client_ended = false;     // END_STREAM from the client
+  bool upstream_ended = false;   // END_STREAM from the upstream (trailers in)
+  bool upstream_failed = false;  // reset, or its connection failed, before it ended
+  bool response_submitted = false;
+  bool trailers_submitted = false;
+  bool client_closed = false;
+  bool upstream_closed = false;
+  bool finished = false;                      // handler->Finished called
+  std::optional<int> sent_status;             // the grpc-status given to the client
+  std::optional<std::pair<int, std::string>> local_status;  // the sidecar's own verdict
+
+  ~Call() {
+    evbuffer_free(to_upstream);
+    evbuffer_free(to_client);
+  }
+};
+
+using Worker = H2Proxy::Worker;
+
+// What client and upstream connections share: a socket (bufferevent) and an nghttp2 session.
+struct Connection {
+  Worker* worker = nullptr;
+  bufferevent* bev = nullptr;
+  nghttp2_session* session = nullptr;
+  bool flush_scheduled = false;
+  bool closing = false;
+  virtual ~Connection() {
+    if (session) nghttp2_session_del(session);
+    if (bev) bufferevent_free(bev);
+  }
+  virtual bool is_upstream() const = 0;
+  void ScheduleFlush();
+  // Feeds what arrived to nghttp2; false when the connection must close.
+  bool Receive() {
+    evbuffer* in = bufferevent_get_input(bev);
+    while (evbuffer_get_length(in) > 0) {
+      evbuffer_iovec v;
+      if (evbuffer_peek(in, -1, nullptr, &v, 1) < 1) break;
+      const ssize_t n = nghttp2_session_mem_recv(session, static_cast<const uint8_t*>(v.iov_base), v.iov_len);
+      if (n < 0) return false;
+      evbuffer_drain(in, static_cast<size_t>(n));
+    }
+    return true;
+  }
+  // Lets nghttp2 write what it has; false when the connection is done (or broken).
+  bool Send() {
+    if (nghttp2_session_send(session) != 0) return false;
+    return nghttp2_session_want_read(session) || nghttp2_session_want_write(session) ||
+           evbuffer_get_length(bufferevent_get_output(bev)) > 0;
+  }
+};
+
+struct ClientConnection final : Connection {
+  std::list<Call*> calls;  // whose client stream is open
+  bool is_upstream() const override { return false; }
+};
+
+struct UpstreamConnection final : Connection {
+  std::string target;
+  std::list<Call*> calls;
+  bool connected = false;
+  bool is_upstream() const override { return true; }
+};
+
+}  // namespace
+
+struct H2Proxy::Worker {
+  H2ProxyOptions options;
+  CallHandlerFactory* factory = nullptr;
+  event_base* base = nullptr;
+  evconnlistener* listener = nullptr;
+  event* drain_event = nullptr;
+  event* stop_event = nullptr;
+  std::thread thread;
+  std::vector<Connection*> to_flush;
+  std::vector<ClientConnection*> clients;
+  std::unordered_map<std::string, UpstreamConnection*> upstreams;  // the one new calls use, per target
+  std::vector<UpstreamConnection*> all_upstreams;
+  bool draining = false;
+  std::atomic<int> active_calls{0};  // read by Shutdown from another thread
+  nghttp2_session_callbacks* server_callbacks = nullptr;
+  nghttp2_session_callbacks* client_callbacks = nullptr;
+  nghttp2_option* session_option = nullptr;
+
+  ~Worker();
+  void FlushPending();
+  void Accept(evutil_socket_t fd);
+  void CloseConnection(Connection* c);
+  UpstreamConnection* UpstreamFor(std::string_view target, std::string* error);
+  void Drain();
+};
+
+namespace {
+
+void Connection::ScheduleFlush() {
+  if (!flush_scheduled) {
+    flush_scheduled = true;
+    worker->to_flush.push_back(this);
+  }
+}
+
+// ---- The call's life, independent of which side an event came from.
+
+void MaybeDelete(Call* call) {
+  if (!call->client_closed || (call->upstream_id >= 0 && !call->upstream_closed)) return;
+  if (call->upstream != nullptr) {
+    call->upstream->calls.erase(call->in_upstream);
+    call->upstream = nullptr;
+  }
+  call->worker->active_calls.fetch_sub(1, std::memory_order_release);
+  delete call;
+}
+
+// Gives window back to the side the bytes came from, as they are passed on.
+void Credit(Connection* from, int32_t stream_id, size_t* unconsumed, size_t sent) {
+  const size_t n = std::min(*unconsumed, sent);
+  if (n == 0 || stream_id < 0) return;
+  *unconsumed -= n;
+  nghttp2_session_consume(from->session, stream_id, n);
+  from->ScheduleFlush();
+}
+
+ssize_t ReadToClient(nghttp2_session* session, int32_t stream_id, uint8_t*, size_t length, uint32_t* flags,
+                     nghttp2_data_source* source, void*);
+ssize_t ReadToUpstream(nghttp2_session*, int32_t, uint8_t*, size_t length, uint32_t* flags,
+                       nghttp2_data_source* source, void*);
+
+void SubmitResponse(Call* call) {
+  if (call->response_submitted || call->client_closed) return;
+  call->response_submitted = true;
+  std::vector<nghttp2_nv> nv;
+  nv.reserve(call->response_headers.size() + 8);
+  bool has_status = false;
+  for (const HeaderField& f : call->response_headers) {
+    if (f.name == ":status") has_status = true;
+    if (!f.name.starts_with(':') || f.name == ":status") nv.push_back(Nv(f.name, f.value));
+  }
+  if (!has_status) {
+    nv.insert(nv.begin(), Nv(":status", "200"));
+    nv.push_back(Nv("content-type", "application/grpc"));
+  }
+  // The handler's values may be built on the fly: they live in `extra` until nghttp2 copied them
+  // (nghttp2_submit_response copies every name and value).
+  std::vector<std::string> extra;
+  call->handler->ForEachResponseHeader([&](std::string_view name, std::string_view value) {
+    extra.emplace_back(name);
+    extra.emplace_back(value);
+  });
+  for (size_t i = 0; i + 1 < extra.size(); i += 2) nv.push_back(Nv(extra[i], extra[i + 1]));
+  nghttp2_data_provider provider{};
+  provider.source.ptr = call;
+  provider.read_callback = ReadToClient;
+  nghttp2_submit_response(call->client->session, call->client_id, nv.data(), nv.size(), &provider);
+  call->client->ScheduleFlush();
+}
+
+// The trailers to end the client's stream with: the upstream's, or the sidecar's own verdict.
+void SubmitTrailers(Call* call) {
+  if (call->trailers_submitted || call->client_closed) return;
+  call->trailers_submitted = true;
+  std::vector<nghttp2_nv> nv;
+  std::string code_text, message;
+  if (call->local_status) {
+    code_text = std::to_string(call->local_status->first);
+    message = PercentEncode(call->local_status->second);
+    nv.push_back(Nv("grpc-status", code_text));
+    if (!message.empty()) nv.push_back(Nv("grpc-message", message));
+    call->sent_status = call->local_status->first;
+  } else {
+    for (const HeaderField& f : call->trailers) {
+      if (!f.name.starts_with(':') && !IsConnectionSpecific(f.name)) nv.push_back(Nv(f.name, f.value));
+    }
+    std::optional<int> code = ParseGrpcStatus(call->trailers);
+    if (!code) {
+      code_text = std::to_string(kGrpcUnknown);
+      nv.push_back(Nv("grpc-status", code_text));
+      nv.push_back(Nv("grpc-message", "the upstream ended the call without a grpc-status"));
+      code = kGrpcUnknown;
+    }
+    call->sent_status = *code;
+  }
+  nghttp2_submit_trailer(call->client->session, call->client_id, nv.data(), nv.size());
+  call->client->ScheduleFlush();
+}
+
+// Ends the call with the sidecar's own status: as a trailers-only response when nothing was sent
+// yet, else as trailers after what is already on its way. The upstream stream, if any, is reset.
+void FailCall(Call* call, int code, std::string message) {
+  if (call->local_status || call->trailers_submitted) return;
+  call->local_status = {code, std::move(message)};
+  if (call->upstream != nullptr && call->upstream_id >= 0 && !call->upstream_closed) {
+    nghttp2_submit_rst_stream(call->upstream->session, NGHTTP2_FLAG_NONE, call->upstream_id, NGHTTP2_CANCEL);
+    call->upstream->ScheduleFlush();
+  }
+  if (call->client_closed) return;
+  if (!call->response_submitted) {
+    call->response_submitted = true;
+    call->trailers_submitted = true;
+    call->sent_status = code;
+    const std::string code_text = std::to_string(code);
+    const std::string encoded = PercentEncode(call->local_status->second);
+    nghttp2_nv nv[] = {Nv(":status", "200"), Nv("content-type", "application/grpc"), Nv("grpc-status", code_text),
+                       Nv("grpc-message", encoded)};
+    nghttp2_submit_response(call->client->session, call->client_id, nv, encoded.empty() ? 3 : 4, nullptr);
+    // What the client still sends is read and dropped (OnClientData). A RST_STREAM(NO_ERROR) could
+    // overtake the HEADERS in nghttp2's queue, and gRPC clients then report INTERNAL.
+  } else {
+    evbuffer_drain(call->to_client, evbuffer_get_length(call->to_client));
+    nghttp2_session_resume_data(call->client->session, call->client_id);
+  }
+  call->client->ScheduleFlush();
+}
+
+void OpenUpstream(Call* call) {
+  const std::string_view target = call->handler->UpstreamTarget();
+  std::string error;
+  UpstreamConnection* up = call->client->worker->UpstreamFor(target, &error);
+  if (up == nullptr) {
+    FailCall(call, kGrpcUnavailable, error);
+    return;
+  }
+  std::vector<nghttp2_nv> nv;
+  nv.reserve(call->request_headers.size() + 4);
+  nv.push_back(Nv(":method", "POST"));
+  nv.push_back(Nv(":scheme", "http"));
+  nv.push_back(Nv(":path", call->path));
+  nv.push_back(Nv(":authority", up->target));
+  for (const HeaderField& f : call->request_headers) nv.push_back(Nv(f.name, f.value));
+  nghttp2_data_provider provider{};
+  provider.source.ptr = call;
+  provider.read_callback = ReadToUpstream;
+  const int32_t id = nghttp2_submit_request(up->session, nullptr, nv.data(), nv.size(), &provider, call);
+  if (id < 0) {
+    FailCall(call, kGrpcUnavailable, absl::StrCat("cannot open a stream to ", ToAbsl(target), ": ", nghttp2_strerror(id)));
+    return;
+  }
+  call->upstream = up;
+  call->upstream_id = id;
+  call->in_upstream = up->calls.insert(up->calls.end(), call);
+  up->ScheduleFlush();
+}
+
+// Passes request bytes through the call's framer into to_upstream.
+void TakeRequestBytes(Call* call, std::string_view bytes) {
+  if (call->local_status) return;
+  const bool was_open = call->upstream_id >= 0;
+  absl::Status s = call->framer->Feed(
+      bytes, [call](std::string_view head) { return call->handler->Decide(head); },
+      [call](std::string_view out) {
+        if (call->upstream_id < 0 && !call->local_status) OpenUpstream(call);
+        evbuffer_add(call->to_upstream, out.data(), out.size());
+      });
+  if (!s.ok()) {
+    FailCall(call, static_cast<int>(s.code()), std::string(s.message()));
+    return;
+  }
+  // Held bytes (a routed message's head) are given back as window at once: they are bounded by
+  // max_message_bytes, and a window that never reopened could leave a long name stuck.
+  const size_t held = call->framer->held_bytes();
+  if (held > 0 && call->unconsumed_from_client > 0) {
+    Credit(call->client, call->client_id, &call->unconsumed_from_client,
+           std::min(held, call->unconsumed_from_client));
+  }
+  if (call->upstream_id >= 0 && (was_open || evbuffer_get_length(call->to_upstream) > 0)) {
+    nghttp2_session_resume_data(call->upstream->session, call->upstream_id);
+    call->upstream->ScheduleFlush();
+  }
+}
+
+// ---- nghttp2 data providers: bodies are moved, not copied, into the socket's output.
+
+ssize_t ReadToUpstream(nghttp2_session*, int32_t, uint8_t*, size_t length, uint32_t* flags,
+                       nghttp2_data_source* source, void*) {
+  Call* call = static_cast<Call*>(source->ptr);
+  const size_t have = evbuffer_get_length(call->to_upstream);
+  const size_t n = std::min(have, length);
+  if (n == 0 && !call->client_ended) return NGHTTP2_ERR_DEFERRED;
+  *flags |= NGHTTP2_DATA_FLAG_NO_COPY;
+  if (call->client_ended && n == have) *flags |= NGHTTP2_DATA_FLAG_EOF;
+  return static_cast<ssize_t>(n);
+}
+
+ssize_t ReadToClient(nghttp2_session* session, int32_t stream_id, uint8_t*, size_t length, uint32_t* flags,
+                     nghttp2_data_source* source, void*) {
+  Call* call = static_cast<Call*>(source->ptr);
+  if (call->local_status) {
+    *flags |= NGHTTP2_DATA_FLAG_EOF | NGHTTP2_DATA_FLAG_NO_END_STREAM;
+    SubmitTrailers(call);
+    return 0;
+  }
+  const size_t have = evbuffer_get_length(call->to_client);
+  const size_t n = std::min(have, length);
+  const bool done = call->upstream_ended || call->upstream_failed;
+  if (n == 0 && !done) return NGHTTP2_ERR_DEFERRED;
+  *flags |= NGHTTP2_DATA_FLAG_NO_COPY;
+  if (done && n == have) {
+    *flags |= NGHTTP2_DATA_FLAG_EOF | NGHTTP2_DATA_FLAG_NO_END_STREAM;
+    (void)session;
+    (void)stream_id;
+    SubmitTrailers(call);
+  }
+  return static_cast<ssize_t>(n);
+}
+
+int SendData(nghttp2_session*, nghttp2_frame* frame, const uint8_t* framehd, size_t length,
+             nghttp2_data_source* source, void* user_data) {
+  auto* conn = static_cast<Connection*>(user_data);
+  Call* call = static_cast<Call*>(source->ptr);
+  evbuffer* out = bufferevent_get_output(conn->bev);
+  evbuffer_add(out, framehd, 9);
+  if (frame->data.padlen > 0) {
+    const uint8_t pad = static_cast<uint8_t>(frame->data.padlen - 1);
+    evbuffer_add(out, &pad, 1);
+  }
+  if (conn->is_upstream()) {
+    evbuffer_remove_buffer(call->to_upstream, out, length);
+    if (!call->client_closed) Credit(call->client, call->client_id, &call->unconsumed_from_client, length);
+  } else {
+    evbuffer_remove_buffer(call->to_client, out, length);
+    if (call->upstream != nullptr && !call->upstream_closed) {
+      Credit(call->upstream, call->upstream_id, &call->unconsumed_from_upstream, length);
+    }
+  }
+  if (frame->data.padlen > 1) {
+    static constexpr uint8_t kZeros[256] = {};
+    evbuffer_add(out, kZeros, frame->data.padlen - 1);
+  }
+  return 0;
+}
+
+ssize_t SendBytes(nghttp2_session*, const uint8_t* data, size_t length, int, void* user_data) {
+  auto* conn = static_cast<Connection*>(user_data);
+  evbuffer* out = bufferevent_get_output(conn->bev);
+  if (evbuffer_get_length(out) >= kOutputHighWater) return NGHTTP2_ERR_WOULDBLOCK;
+  evbuffer_add(out, data, length);
+  return static_cast<ssize_t>(length);
+}
+
+// ---- Client (server-side session) callbacks.
+
+int OnClientBeginHeaders(nghttp2_session* session, const nghttp2_frame* frame, void* user_data) {
+  if (frame->hd.type != NGHTTP2_HEADERS || frame->headers.cat != NGHTTP2_HCAT_REQUEST) return 0;
+  auto* conn = static_cast<ClientConnection*>(user_data);
+  auto* call = new Call();
+  call->client = conn;
+  call->worker = conn->worker;
+  call->in_client = conn->calls.insert(conn->calls.end(), call);
+  call->client_id = frame->hd.stream_id;
+  conn->worker->active_calls.fetch_add(1, std::memory_order_relaxed);
+  nghttp2_session_set_stream_user_data(session, frame->hd.stream_id, call);
+  return 0;
+}
+
+int OnClientHeader(nghttp2_session* session, const nghttp2_frame* frame, const uint8_t* name, size_t namelen,
+                   const uint8_t* value, size_t valuelen, uint8_t, void*) {
+  auto* call = static_cast<Call*>(nghttp2_session_get_stream_user_data(session, frame->hd.stream_id));
+  if (call == nullptr || call->handler) return 0;  // trailers from a client are not forwarded
+  std::string_view n(reinterpret_cast<const char*>(name), namelen);
+  std::string_view v(reinterpret_cast<const char*>(value), valuelen);
+  if (n == ":path") {
+    call->path.assign(v);
+  } else if (!n.starts_with(':') && !IsConnectionSpecific(n)) {
+    call->request_headers.push_back({std::string(n), std::string(v)});
+  }
+  return 0;
+}
+
+void StartCall(Call* call) {
+  Worker* worker = call->client->worker;
+  call->handler = worker->factory->NewCall(call->path, call->request_headers);
+  RequestFramer::Options options;
+  options.route = call->handler->route();
+  options.max_message_bytes = worker->options.max_message_bytes;
+  for (const HeaderField& f : call->request_headers) {
+    if (f.name == "grpc-encoding") options.encoding = ParseMessageEncoding(f.value);
+  }
+  call->framer.emplace(options);
+  if (options.route == RequestFramer::Options::Route::kNone) OpenUpstream(call);
+}
+
+int OnClientFrame(nghttp2_session* session, const nghttp2_frame* frame, void*) {
+  auto* call = static_cast<Call*>(nghttp2_session_get_stream_user_data(session, frame->hd.stream_id));
+  if (call == nullptr) return 0;
+  if (frame->hd.type == NGHTTP2_HEADERS && !call->handler) StartCall(call);
+  if ((frame->hd.type == NGHTTP2_HEADERS || frame->hd.type == NGHTTP2_DATA) &&
+      (frame->hd.flags & NGHTTP2_FLAG_END_STREAM) && !call->client_ended) {
+    call->client_ended = true;
+    if (call->local_status) return 0;
+    if (absl::Status s = call->framer->Finish(); !s.ok()) {
+      FailCall(call, static_cast<int>(s.code()), std::string(s.message()));
+      return 0;
+    }
+    // A routed call whose body held no message still goes upstream (and ends there).
+    if (call->upstream_id < 0) OpenUpstream(call);
+    if (call->upstream_id >= 0) {
+      nghttp2_session_resume_data(call->upstream->session, call->upstream_id);
+      call->upstream->ScheduleFlush();
+    }
+  }
+  return 0;
+}
+
+int OnClientData(nghttp2_session* session, uint8_t, int32_t stream_id, const uint8_t* data, size_t len, void*) {
+  auto* call = static_cast<Call*>(nghttp2_session_get_stream_user_data(session, stream_id));
+  if (call == nullptr || call->local_status) {
+    nghttp2_session_consume(session, stream_id, len);
+    return 0;
+  }
+  call->unconsumed_from_client += len;
+  TakeRequestBytes(call, std::string_view(reinterpret_cast<const char*>(data), len));
+  if (call->local_status && call->unconsumed_from_client > 0) {
+    nghttp2_session_consume(session, stream_id, call->unconsumed_from_client);
+    call->unconsumed_from_client = 0;
+  }
+  return 0;
+}
+
+int OnClientStreamClose(nghttp2_session* session, int32_t stream_id, uint32_t error_code, void*) {
+  auto* call = static_cast<Call*>(nghttp2_session_get_stream_user_data(session, stream_id));
+  if (call == nullptr || call->client_closed) return 0;
+  call->client_closed = true;
+  call->client->calls.erase(call->in_client);
+  const bool completed = call->trailers_submitted && call->sent_status && error_code == NGHTTP2_NO_ERROR;
+  if (!completed && call->upstream != nullptr && !call->upstream_closed) {
+    nghttp2_submit_rst_stream(call->upstream->session, NGHTTP2_FLAG_NONE, call->upstream_id, NGHTTP2_CANCEL);
+    call->upstream->ScheduleFlush();
+  }
+  if (call->handler && !call->finished) {
+    call->finished = true;
+    call->handler->Finished(completed ? *call->sent_status : kGrpcCancelled);
+  }
+  MaybeDelete(call);
+  return 0;
+}
+
+// ---- Upstream (client-side session) callbacks.
+
+int OnUpstreamHeader(nghttp2_session* session, const nghttp2_frame* frame, const uint8_t* name, size_t namelen,
+                     const uint8_t* value, size_t valuelen, uint8_t, void*) {
+  auto* call = static_cast<Call*>(nghttp2_session_get_stream_user_data(session, frame->hd.stream_id));
+  if (call == nullptr) return 0;
+  std::string_view n(reinterpret_cast<const char*>(name), namelen);
+  if (IsConnectionSpecific(n)) return 0;
+  HeaderField field{std::string(n), std::string(reinterpret_cast<const char*>(value), valuelen)};
+  if (frame->headers.cat == NGHTTP2_HCAT_RESPONSE && !call->response_submitted) {
+    call->response_headers.push_back(std::move(field));
+  } else {
+    call->trailers.push_back(std::move(field));
+  }
+  return 0;
+}
+
+int OnUpstreamFrame(nghttp2_session* session, const nghttp2_frame* frame, void*) {
+  auto* call = static_cast<Call*>(nghttp2_session_get_stream_user_data(session, frame->hd.stream_id));
+  if (call == nullptr || call->local_status || call->client_closed) return 0;
+  const bool end = frame->hd.flags & NGHTTP2_FLAG_END_STREAM;
+  if (frame->hd.type == NGHTTP2_HEADERS && frame->headers.cat == NGHTTP2_HCAT_RESPONSE && end) {
+    // Trailers-only: the status is in the headers. The client gets headers (with the sidecar's
+    // tags) and then trailers, as a gRPC server sends them.
+    std::vector<HeaderField> keep;
+    for (HeaderField& f : call->response_headers) {
+      if (f.name == ":status" || f.name == "content-type") {
+        keep.push_back(std::move(f));
+      } else {
+        call->trailers.push_back(std::move(f));
+      }
+    }
+    call->response_headers = std::move(keep);
+  }
+  if (frame->hd.type == NGHTTP2_HEADERS && frame->headers.cat == NGHTTP2_HCAT_RESPONSE) SubmitResponse(call);
+  if ((frame->hd.type == NGHTTP2_HEADERS || frame->hd.type == NGHTTP2_DATA) && end) {
+    call->upstream_ended = true;
+    SubmitResponse(call);
+    nghttp2_session_resume_data(call->client->session, call->client_id);
+    call->client->ScheduleFlush();
+  }
+  return 0;
+}
+
+int OnUpstreamData(nghttp2_session* session, uint8_t, int32_t stream_id, const uint8_t* data, size_t len, void*) {
+  auto* call = static_cast<Call*>(nghttp2_session_get_stream_user_data(session, stream_id));
+  if (call == nullptr || call->local_status || call->client_closed) {
+    nghttp2_session_consume(session, stream_id, len);
+    return 0;
+  }
+  call->unconsumed_from_upstream += len;
+  evbuffer_add(call->to_client, data, len);
+  SubmitResponse(call);
+  nghttp2_session_resume_data(call->client->session, call->client_id);
+  call->client->ScheduleFlush();
+  return 0;
+}
+
+void UpstreamGone(Call* call, std::string_view why) {
+  call->upstream_closed = true;
+  if (!call->upstream_ended && !call->local_status && !call->client_closed) {
+    call->upstream_failed = true;
+    FailCall(call, kGrpcUnavailable, std::string(why));
+  }
+}
+
+int OnUpstreamStreamClose(nghttp2_session* session, int32_t stream_id, uint32_t error_code, void*) {
+  auto* call = static_cast<Call*>(nghttp2_session_get_stream_user_data(session, stream_id));
+  if (call == nullptr) return 0;
+  UpstreamGone(call, error_code == NGHTTP2_REFUSED_STREAM ? "the upstream refused the call (it is going away)"
+                                                          : "the upstream reset the call");
+  MaybeDelete(call);
+  return 0;
+}
+
+// ---- Sockets.
+
+void OnEvent(bufferevent*, short events, void* arg);
+
+void OnRead(bufferevent*, void* arg) {
+  auto* conn = static_cast<Connection*>(arg);
+  Worker* worker = conn->worker;
+  if (!conn->Receive()) {
+    worker->CloseConnection(conn);
+  } else {
+    conn->ScheduleFlush();
+  }
+  worker->FlushPending();
+}
+
+void OnWrite(bufferevent*, void* arg) {
+  auto* conn = static_cast<Connection*>(arg);
+  conn->ScheduleFlush();
+  conn->worker->FlushPending();
+}
+
+void OnEvent(bufferevent*, short events, void* arg) {
+  auto* conn = static_cast<Connection*>(arg);
+  Worker* worker = conn->worker;
+  if (events & BEV_EVENT_CONNECTED) {
+    static_cast<UpstreamConnection*>(conn)->connected = true;
+    const int one = 1;
+    setsockopt(bufferevent_getfd(conn->bev), IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    conn->ScheduleFlush();
+  } else if (events & (BEV_EVENT_EOF | BEV_EVENT_ERROR)) {
+    worker->CloseConnection(conn);
+  }
+  worker->FlushPending();
+}
+
+nghttp2_session_callbacks* MakeCallbacks(bool server) {
+  nghttp2_session_callbacks* cb;
+  nghttp2_session_callbacks_new(&cb);
+  nghttp2_session_callbacks_set_send_callback(cb, SendBytes);
+  nghttp2_session_callbacks_set_send_data_callback(cb, SendData);
+  if (server) {
+    nghttp2_session_callbacks_set_on_begin_headers_callback(cb, OnClientBeginHeaders);
+    nghttp2_session_callbacks_set_on_header_callback(cb, OnClientHeader);
+    nghttp2_session_callbacks_set_on_frame_recv_callback(cb, OnClientFrame);
+    nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cb, OnClientData);
+    nghttp2_session_callbacks_set_on_stream_close_callback(cb, OnClientStreamClose);
+  } else {
+    nghttp2_session_callbacks_set_on_header_callback(cb, OnUpstreamHeader);
+    nghttp2_session_callbacks_set_on_frame_recv_callback(cb, OnUpstreamFrame);
+    nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cb, OnUpstreamData);
+    nghttp2_session_callbacks_set_on_stream_close_callback(cb, OnUpstreamStreamClose);
+  }
+  return cb;
+}
+
+void SubmitSettings(nghttp2_session* session, const H2ProxyOptions& options, bool server) {
+  std::vector<nghttp2_settings_entry> settings = {
+      {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, options.stream_window_bytes},
+  };
+  if (server) settings.push_back({NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, options.max_concurrent_streams});
+  else settings.push_back({NGHTTP2_SETTINGS_ENABLE_PUSH, 0});
+  nghttp2_submit_settings(session, NGHTTP2_FLAG_NONE, settings.data(), settings.size());
+  nghttp2_session_set_local_window_size(session, NGHTTP2_FLAG_NONE, 0,
+                                        static_cast<int32_t>(options.connection_window_bytes));
+}
+
+void OnAccept(evconnlistener*, evutil_socket_t fd, sockaddr*, int, void* arg) {
+  static_cast<Worker*>(arg)->Accept(fd);
+}
+
+void OnDrain(evutil_socket_t, short, void* arg) { static_cast<Worker*>(arg)->Drain(); }
+void OnStop(evutil_socket_t, short, void* arg) { event_base_loopbreak(static_cast<Worker*>(arg)->base); }
+
+absl::StatusOr<evutil_socket_t> BindReusePort(const std::string& host, int port) {
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+  addrinfo* res = nullptr;
+  const std::string port_text = std::to_string(port);
+  if (int rc = getaddrinfo(host.empty() ? nullptr : host.c_str(), port_text.c_str(), &hints, &res); rc != 0) {
+    return absl::InvalidArgumentError(absl::StrCat("cannot resolve ", host, ": ", gai_strerror(rc)));
+  }
+  const evutil_socket_t fd = socket(res->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  const int one = 1;
+  setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+  setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
+  const int rc = bind(fd, res->ai_addr, res->ai_addrlen);
+  freeaddrinfo(res);
+  if (rc != 0 || listen(fd, 1024) != 0) {
+    const std::string why = std::strerror(errno);
+    close(fd);
+    return absl::UnavailableError(absl::StrCat("cannot listen on ", host, ":", port, ": ", why));
+  }
+  return fd;
+}
+
+}  // namespace
+
+H2Proxy::Worker::~Worker() {
+  for (ClientConnection* c : clients) delete c;
+  for (UpstreamConnection* u : all_upstreams) delete u;
+  if (listener) evconnlistener_free(listener);
+  if (drain_event) event_free(drain_event);
+  if (stop_event) event_free(stop_event);
+  if (base) event_base_free(base);
+  if (server_callbacks) nghttp2_session_callbacks_del(server_callbacks);
+  if (client_callbacks) nghttp2_session_callbacks_del(client_callbacks);
+  if (session_option) nghttp2_option_del(session_option);
+}
+
+void H2Proxy::Worker::FlushPending() {
+  while (!to_flush.empty()) {
+    Connection* c = to_flush.back();
+    to_flush.pop_back();
+    c->flush_scheduled = false;
+    if (c->closing) continue;
+    if (!c->Send()) CloseConnection(c);
+  }
+}
+
+void H2Proxy::Worker::Accept(evutil_socket_t fd) {
+  auto* conn = new ClientConnection();
+  conn->worker = this;
+  const int one = 1;
+  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  conn->bev = bufferevent_socket_new(base, fd, BEV_OPT_CLOSE_ON_FREE);
+  nghttp2_session_server_new2(&conn->session, server_callbacks, conn, session_option);
+  SubmitSettings(conn->session, options, /*server=*/true);
+  if (draining) {
+    nghttp2_submit_goaway(conn->session, NGHTTP2_FLAG_NONE, 0, NGHTTP2_NO_ERROR, nullptr, 0);
+  }
+  bufferevent_setcb(conn->bev, OnRead, OnWrite, OnEvent, conn);
+  bufferevent_enable(conn->bev, EV_READ | EV_WRITE);
+  clients.push_back(conn);
+  conn->ScheduleFlush();
+  FlushPending();
+}
+
+void H2Proxy::Worker::CloseConnection(Connection* c) {
+  if (c->closing) return;
+  c->closing = true;
+  if (c->is_upstream()) {
+    auto* up = static_cast<UpstreamConnection*>(c);
+    auto it = upstreams.find(up->target);
+    if (it != upstreams.end() && it->second == up) upstreams.erase(it);
+    // Every call on it ends UNAVAILABLE; their client streams live on until their trailers go.
+    std::list<Call*> calls;
+    calls.swap(up->calls);
+    for (Call* call : calls) {
+      call->upstream = nullptr;
+      UpstreamGone(call, up->connected ? "the connection to the upstream failed"
+                                       : absl::StrCat("cannot connect to the upstream ", up->target));
+      MaybeDelete(call);
+    }
+    all_upstreams.erase(std::find(all_upstreams.begin(), all_upstreams.end(), up));
+  } else {
+    auto* client = static_cast<ClientConnection*>(c);
+    // nghttp2_session_del does not close streams through callbacks: close them here.
+    std::list<Call*> calls = client->calls;
+    for (Call* call : calls) OnClientStreamClose(client->session, call->client_id, NGHTTP2_CANCEL, nullptr);
+    clients.erase(std::find(clients.begin(), clients.end(), client));
+  }
+  to_flush.erase(std::remove(to_flush.begin(), to_flush.end(), c), to_flush.end());
+  delete c;
+}
+
+UpstreamConnection* H2Proxy::Worker::UpstreamFor(std::string_view target, std::string* error) {
+  auto it = upstreams.find(std::string(target));
+  if (it != upstreams.end()) {
+    if (nghttp2_session_check_request_allowed(it->second->session)) return it->second;
+    upstreams.erase(it);  // going away: new calls get a new connection
+  }
+  auto host_port = SplitHostPort(target);
+  if (!host_port.ok()) {
+    *error = std::string(host_port.status().message());
+    return nullptr;
+  }
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  addrinfo* res = nullptr;
+  if (int rc = getaddrinfo(host_port->first.c_str(), host_port->second.c_str(), &hints, &res); rc != 0) {
+    *error = absl::StrCat("cannot resolve the upstream ", ToAbsl(target), ": ", gai_strerror(rc));
+    return nullptr;
+  }
+  auto* up = new UpstreamConnection();
+  up->worker = this;
+  up->target = std::string(target);
+  up->bev = bufferevent_socket_new(base, -1, BEV_OPT_CLOSE_ON_FREE);
+  bufferevent_setcb(up->bev, OnRead, OnWrite, OnEvent, up);
+  bufferevent_enable(up->bev, EV_READ | EV_WRITE);
+  const int rc = bufferevent_socket_connect(up->bev, res->ai_addr, static_cast<int>(res->ai_addrlen));
+  freeaddrinfo(res);
+  nghttp2_session_client_new2(&up->session, client_callbacks, up, session_option);
+  SubmitSettings(up->session, options, /*server=*/false);
+  if (rc != 0) {
+    *error = absl::StrCat("cannot connect to the upstream ", ToAbsl(target));
+    delete up;
+    return nullptr;
+  }
+  upstreams[up->target] = up;
+  all_upstreams.push_back(up);
+  return up;
+}
+
+void H2Proxy::Worker::Drain() {
+  draining = true;
+  if (listener) evconnlistener_disable(listener);
+  for (ClientConnection* c : clients) {
+    nghttp2_submit_goaway(c->session, NGHTTP2_FLAG_NONE, nghttp2_session_get_last_proc_stream_id(c->session),
+                          NGHTTP2_NO_ERROR, nullptr, 0);
+    c->ScheduleFlush();
+  }
+  FlushPending();
+}
+
+absl::StatusOr<std::unique_ptr<H2Proxy>> H2Proxy::Start(const H2ProxyOptions& options, CallHandlerFactory* factory) {
+  static std::once_flag threads_once;
+  std::call_once(threads_once, [] { evthread_use_pthreads(); });
+  auto host_port = SplitHostPort(options.listen);
+  if (!host_port.ok()) return host_port.status();
+  int port;
+  if (!absl::SimpleAtoi(host_port->second, &port)) return absl::InvalidArgumentError("bad listen port");
+  std::unique_ptr<H2Proxy> proxy(new H2Proxy());
+  const int threads = options.threads > 0 ? options.threads : std::max(1u, std::thread::hardware_concurrency());
+  for (int i = 0; i < threads; ++i) {
+    auto fd = BindReusePort(host_port->first, port);
+    if (!fd.ok()) return fd.status();
+    if (port == 0) {
+      sockaddr_storage addr{};
+      socklen_t len = sizeof addr;
+      getsockname(*fd, reinterpret_cast<sockaddr*>(&addr), &len);
+      port = ntohs(addr.ss_family == AF_INET6 ? reinterpret_cast<sockaddr_in6*>(&addr)->sin6_port
+                                              : reinterpret_cast<sockaddr_in*>(&addr)->sin_port);
+    }
+    auto w = std::make_unique<Worker>();
+    w->options = options;
+    w->factory = factory;
+    w->base = event_base_new();
+    w->listener = evconnlistener_new(w->base, OnAccept, w.get(), LEV_OPT_CLOSE_ON_FREE, -1, *fd);
+    w->drain_event = event_new(w->base, -1, 0, OnDrain, w.get());
+    w->stop_event = event_new(w->base, -1, 0, OnStop, w.get());
+    w->server_callbacks = MakeCallbacks(true);
+    w->client_callbacks = MakeCallbacks(false);
+    nghttp2_option_new(&w->session_option);
+    // The sidecar gives window back itself, as it forwards (flow control end to end).
+    nghttp2_option_set_no_auto_window_update(w->session_option, 1);
+    proxy->workers_.push_back(std::move(w));
+  }
+  proxy->port_ = port;
+  for (auto& w : proxy->workers_) {
+    w->thread = std::thread([worker = w.get()] { event_base_loop(worker->base, EVLOOP_NO_EXIT_ON_EMPTY); });
+  }
+  return proxy;
+}
+
+int H2Proxy::port() const { return port_; }
+
+void H2Proxy::Shutdown(absl::Duration drain) {
+  if (shut_down_) return;
+  shut_down_ = true;
+  for (auto& w : workers_) event_active(w->drain_event, EV_READ, 0);
+  // Calls in flight end by themselves; the workers are stopped once they have, or at the deadline.
+  const absl::Time deadline = absl::Now() + drain;
+  const auto active = [this] {
+    int n = 0;
+    for (auto& w : workers_) n += w->active_calls.load(std::memory_order_acquire);
+    return n;
+  };
+  while (active() > 0 && absl::Now() < deadline) absl::SleepFor(absl::Milliseconds(5));
+  for (auto& w : workers_) {
+    event_active(w->stop_event, EV_READ, 0);
+    w->thread.join();
+  }
+}
+
+H2Proxy::~H2Proxy() { Shutdown(absl::ZeroDuration()); }
+
+}  // namespace carbon::dataplane

@@ -1,0 +1,89 @@
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+
+#include "absl/functional/function_ref.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "dataplane/request_framer.h"
+
+namespace carbon::dataplane {
+
+struct HeaderField {
+  std::string name;
+  std::string value;
+};
+
+// What the data plane asks the application about one call (one HTTP/2 stream). Used only on the
+// worker thread that owns the call, never after Finished.
+class CallHandler {
+ public:
+  virtual ~CallHandler() = default;
+  // Which request messages go through Decide.
+  virtual RequestFramer::Options::Route route() const = 0;
+  // The upstream the call goes to ("host:port"): asked once, after the first routed message was
+  // decided when the call routes messages, else as soon as the request headers are in.
+  virtual std::string_view UpstreamTarget() = 0;
+  // A routed message's head: the bytes to append to it, or the status to end the call with.
+  virtual absl::StatusOr<std::string_view> Decide(std::string_view head) = 0;
+  // Headers to add to the response's first HEADERS frame.
+  virtual void ForEachResponseHeader(absl::FunctionRef<void(std::string_view, std::string_view)> add) const = 0;
+  // The call ended with this grpc-status (CANCELLED when the client reset it). Called once.
+  virtual void Finished(int grpc_status) = 0;
+};
+
+// Makes the handler of each new call. Called concurrently from every worker thread.
+class CallHandlerFactory {
+ public:
+  virtual ~CallHandlerFactory() = default;
+  // `headers` are the request's regular headers (no pseudo-headers); they outlive the handler.
+  virtual std::unique_ptr<CallHandler> NewCall(std::string_view path, std::span<const HeaderField> headers) = 0;
+};
+
+struct H2ProxyOptions {
+  std::string listen = "0.0.0.0:8001";  // host:port; port 0 picks a free one
+  int threads = 0;                       // workers; 0: one per core
+  uint32_t max_message_bytes = 64u << 20;
+  // HTTP/2 flow-control windows the sidecar gives each peer (both sides): what one stream, and one
+  // connection, may have in flight towards the sidecar before it forwards them. They bound memory.
+  uint32_t stream_window_bytes = 256 * 1024;
+  uint32_t connection_window_bytes = 8 * 1024 * 1024;
+  uint32_t max_concurrent_streams = 1024;  // per client connection
+};
+
+// A gRPC proxy that moves HTTP/2 frames between connections (libnghttp2 for the protocol,
+// libevent for the sockets), the way nginx and Envoy do, instead of receiving and re-sending whole
+// messages through a gRPC library. Each worker thread accepts on its own SO_REUSEPORT socket and
+// owns its client connections, its upstream connections (one per upstream target, h2c with prior
+// knowledge) and every call on them, so a call never changes threads and nothing is locked on the
+// request path. Request and response bodies are flow-controlled end to end: the sidecar gives a
+// peer window only as it forwards the bytes it received, so a slow reader holds back its writer
+// and each stream holds at most its window in each direction. Request bodies go through a
+// RequestFramer per call (routing); responses pass frame by frame, with the handler's headers added.
+// Headers keep every field but the connection-specific ones; trailers and status pass as sent.
+// A call whose upstream resets or whose connection fails ends UNAVAILABLE; a client's reset
+// (RST_STREAM) resets the upstream stream.
+class H2Proxy {
+ public:
+  static absl::StatusOr<std::unique_ptr<H2Proxy>> Start(const H2ProxyOptions& options, CallHandlerFactory* factory);
+  ~H2Proxy();  // Shutdown(zero) if not yet
+
+  int port() const;
+  // Stops accepting, sends GOAWAY to every client, lets calls in flight end for up to `drain`,
+  // then closes every connection and joins the workers.
+  void Shutdown(absl::Duration drain);
+
+  struct Worker;
+
+ private:
+  H2Proxy() = default;
+  std::vector<std::unique_ptr<Worker>> workers_;
+  int port_ = 0;
+  bool shut_down_ = false;
+};
+
+}  // namespace carbon::dataplane
