@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Measures, in one run, the same ModelInfer load against the fake upstream (zero service time):
 #   direct            loadgen -> fake-upstream
-#   carbon-sidecar    loadgen -> carbon-sidecar -> fake-upstream   (model "resnet": routed and rewritten)
+#   carbon-sidecar    loadgen -> carbon-sidecar -> fake-upstream   (model "resnet": routed and rewritten;
+#                     "sidecar" on data_plane grpc, "sidecar-h2" on data_plane h2, one worker per core)
 #   nginx grpc_pass   loadgen -> nginx -> fake-upstream
 #   grpc-floor        loadgen -> bench/grpc-floor-proxy -> fake-upstream   (unary only: a yardstick for
 #                     what any gRPC C++ proxy costs, with nothing parsed, copied or counted)
@@ -68,6 +69,15 @@ sidecar_pid=$!
 pids+=("$sidecar_pid")
 wait_port "$sidecar_port"
 
+# The same sidecar on the HTTP/2 data plane.
+sidecar_h2_port=$(free_port)
+sed -e "s/^listen: .*/listen: 127.0.0.1:$sidecar_h2_port/" "$out/sidecar.yaml" >"$out/sidecar-h2.yaml"
+echo "data_plane: h2" >>"$out/sidecar-h2.yaml"
+"$build_dir/sidecar/carbon-sidecar" --config "$out/sidecar-h2.yaml" --log_level warn 2>"$out/sidecar-h2.log" &
+sidecar_h2_pid=$!
+pids+=("$sidecar_h2_pid")
+wait_port "$sidecar_h2_port"
+
 nginx_port=$(free_port)
 mkdir -p "$out/nginx"
 cat >"$out/nginx.conf" <<NGINX
@@ -111,6 +121,7 @@ measure() {  # mode target payload concurrency seconds rep [response_bytes]
   case "$target" in
     direct) port=$upstream_port; model=resnet50; pid=0 ;;
     sidecar) port=$sidecar_port; model=resnet; pid=$sidecar_pid ;;
+    sidecar-h2) port=$sidecar_h2_port; model=resnet; pid=$sidecar_h2_pid ;;
     nginx) port=$nginx_port; model=resnet50; pid=$nginx_pid ;;
     grpc-floor) port=$floor_port; model=resnet50; pid=$floor_pid ;;
   esac
@@ -135,12 +146,12 @@ for sizes in "1024 0" "602112 0" "1024 602112" "602112 602112"; do
   read -r payload response <<<"$sizes"
   for rep in $(seq "$reps"); do
     for concurrency in 1 16 64; do
-      for target in direct sidecar nginx grpc-floor; do
+      for target in direct sidecar sidecar-h2 nginx grpc-floor; do
         measure unary "$target" "$payload" "$concurrency" "$duration" "$rep" "$response" >>"$raw"
       done
     done
     for concurrency in 1 16; do
-      for target in direct sidecar nginx; do
+      for target in direct sidecar sidecar-h2 nginx; do
         measure stream "$target" "$payload" "$concurrency" "$duration" "$rep" "$response" >>"$raw"
       done
     done
@@ -177,9 +188,10 @@ for name, model in (("direct", "resnet50"), ("routed", "resnet")):
 PY
 h2="$out/h2load.txt"
 : >"$h2"
-for target in direct sidecar nginx grpc-floor; do
+for target in direct sidecar sidecar-h2 nginx grpc-floor; do
   case "$target" in
     direct) port=$upstream_port; body="$out/request.bin.direct" ;;
+    sidecar-h2) port=$sidecar_h2_port; body="$out/request.bin.routed" ;;
     grpc-floor) port=$floor_port; body="$out/request.bin.direct" ;;
     sidecar) port=$sidecar_port; body="$out/request.bin.routed" ;;
     nginx) port=$nginx_port; body="$out/request.bin.direct" ;;

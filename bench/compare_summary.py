@@ -127,7 +127,7 @@ def main():
                 base_p50 = med(direct, lambda r: r["load"]["latency_us"]["p50"])
                 base_p99 = med(direct, lambda r: r["load"]["latency_us"]["p99"])
                 row = {}
-                for target in ("direct", "sidecar", "nginx", "grpc-floor"):
+                for target in ("direct", "sidecar", "sidecar-h2", "nginx", "grpc-floor"):
                     key = (mode, target, payload, response, c)
                     if key not in runs:
                         continue
@@ -144,20 +144,23 @@ def main():
                     else:
                         print(f"{sizes_cells} {rps:.0f} | {p50:.0f} | {p99:.0f} | "
                               f"{p50 - base_p50:.0f} | {p99 - base_p99:.0f} | {cpu:.4f} | {rss:.1f} | {errors} |")
-                if "sidecar" in row and "nginx" in row:
-                    s, n, d = row["sidecar"], row["nginx"], row["direct"]
+                for plane in ("sidecar", "sidecar-h2"):
+                    if plane not in row or "nginx" not in row:
+                        continue
+                    s, n, d = row[plane], row["nginx"], row["direct"]
                     f = row.get("grpc-floor")
-                    ratios.append((mode, payload, response, c, ratio(s["rps"], d["rps"]), ratio(s["rps"], n["rps"]),
+                    ratios.append((mode, payload, response, c, plane, ratio(s["rps"], d["rps"]), ratio(s["rps"], n["rps"]),
                                    ratio(s["add50"], n["add50"]), ratio(s["add99"], n["add99"]), ratio(s["cpu"], n["cpu"]),
                                    ratio(f["add50"], n["add50"]) if f else None, ratio(f["cpu"], n["cpu"]) if f else None))
     print()
-    print("| call | request | response | concurrency | throughput sidecar/direct | throughput sidecar/nginx "
-          "| added p50 sidecar/nginx | added p99 sidecar/nginx | CPU per request sidecar/nginx "
+    print("sidecar: data_plane grpc (gRPC C++ generic service); sidecar-h2: data_plane h2 (nghttp2 + libevent).\n")
+    print("| call | request | response | concurrency | plane | throughput plane/direct | throughput plane/nginx "
+          "| added p50 plane/nginx | added p99 plane/nginx | CPU per request plane/nginx "
           "| added p50 grpc-floor/nginx | CPU per request grpc-floor/nginx |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
-    for mode, payload, response, c, a, b, l50, l99, cpu, f50, fcpu in ratios:
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for mode, payload, response, c, plane, a, b, l50, l99, cpu, f50, fcpu in ratios:
         floor = f"{f50:.2f} | {fcpu:.2f}" if f50 is not None else "— | —"
-        print(f"| {mode} | {payload} | {response or 'small'} | {c} | {a:.2f} | {b:.2f} | {l50:.2f} | {l99:.2f} "
+        print(f"| {mode} | {payload} | {response or 'small'} | {c} | {plane} | {a:.2f} | {b:.2f} | {l50:.2f} | {l99:.2f} "
               f"| {cpu:.2f} | {floor} |")
 
     print("\nh2load cross-check (1 KB, 1 connection, 16 streams, 20,000 requests):\n")

@@ -37,6 +37,13 @@ constexpr int kGrpcInternal = 13;
 constexpr int kGrpcUnavailable = 14;
 // Output a connection may queue before the sidecar stops producing frames for it.
 constexpr size_t kOutputHighWater = 256 * 1024;
+// libevent reads and writes 4 KiB per call by default: 150 system calls for one 602 KB image.
+constexpr ssize_t kMaxSingleIo = 256 * 1024;
+
+void TuneSocketBuffer(bufferevent* bev) {
+  bufferevent_set_max_single_read(bev, kMaxSingleIo);
+  bufferevent_set_max_single_write(bev, kMaxSingleIo);
+}
 
 // Fields HTTP/2 forbids or that describe one hop only (RFC 9113 §8.2.2).
 bool IsConnectionSpecific(std::string_view name) {
@@ -229,13 +236,27 @@ void MaybeDelete(Call* call) {
   delete call;
 }
 
-// Gives window back to the side the bytes came from, as they are passed on.
-void Credit(Connection* from, int32_t stream_id, size_t* unconsumed, size_t sent) {
+// Gives window back to the side the bytes came from, as they are passed on (or dropped). A stream
+// that has closed on that side still holds its share of the connection's window: that is given back.
+void Credit(Connection* from, int32_t stream_id, bool stream_closed, size_t* unconsumed, size_t sent) {
   const size_t n = std::min(*unconsumed, sent);
-  if (n == 0 || stream_id < 0) return;
+  if (n == 0 || from == nullptr || stream_id < 0) return;
   *unconsumed -= n;
-  nghttp2_session_consume(from->session, stream_id, n);
+  if (stream_closed) {
+    nghttp2_session_consume_connection(from->session, n);
+  } else {
+    nghttp2_session_consume(from->session, stream_id, n);
+  }
   from->ScheduleFlush();
+}
+
+void CreditClient(Call* call, size_t sent) {
+  if (call->client_closed) return;  // its connection may be gone; its window went with the stream
+  Credit(call->client, call->client_id, false, &call->unconsumed_from_client, sent);
+}
+
+void CreditUpstream(Call* call, size_t sent) {
+  Credit(call->upstream, call->upstream_id, call->upstream_closed, &call->unconsumed_from_upstream, sent);
 }
 
 ssize_t ReadToClient(nghttp2_session* session, int32_t stream_id, uint8_t*, size_t length, uint32_t* flags,
@@ -375,10 +396,7 @@ void TakeRequestBytes(Call* call, std::string_view bytes) {
   // Held bytes (a routed message's head) are given back as window at once: they are bounded by
   // max_message_bytes, and a window that never reopened could leave a long name stuck.
   const size_t held = call->framer->held_bytes();
-  if (held > 0 && call->unconsumed_from_client > 0) {
-    Credit(call->client, call->client_id, &call->unconsumed_from_client,
-           std::min(held, call->unconsumed_from_client));
-  }
+  if (held > 0) CreditClient(call, held);
   if (call->upstream_id >= 0 && (was_open || evbuffer_get_length(call->to_upstream) > 0)) {
     nghttp2_session_resume_data(call->upstream->session, call->upstream_id);
     call->upstream->ScheduleFlush();
@@ -432,12 +450,10 @@ int SendData(nghttp2_session*, nghttp2_frame* frame, const uint8_t* framehd, siz
   }
   if (conn->is_upstream()) {
     evbuffer_remove_buffer(call->to_upstream, out, length);
-    if (!call->client_closed) Credit(call->client, call->client_id, &call->unconsumed_from_client, length);
+    CreditClient(call, length);
   } else {
     evbuffer_remove_buffer(call->to_client, out, length);
-    if (call->upstream != nullptr && !call->upstream_closed) {
-      Credit(call->upstream, call->upstream_id, &call->unconsumed_from_upstream, length);
-    }
+    CreditUpstream(call, length);
   }
   if (frame->data.padlen > 1) {
     static constexpr uint8_t kZeros[256] = {};
@@ -536,6 +552,12 @@ int OnClientData(nghttp2_session* session, uint8_t, int32_t stream_id, const uin
 int OnClientStreamClose(nghttp2_session* session, int32_t stream_id, uint32_t error_code, void*) {
   auto* call = static_cast<Call*>(nghttp2_session_get_stream_user_data(session, stream_id));
   if (call == nullptr || call->client_closed) return 0;
+  // What the upstream sent that will not reach the client now is given back to its connection.
+  evbuffer_drain(call->to_client, evbuffer_get_length(call->to_client));
+  CreditUpstream(call, call->unconsumed_from_upstream);
+  // The client's connection still counts what the stream received and the sidecar has not passed on.
+  Credit(call->client, call->client_id, /*stream_closed=*/true, &call->unconsumed_from_client,
+         call->unconsumed_from_client);
   call->client_closed = true;
   call->client->calls.erase(call->in_client);
   const bool completed = call->trailers_submitted && call->sent_status && error_code == NGHTTP2_NO_ERROR;
@@ -620,6 +642,9 @@ void UpstreamGone(Call* call, std::string_view why) {
 int OnUpstreamStreamClose(nghttp2_session* session, int32_t stream_id, uint32_t error_code, void*) {
   auto* call = static_cast<Call*>(nghttp2_session_get_stream_user_data(session, stream_id));
   if (call == nullptr) return 0;
+  // What the client sent that will not reach the upstream now is given back to its connection.
+  evbuffer_drain(call->to_upstream, evbuffer_get_length(call->to_upstream));
+  CreditClient(call, call->unconsumed_from_client);
   UpstreamGone(call, error_code == NGHTTP2_REFUSED_STREAM ? "the upstream refused the call (it is going away)"
                                                           : "the upstream reset the call");
   MaybeDelete(call);
@@ -753,6 +778,7 @@ void H2Proxy::Worker::Accept(evutil_socket_t fd) {
   const int one = 1;
   setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
   conn->bev = bufferevent_socket_new(base, fd, BEV_OPT_CLOSE_ON_FREE);
+  TuneSocketBuffer(conn->bev);
   nghttp2_session_server_new2(&conn->session, server_callbacks, conn, session_option);
   SubmitSettings(conn->session, options, /*server=*/true);
   if (draining) {
@@ -816,6 +842,7 @@ UpstreamConnection* H2Proxy::Worker::UpstreamFor(std::string_view target, std::s
   up->worker = this;
   up->target = std::string(target);
   up->bev = bufferevent_socket_new(base, -1, BEV_OPT_CLOSE_ON_FREE);
+  TuneSocketBuffer(up->bev);
   bufferevent_setcb(up->bev, OnRead, OnWrite, OnEvent, up);
   bufferevent_enable(up->bev, EV_READ | EV_WRITE);
   const int rc = bufferevent_socket_connect(up->bev, res->ai_addr, static_cast<int>(res->ai_addrlen));
