@@ -50,8 +50,8 @@ struct H2ProxyOptions {
   uint32_t max_message_bytes = 64u << 20;
   // HTTP/2 flow-control windows the sidecar gives each peer (both sides): what one stream, and one
   // connection, may have in flight towards the sidecar before it forwards them. They bound memory.
-  uint32_t stream_window_bytes = 1024 * 1024;
-  uint32_t connection_window_bytes = 16 * 1024 * 1024;
+  uint32_t stream_window_bytes = 256 * 1024;
+  uint32_t connection_window_bytes = 2 * 1024 * 1024;
   uint32_t max_concurrent_streams = 1024;  // per client connection
 };
 
