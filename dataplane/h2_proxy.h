@@ -52,7 +52,7 @@ struct H2ProxyOptions {
   // connection, may have in flight towards the sidecar before it forwards them. They bound memory.
   uint32_t stream_window_bytes = 256 * 1024;
   uint32_t connection_window_bytes = 2 * 1024 * 1024;
-  uint32_t max_concurrent_streams = 1024;  // per client connection
+  uint32_t max_concurrent_streams = 16384;  // per client connection (window-bounded, so memory is too)
 };
 
 // A gRPC proxy that moves HTTP/2 frames between connections (libnghttp2 for the protocol,

@@ -199,7 +199,8 @@ class DelayingRelay {
   std::vector<std::thread> pipes_;
 };
 
-class FaultTest : public ::testing::Test {
+// Every fault test runs against both data planes.
+class FaultTest : public ::testing::TestWithParam<SidecarConfig::DataPlane> {
  protected:
   void SetUp() override {
     dir_ = std::filesystem::temp_directory_path() / absl::StrCat("carbon-fault-", getpid(), "-", counter_++);
@@ -240,6 +241,8 @@ class FaultTest : public ::testing::Test {
   void StartSidecar(const std::string& path) {
     auto config = LoadConfig(path);
     ASSERT_TRUE(config.ok()) << config.status();
+    config->data_plane = GetParam();
+    config->data_plane_threads = 2;
     auto sidecar = SidecarServer::Start(*config);
     ASSERT_TRUE(sidecar.ok()) << sidecar.status();
     sidecar_ = *std::move(sidecar);
@@ -260,7 +263,7 @@ class FaultTest : public ::testing::Test {
   std::shared_ptr<grpc::Channel> channel_;
 };
 
-TEST_F(FaultTest, UpstreamKilledUnderLoadAndRestartedLosesNothingFromTheLedger) {
+TEST_P(FaultTest, UpstreamKilledUnderLoadAndRestartedLosesNothingFromTheLedger) {
   StartSidecar(WriteConfig("provider: static, gco2_per_kwh: 150"));
   const absl::Duration deadline = absl::Seconds(3);
   InferLoad load(channel_, 8, deadline);
@@ -298,7 +301,7 @@ TEST_F(FaultTest, UpstreamKilledUnderLoadAndRestartedLosesNothingFromTheLedger) 
   EXPECT_EQ(SumSamples(metrics, "carbon_sidecar_requests_total"), load.total());
 }
 
-TEST_F(FaultTest, AnUpstreamSlowToHandshakeIsStillReached) {
+TEST_P(FaultTest, AnUpstreamSlowToHandshakeIsStillReached) {
   // Each connection to the upstream passes no byte for 300 ms: longer than the 100 ms connect
   // timeout the sidecar once had, which failed every attempt with "connection attempt timed out
   // before receiving SETTINGS frame".
@@ -317,7 +320,7 @@ TEST_F(FaultTest, AnUpstreamSlowToHandshakeIsStillReached) {
   if (sidecar_) sidecar_->Shutdown(absl::ZeroDuration());  // before the relay goes
 }
 
-TEST_F(FaultTest, ReloadsUnderLoadDropNothingAndABrokenFileKeepsTheOldConfig) {
+TEST_P(FaultTest, ReloadsUnderLoadDropNothingAndABrokenFileKeepsTheOldConfig) {
   const std::string path = WriteConfig("provider: static, gco2_per_kwh: 150");
   StartSidecar(path);
   InferLoad load(channel_, 4, absl::Seconds(5));
@@ -350,7 +353,7 @@ TEST_F(FaultTest, ReloadsUnderLoadDropNothingAndABrokenFileKeepsTheOldConfig) {
 
 // Many streams opened and left idle: each costs a bounded amount, they all end cleanly when the
 // clients go, and ordinary calls are served meanwhile.
-TEST_F(FaultTest, ThousandsOfIdleStreamsCostBoundedMemory) {
+TEST_P(FaultTest, ThousandsOfIdleStreamsCostBoundedMemory) {
   StartSidecar(WriteConfig("provider: static, gco2_per_kwh: 150"));
   constexpr int kStreams = 2000;
   auto stub = inference::GRPCInferenceService::NewStub(channel_);
@@ -422,7 +425,7 @@ TEST_F(FaultTest, ThousandsOfIdleStreamsCostBoundedMemory) {
   }
 }
 
-TEST_F(FaultTest, AProviderThatHangsNeverHoldsUpARequest) {
+TEST_P(FaultTest, AProviderThatHangsNeverHoldsUpARequest) {
   // An Electricity Maps stand-in that answers the sidecar's first poll, then takes every later poll
   // and does not answer it until the test ends.
   httplib::Server provider;
@@ -465,6 +468,12 @@ TEST_F(FaultTest, AProviderThatHangsNeverHoldsUpARequest) {
   EXPECT_EQ(load.count(grpc::StatusCode::OK), load.total()) << load.last_error();
   EXPECT_EQ(load.last_model(), "resnet152");  // 120 g/kWh, from the one poll that was answered
 }
+
+INSTANTIATE_TEST_SUITE_P(Planes, FaultTest,
+                         ::testing::Values(SidecarConfig::DataPlane::kGrpc, SidecarConfig::DataPlane::kH2),
+                         [](const ::testing::TestParamInfo<SidecarConfig::DataPlane>& info) {
+                           return std::string(DataPlaneName(info.param));
+                         });
 
 }  // namespace
 }  // namespace carbon::sidecar
