@@ -82,6 +82,17 @@ std::optional<int> ParseGrpcStatus(const std::vector<HeaderField>& fields) {
   return std::nullopt;
 }
 
+// A gRPC server shutting down ends the calls it has not answered CANCELLED, with no message of its
+// own. The client did not cancel, and may retry: it gets UNAVAILABLE (as Envoy answers an upstream
+// reset, and as the gRPC plane does). A CANCELLED status sent on purpose, with a message, passes.
+bool IsUpstreamReset(const std::vector<HeaderField>& fields) {
+  if (ParseGrpcStatus(fields) != kGrpcCancelled) return false;
+  for (const HeaderField& f : fields) {
+    if ((f.name == "grpc-message" && f.value != "CANCELLED") || f.name == "grpc-status-details-bin") return false;
+  }
+  return true;
+}
+
 absl::StatusOr<std::pair<std::string, std::string>> SplitHostPort(std::string_view target) {
   if (target.starts_with("dns:///")) target.remove_prefix(7);
   const size_t colon = target.rfind(':');
@@ -114,6 +125,8 @@ struct Call {
   std::optional<RequestFramer> framer;
 
   evbuffer* to_upstream = evbuffer_new();
+  bool keep_request = false;  // for a replay elsewhere (CallHandler::MayFailOver)
+  std::string kept_request;
   evbuffer* to_client = evbuffer_new();
   // Bytes received from each side and not yet given back as window (nghttp2_session_consume).
   size_t unconsumed_from_client = 0;
@@ -313,6 +326,8 @@ ssize_t ReadToClient(nghttp2_session*, int32_t stream_id, uint8_t*, size_t lengt
 ssize_t ReadToUpstream(nghttp2_session*, int32_t stream_id, uint8_t*, size_t length, uint32_t* flags,
                        nghttp2_data_source* source, void* user_data);
 
+bool TryFailOver(Call* call, int grpc_status);
+
 void SubmitResponse(Call* call) {
   if (call->response_submitted || call->client_closed) return;
   call->response_submitted = true;
@@ -346,6 +361,9 @@ void SubmitResponse(Call* call) {
 void SubmitTrailers(Call* call) {
   if (call->trailers_submitted || call->client_closed) return;
   call->trailers_submitted = true;
+  if (!call->local_status && IsUpstreamReset(call->trailers)) {
+    call->local_status = {kGrpcUnavailable, "the upstream reset the call"};
+  }
   std::vector<nghttp2_nv> nv;
   std::string code_text, message;
   if (call->local_status) {
@@ -399,8 +417,9 @@ void FailCall(Call* call, int code, std::string message) {
   call->client->ScheduleFlush();
 }
 
-void OpenUpstream(Call* call) {
-  const std::string_view target = call->handler->UpstreamTarget();
+void OpenUpstream(Call* call, std::optional<std::string_view> failover_target = std::nullopt) {
+  const std::string_view target = failover_target ? *failover_target : call->handler->UpstreamTarget();
+  if (!failover_target) call->keep_request = call->handler->MayFailOver();
   std::string error;
   UpstreamConnection* up = call->client->worker->UpstreamFor(target, &error);
   if (up == nullptr) {
@@ -437,6 +456,7 @@ void TakeRequestBytes(Call* call, std::string_view bytes) {
       [call](std::string_view out) {
         if (call->upstream_id < 0 && !call->local_status) OpenUpstream(call);
         evbuffer_add(call->to_upstream, out.data(), out.size());
+        if (call->keep_request) call->kept_request.append(out);
       });
   if (!s.ok()) {
     FailCall(call, static_cast<int>(s.code()), std::string(s.message()));
@@ -646,6 +666,11 @@ int OnUpstreamFrame(nghttp2_session* session, const nghttp2_frame* frame, void*)
   auto* call = static_cast<Call*>(nghttp2_session_get_stream_user_data(session, frame->hd.stream_id));
   if (call == nullptr || call->local_status || call->client_closed) return 0;
   const bool end = frame->hd.flags & NGHTTP2_FLAG_END_STREAM;
+  if (frame->hd.type == NGHTTP2_HEADERS && frame->headers.cat == NGHTTP2_HCAT_RESPONSE && end &&
+      (ParseGrpcStatus(call->response_headers) == kGrpcUnavailable || IsUpstreamReset(call->response_headers)) &&
+      TryFailOver(call, kGrpcUnavailable)) {
+    return 0;
+  }
   if (frame->hd.type == NGHTTP2_HEADERS && frame->headers.cat == NGHTTP2_HCAT_RESPONSE && end) {
     // Trailers-only: the status is in the headers. The client gets headers (with the sidecar's
     // tags) and then trailers, as a gRPC server sends them.
@@ -683,8 +708,47 @@ int OnUpstreamData(nghttp2_session* session, uint8_t, int32_t stream_id, const u
   return 0;
 }
 
+// Sends the whole request again to the next upstream the handler names, when the one it went to
+// ended the call with `grpc_status` before any of its answer was passed on. The old stream is
+// forgotten (reset if still open).
+bool TryFailOver(Call* call, int grpc_status) {
+  if (!call->keep_request || !call->client_ended || call->response_submitted || call->local_status ||
+      call->client_closed) {
+    return false;
+  }
+  const std::optional<std::string_view> next = call->handler->FailOver(grpc_status);
+  if (!next) return false;
+  if (call->upstream != nullptr) {
+    UpstreamConnection* old = call->upstream;
+    old->calls.erase(call->in_upstream);
+    nghttp2_session_set_stream_user_data(old->session, call->upstream_id, nullptr);
+    if (!call->upstream_closed) {
+      nghttp2_submit_rst_stream(old->session, NGHTTP2_FLAG_NONE, call->upstream_id, NGHTTP2_CANCEL);
+    }
+    Credit(old, call->upstream_id, /*stream_closed=*/true, &call->unconsumed_from_upstream,
+           call->unconsumed_from_upstream);
+    old->ScheduleFlush();
+  }
+  call->upstream = nullptr;
+  call->upstream_id = -1;
+  call->upstream_closed = false;
+  call->upstream_ended = false;
+  call->upstream_failed = false;
+  call->unconsumed_from_upstream = 0;
+  call->response_headers.clear();
+  call->trailers.clear();
+  evbuffer_drain(call->to_client, evbuffer_get_length(call->to_client));
+  evbuffer_drain(call->to_upstream, evbuffer_get_length(call->to_upstream));
+  evbuffer_add(call->to_upstream, call->kept_request.data(), call->kept_request.size());
+  call->keep_request = false;  // once
+  std::string().swap(call->kept_request);
+  OpenUpstream(call, next);
+  return true;
+}
+
 void UpstreamGone(Call* call, std::string_view why) {
   call->upstream_closed = true;
+  if (!call->upstream_ended && TryFailOver(call, kGrpcUnavailable)) return;
   if (!call->upstream_ended && !call->local_status && !call->client_closed) {
     call->upstream_failed = true;
     FailCall(call, kGrpcUnavailable, std::string(why));

@@ -2,6 +2,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -30,6 +31,12 @@ class CallHandler {
   virtual std::string_view UpstreamTarget() = 0;
   // A routed message's head: the bytes to append to it, or the status to end the call with.
   virtual absl::StatusOr<std::string_view> Decide(std::string_view head) = 0;
+  // Whether the call could be sent again elsewhere (FailOver), so its request bytes are kept until
+  // it ends. Asked once, when the upstream stream opens.
+  virtual bool MayFailOver() const { return false; }
+  // The upstream ended the call with `grpc_status` before any of its answer reached the client, and
+  // the whole request was kept: the next upstream to send it to, or nullopt to end the call so.
+  virtual std::optional<std::string_view> FailOver(int /*grpc_status*/) { return std::nullopt; }
   // Headers to add to the response's first HEADERS frame.
   virtual void ForEachResponseHeader(absl::FunctionRef<void(std::string_view, std::string_view)> add) const = 0;
   // The call ended with this grpc-status (CANCELLED when the client reset it). Called once.

@@ -46,6 +46,13 @@ class RoutedCall final : public dataplane::CallHandler {
     return std::string_view(reinterpret_cast<const char*>(override_bytes->begin()), override_bytes->size());
   }
 
+  bool MayFailOver() const override { return router_.MayFailOver(grpc::StatusCode::UNAVAILABLE); }
+
+  std::optional<std::string_view> FailOver(int grpc_status) override {
+    if (!router_.MayFailOver(static_cast<grpc::StatusCode>(grpc_status))) return std::nullopt;
+    return std::string_view(router_.FailOver().target);
+  }
+
   void ForEachResponseHeader(absl::FunctionRef<void(std::string_view, std::string_view)> add) const override {
     router_.ForEachTag(add);
   }

@@ -110,7 +110,8 @@ struct TestCluster {
   int port = 0;
 };
 
-class ClusterTest : public ::testing::Test {
+// Every cluster test runs against both data planes.
+class ClusterTest : public ::testing::TestWithParam<SidecarConfig::DataPlane> {
  protected:
   void SetUp() override {
     dir_ = std::filesystem::temp_directory_path() / absl::StrCat("cluster_test_", getpid(), "_", counter_++);
@@ -164,6 +165,8 @@ class ClusterTest : public ::testing::Test {
   void StartSidecar(const std::string& path) {
     auto config = LoadConfig(path);
     ASSERT_TRUE(config.ok()) << config.status();
+    config->data_plane = GetParam();
+    config->data_plane_threads = 2;
     auto sidecar = SidecarServer::Start(*config);
     ASSERT_TRUE(sidecar.ok()) << sidecar.status();
     sidecar_ = *std::move(sidecar);
@@ -213,7 +216,7 @@ class ClusterTest : public ::testing::Test {
   std::shared_ptr<grpc::Channel> channel_;
 };
 
-TEST_F(ClusterTest, TheCleanestClusterWithinTheBudgetServesWithTheVariantOfItsGrid) {
+TEST_P(ClusterTest, TheCleanestClusterWithinTheBudgetServesWithTheVariantOfItsGrid) {
   AddCluster("home", "provider: static, gco2_per_kwh: 400");
   AddCluster("far", "provider: static, gco2_per_kwh: 90", "rtt: 200ms");  // cleanest, but too far
   AddCluster("near", "provider: static, gco2_per_kwh: 150", "rtt: 5ms");
@@ -263,7 +266,7 @@ TEST_F(ClusterTest, TheCleanestClusterWithinTheBudgetServesWithTheVariantOfItsGr
   }));
 }
 
-TEST_F(ClusterTest, AClusterKilledUnderLoadFailsOverAndLosesNothing) {
+TEST_P(ClusterTest, AClusterKilledUnderLoadFailsOverAndLosesNothing) {
   TestCluster& home = AddCluster("home", "provider: static, gco2_per_kwh: 120");
   AddCluster("backup", "provider: static, gco2_per_kwh: 280");
   StartSidecar(WriteConfig());
@@ -297,7 +300,7 @@ TEST_F(ClusterTest, AClusterKilledUnderLoadFailsOverAndLosesNothing) {
             failovers);
 }
 
-TEST_F(ClusterTest, AFullClusterSpillsToTheNextThatCanServe) {
+TEST_P(ClusterTest, AFullClusterSpillsToTheNextThatCanServe) {
   // Home is cleanest but takes two calls at a time, each 20 ms; eight clients want more.
   AddCluster("home", "provider: static, gco2_per_kwh: 120", "max_in_flight: 2", absl::Milliseconds(20));
   AddCluster("next", "provider: static, gco2_per_kwh: 280");
@@ -319,7 +322,7 @@ TEST_F(ClusterTest, AFullClusterSpillsToTheNextThatCanServe) {
   EXPECT_EQ(SumSamples(metrics, "carbon_sidecar_failovers_total"), 0);
 }
 
-TEST_F(ClusterTest, WithoutFailoverAKilledClustersCallsFailAsTheyDid) {
+TEST_P(ClusterTest, WithoutFailoverAKilledClustersCallsFailAsTheyDid) {
   TestCluster& home = AddCluster("home", "provider: static, gco2_per_kwh: 120");
   AddCluster("backup", "provider: static, gco2_per_kwh: 280");
   StartSidecar(WriteConfig("    failover: false\n"));
@@ -341,7 +344,7 @@ TEST_F(ClusterTest, WithoutFailoverAKilledClustersCallsFailAsTheyDid) {
   EXPECT_TRUE(PollUntil([&] { return InferOnce(/*expect_ok=*/false).second == "backup"; }));
 }
 
-TEST_F(ClusterTest, AStaleClusterIsRankedAtItsAssumedIntensityOrAfterTheFreshOnes) {
+TEST_P(ClusterTest, AStaleClusterIsRankedAtItsAssumedIntensityOrAfterTheFreshOnes) {
   // Nothing listens at port 1: the home grid's provider never answers, so it is stale from the start.
   const std::string dead = "provider: uk-carbon-intensity, base_url: \"http://127.0.0.1:1\"";
   AddCluster("home", dead);
@@ -365,7 +368,7 @@ TEST_F(ClusterTest, AStaleClusterIsRankedAtItsAssumedIntensityOrAfterTheFreshOne
   EXPECT_EQ(SumSamples(metrics, "carbon_sidecar_cluster_intensity_state", {"cluster=\"home\"", "state=\"stale\""}), 1);
 }
 
-TEST_F(ClusterTest, ReloadsAddAndRemoveClustersUnderLoadWithoutLosingACall) {
+TEST_P(ClusterTest, ReloadsAddAndRemoveClustersUnderLoadWithoutLosingACall) {
   AddCluster("a", "provider: static, gco2_per_kwh: 300");
   AddCluster("b", "provider: static, gco2_per_kwh: 110");
   StartSidecar(WriteConfig("", {"a"}));
@@ -394,6 +397,12 @@ TEST_F(ClusterTest, ReloadsAddAndRemoveClustersUnderLoadWithoutLosingACall) {
   EXPECT_EQ(selection["clusters"].size(), 1u);
   EXPECT_EQ(selection["routes"][0]["cluster"], "b");
 }
+
+INSTANTIATE_TEST_SUITE_P(Planes, ClusterTest,
+                         ::testing::Values(SidecarConfig::DataPlane::kGrpc, SidecarConfig::DataPlane::kH2),
+                         [](const ::testing::TestParamInfo<SidecarConfig::DataPlane>& info) {
+                           return std::string(DataPlaneName(info.param));
+                         });
 
 }  // namespace
 }  // namespace carbon::sidecar
