@@ -248,6 +248,7 @@ struct H2Proxy::Worker {
   std::vector<UpstreamConnection*> all_upstreams;
   std::unique_ptr<uint8_t[]> read_buffer{new uint8_t[kReadBufferBytes]};
   bool draining = false;
+  bool stopping = false;  // no new upstream connections: the worker is closing everything
   std::atomic<int> active_calls{0};  // read by Shutdown from another thread
   nghttp2_session_callbacks* server_callbacks = nullptr;
   nghttp2_session_callbacks* client_callbacks = nullptr;
@@ -259,6 +260,7 @@ struct H2Proxy::Worker {
   void CloseConnection(Connection* c);
   UpstreamConnection* UpstreamFor(std::string_view target, std::string* error);
   void Drain();
+  void CloseAll();  // after the loop has stopped
 };
 
 namespace {
@@ -937,6 +939,10 @@ void H2Proxy::Worker::CloseConnection(Connection* c) {
 }
 
 UpstreamConnection* H2Proxy::Worker::UpstreamFor(std::string_view target, std::string* error) {
+  if (stopping) {
+    *error = "the sidecar is shutting down";
+    return nullptr;
+  }
   auto it = upstreams.find(std::string(target));
   if (it != upstreams.end()) {
     if (nghttp2_session_check_request_allowed(it->second->session)) return it->second;
@@ -983,9 +989,17 @@ UpstreamConnection* H2Proxy::Worker::UpstreamFor(std::string_view target, std::s
   return up;
 }
 
+void H2Proxy::Worker::CloseAll() {
+  stopping = true;
+  while (!clients.empty()) CloseConnection(clients.back());
+  while (!all_upstreams.empty()) CloseConnection(all_upstreams.back());
+}
+
 void H2Proxy::Worker::Drain() {
   draining = true;
-  if (listener) evconnlistener_disable(listener);
+  // Closed, not just paused: connections the kernel would still accept are refused at once.
+  if (listener) evconnlistener_free(listener);
+  listener = nullptr;
   for (ClientConnection* c : clients) {
     nghttp2_submit_goaway(c->session, NGHTTP2_FLAG_NONE, nghttp2_session_get_last_proc_stream_id(c->session),
                           NGHTTP2_NO_ERROR, nullptr, 0);

@@ -22,6 +22,8 @@ from inference import grpc_service_pb2_grpc as rpc  # noqa: E402
 SIDECAR = os.environ["CARBON_SIDECAR"]
 FAKE_UPSTREAM = os.environ["CARBON_FAKE_UPSTREAM"]
 SOURCE_DIR = os.environ["CARBON_SOURCE_DIR"]
+# The data plane the sidecar runs on (grpc unless the test is registered for h2 too).
+DATA_PLANE = os.environ.get("CARBON_DATA_PLANE", "grpc")
 
 POOL = """variants:
   - { name: resnet34,  energy_mj: 359.9321833, error_percent: 8.58 }
@@ -119,6 +121,7 @@ class SidecarTestCase(unittest.TestCase):
         path = os.path.join(self.dir, "sidecar.yaml")
         with open(path, "w") as f:
             f.write(f"""listen: 127.0.0.1:0
+data_plane: {DATA_PLANE}
 admin: {{ listen: "127.0.0.1:0" }}
 upstream: {{ target: "127.0.0.1:{upstream_port}" }}
 drain_timeout: {drain}
