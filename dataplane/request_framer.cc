@@ -347,9 +347,14 @@ void RequestFramer::EndMessage(Sink sink) {
 }
 
 absl::Status RequestFramer::Finish() const {
-  if (state_ == State::kPrefix && prefix_have_ == 0) return absl::OkStatus();
   if (state_ == State::kFailed) return absl::OkStatus();  // already reported
-  if (state_ == State::kPass || state_ == State::kPrefix) return absl::OkStatus();  // the upstream judges it
+  if (state_ == State::kPrefix && prefix_have_ == 0) return absl::OkStatus();
+  // Passed on or not, a cut message is an error the sidecar reports itself: swallowing a partial
+  // prefix would show the upstream a clean end instead.
+  if (state_ == State::kPrefix) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("the request ended inside a message prefix (", prefix_have_, " of 5 bytes)"));
+  }
   return absl::InvalidArgumentError(
       absl::StrCat("the request ended inside a message (", length_ - remaining_, " of ", length_, " bytes)"));
 }

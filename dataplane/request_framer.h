@@ -58,7 +58,7 @@ class RequestFramer {
   // byte offset in the message), UNIMPLEMENTED for an unsupported compression, INTERNAL for a bad
   // prefix; and whatever `decide` returns. After an error the framer takes nothing more.
   absl::Status Feed(std::string_view bytes, Decide decide, Sink sink);
-  // The body ended: an error when it ended inside a routed message that was not passed on whole.
+  // The body ended: an error (INVALID_ARGUMENT) when it ended inside a message.
   absl::Status Finish() const;
 
   // Bytes held now (a routed message's head, or a compressed message), for memory accounting.

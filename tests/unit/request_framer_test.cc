@@ -204,6 +204,11 @@ TEST(RequestFramerTest, BadMessagesEndTheCallWithTheReason) {
   Result cut = Feed(Framed(InferRequest("resnet", 100, 1)).substr(0, 50), Route::kFirst, {});
   EXPECT_EQ(cut.status.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(cut.status.message(), HasSubstr("the request ended inside a message"));
+  // Passed through or not, a body cut inside a message (or its prefix) is reported, not smoothed over.
+  EXPECT_THAT(Feed(Framed("abc") + std::string(2, '\0'), Route::kNone, {}).status.message(),
+              HasSubstr("the request ended inside a message prefix (2 of 5 bytes)"));
+  EXPECT_THAT(Feed(Framed("abcdef").substr(0, 8), Route::kNone, {}).status.message(),
+              HasSubstr("the request ended inside a message (3 of 6 bytes)"));
   // An unknown prefix flag.
   std::string flagged = Framed("abc");
   flagged[0] = 7;
