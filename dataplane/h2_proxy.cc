@@ -1057,18 +1057,19 @@ absl::StatusOr<std::unique_ptr<H2Proxy>> H2Proxy::Start(const H2ProxyOptions& op
 
 int H2Proxy::port() const { return port_; }
 
+int H2Proxy::active_calls() const {
+  int n = 0;
+  for (const auto& w : workers_) n += w->active_calls.load(std::memory_order_acquire);
+  return n;
+}
+
 void H2Proxy::Shutdown(absl::Duration drain) {
   if (shut_down_) return;
   shut_down_ = true;
   for (auto& w : workers_) event_active(w->drain_event, EV_READ, 0);
   // Calls in flight end by themselves; the workers are stopped once they have, or at the deadline.
   const absl::Time deadline = absl::Now() + drain;
-  const auto active = [this] {
-    int n = 0;
-    for (auto& w : workers_) n += w->active_calls.load(std::memory_order_acquire);
-    return n;
-  };
-  while (active() > 0 && absl::Now() < deadline) absl::SleepFor(absl::Milliseconds(5));
+  while (active_calls() > 0 && absl::Now() < deadline) absl::SleepFor(absl::Milliseconds(5));
   for (auto& w : workers_) {
     event_active(w->stop_event, EV_READ, 0);
     w->thread.join();

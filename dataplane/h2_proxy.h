@@ -80,6 +80,8 @@ class H2Proxy {
   ~H2Proxy();  // Shutdown(zero) if not yet
 
   int port() const;
+  // Calls not yet ended and freed, on every worker.
+  int active_calls() const;
   // Stops accepting, sends GOAWAY to every client, lets calls in flight end for up to `drain`,
   // then closes every connection and joins the workers.
   void Shutdown(absl::Duration drain);
