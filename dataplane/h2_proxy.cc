@@ -14,7 +14,6 @@
 
 #include <algorithm>
 #include <atomic>
-#include <charconv>
 #include <cstring>
 #include <list>
 #include <mutex>
@@ -25,7 +24,6 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
-#include "absl/synchronization/notification.h"
 #include "common/string_view_compat.h"
 
 namespace carbon::dataplane {
@@ -33,7 +31,6 @@ namespace {
 
 constexpr int kGrpcCancelled = 1;
 constexpr int kGrpcUnknown = 2;
-constexpr int kGrpcInternal = 13;
 constexpr int kGrpcUnavailable = 14;
 // Output a connection may queue before the sidecar stops producing frames for it.
 constexpr size_t kOutputHighWater = 256 * 1024;
@@ -99,7 +96,7 @@ absl::StatusOr<std::pair<std::string, std::string>> SplitHostPort(std::string_vi
   if (colon == std::string_view::npos) return absl::InvalidArgumentError(absl::StrCat("no port in '", ToAbsl(target), "'"));
   std::string host(target.substr(0, colon));
   if (host.size() >= 2 && host.front() == '[' && host.back() == ']') host = host.substr(1, host.size() - 2);
-  if (host.empty() || host == "0.0.0.0") host = host.empty() ? "0.0.0.0" : host;
+  if (host.empty()) host = "0.0.0.0";
   return std::make_pair(host, std::string(target.substr(colon + 1)));
 }
 
