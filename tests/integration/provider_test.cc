@@ -364,7 +364,7 @@ TEST_F(ProviderTest, EveryBadReplyIsAClearStatus) {
       {"too slow", {200, good, "application/json", {}, absl::Seconds(2)}, absl::StatusCode::kDeadlineExceeded,
        "uk-carbon-intensity: http://127.0.0.1:"},
       // (Not JSON-typed, so the test server sends it as is instead of spending seconds compressing it.)
-      {"50 MB", {200, std::string(50 << 20, ' '), "application/octet-stream"}, absl::StatusCode::kResourceExhausted,
+      {"8 MB", {200, std::string(8 << 20, ' '), "application/octet-stream"}, absl::StatusCode::kResourceExhausted,
        "larger than 4194304 bytes"},
   };
   for (const BadReply& c : cases) {
