@@ -3,7 +3,6 @@
 #include <string>
 
 #include "absl/container/flat_hash_map.h"
-#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -37,17 +36,6 @@ MethodKind ClassifyMethod(std::string_view method) {
   };
   auto it = kinds->find(method);
   return it == kinds->end() ? MethodKind::kOpaqueStream : it->second;
-}
-
-bool IsForwardable(std::string_view key, bool keep_grpc) {
-  if (key.empty() || key.front() == ':' || (!keep_grpc && absl::StartsWith(ToAbsl(key), "grpc-"))) return false;
-  static constexpr std::string_view kHopByHop[] = {
-      "connection", "keep-alive", "proxy-connection", "te",         "transfer-encoding",
-      "upgrade",    "host",       "content-type",     "user-agent", "content-length"};
-  for (std::string_view h : kHopByHop) {
-    if (key == h) return false;
-  }
-  return true;
 }
 
 void CallRouter::ReadHeader(std::string_view key, std::string_view value) {

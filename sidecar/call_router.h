@@ -62,10 +62,6 @@ inline bool NamesModels(MethodKind kind) {
   return kind == MethodKind::kInfer || kind == MethodKind::kStreamInfer || kind == MethodKind::kModelQuery;
 }
 
-// Keys a proxy must not copy from one hop to the next: HTTP/2 pseudo-headers, hop-by-hop headers,
-// and (unless `keep_grpc`) grpc- keys, which the gRPC library sets itself on each hop.
-bool IsForwardable(std::string_view key, bool keep_grpc = false);
-
 // Decides and applies the variant for the model-named messages of one call, counts it in and out
 // of the in-flight limits, charges the ledger when it ends, and remembers the first decision for
 // the response headers. Knows nothing of how the bytes travel: both data planes use it. One per

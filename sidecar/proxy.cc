@@ -1,24 +1,17 @@
 #include "sidecar/proxy.h"
 
 #include <atomic>
-#include <charconv>
 #include <chrono>
 #include <optional>
 #include <string_view>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
-#include "absl/container/flat_hash_map.h"
 #include "absl/strings/match.h"
-#include "absl/strings/numbers.h"
-#include "absl/strings/str_cat.h"
-#include "absl/strings/str_join.h"
 #include "absl/synchronization/mutex.h"
 #include "common/happens_before.h"
-#include "common/number_text.h"
 #include "common/string_view_compat.h"
 #include "sidecar/request_bytes.h"
-#include "telemetry/latency_histogram.h"
 
 namespace carbon::sidecar {
 namespace {
@@ -40,6 +33,19 @@ grpc::Status ForClient(const grpc::Status& upstream, grpc::ServerContextBase& ct
     return upstream;
   }
   return grpc::Status(grpc::StatusCode::UNAVAILABLE, "the upstream reset the call");
+}
+
+// Keys a proxy must not copy from one hop to the next: HTTP/2 pseudo-headers, hop-by-hop
+// headers, and grpc- keys, which the gRPC library sets itself on each hop.
+bool IsForwardable(std::string_view key) {
+  if (key.empty() || key.front() == ':' || absl::StartsWith(ToAbsl(key), "grpc-")) return false;
+  static constexpr std::string_view kHopByHop[] = {
+      "connection", "keep-alive", "proxy-connection", "te",         "transfer-encoding",
+      "upgrade",    "host",       "content-type",     "user-agent", "content-length"};
+  for (std::string_view h : kHopByHop) {
+    if (key == h) return false;
+  }
+  return true;
 }
 
 void CopyRequestMetadata(const grpc::GenericCallbackServerContext& from, grpc::ClientContext* to) {
