@@ -620,9 +620,9 @@ int OnClientData(nghttp2_session* session, uint8_t, int32_t stream_id, const uin
   return 0;
 }
 
-int OnClientStreamClose(nghttp2_session* session, int32_t stream_id, uint32_t error_code, void*) {
-  auto* call = static_cast<Call*>(nghttp2_session_get_stream_user_data(session, stream_id));
-  if (call == nullptr || call->client_closed) return 0;
+// The client's side of a call is over: closed by nghttp2, or cut with its connection.
+void CloseClientSide(Call* call, uint32_t error_code) {
+  if (call->client_closed) return;
   // What the upstream sent that will not reach the client now is given back to its connection.
   evbuffer_drain(call->to_client, evbuffer_get_length(call->to_client));
   CreditUpstream(call, call->unconsumed_from_upstream);
@@ -641,6 +641,11 @@ int OnClientStreamClose(nghttp2_session* session, int32_t stream_id, uint32_t er
     call->handler->Finished(completed ? *call->sent_status : kGrpcCancelled);
   }
   MaybeDelete(call);
+}
+
+int OnClientStreamClose(nghttp2_session* session, int32_t stream_id, uint32_t error_code, void*) {
+  auto* call = static_cast<Call*>(nghttp2_session_get_stream_user_data(session, stream_id));
+  if (call != nullptr) CloseClientSide(call, error_code);
   return 0;
 }
 
@@ -927,8 +932,10 @@ void H2Proxy::Worker::CloseConnection(Connection* c) {
   } else {
     auto* client = static_cast<ClientConnection*>(c);
     // nghttp2_session_del does not close streams through callbacks: close them here.
+    // (By the call, not the stream id: a stream nghttp2 ignored after it sent GOAWAY is not in the
+    // session, but its call is in the list.)
     std::list<Call*> calls = client->calls;
-    for (Call* call : calls) OnClientStreamClose(client->session, call->client_id, NGHTTP2_CANCEL, nullptr);
+    for (Call* call : calls) CloseClientSide(call, NGHTTP2_CANCEL);
     clients.erase(std::find(clients.begin(), clients.end(), client));
   }
   to_flush.erase(std::remove(to_flush.begin(), to_flush.end(), c), to_flush.end());
@@ -988,6 +995,7 @@ UpstreamConnection* H2Proxy::Worker::UpstreamFor(std::string_view target, std::s
 
 void H2Proxy::Worker::CloseAll() {
   stopping = true;
+
   while (!clients.empty()) CloseConnection(clients.back());
   while (!all_upstreams.empty()) CloseConnection(all_upstreams.back());
 }
@@ -1071,6 +1079,8 @@ void H2Proxy::Shutdown(absl::Duration drain) {
     event_active(w->stop_event, EV_READ, 0);
     w->thread.join();
   }
+  // What is still open is cut: each call ends (CANCELLED for its handler) and is freed.
+  for (auto& w : workers_) w->CloseAll();
 }
 
 H2Proxy::~H2Proxy() { Shutdown(absl::ZeroDuration()); }

@@ -44,8 +44,10 @@ class LoadgenSmoke(SidecarTestCase):
                 self.assertEqual(report["response_bytes"], int(extra[extra.index("--response_bytes") + 1])
                                  if "--response_bytes" in extra else 0)
                 # Open loop sends 300 whatever the speed; closed loops get what the machine (or a
-                # sanitizer build) manages, which is never judged beyond "some".
-                self.assertGreaterEqual(report["requests"], 290 if mode == "open" else 50, report)
+                # sanitizer build: 25 calls a second with 602 KB messages under ASan) manages, which
+                # is never judged beyond "some".
+                large = "602112" in extra
+                self.assertGreaterEqual(report["requests"], 290 if mode == "open" else 10 if large else 50, report)
                 self.assertEqual(report["ok"], report["requests"], report)
                 self.assertEqual(report["errors"], {}, report)
                 self.assertEqual(report["models"], {"resnet101": report["ok"]}, report)
