@@ -250,19 +250,25 @@ absl::Status RequestFramer::Feed(std::string_view bytes, Decide decide, Sink sin
   return status;
 }
 
-absl::Status RequestFramer::ReleaseWhole(Decide decide, Sink sink) {
-  thread_local std::string inflated;
-  if (absl::Status s = Inflate(&inflated); !s.ok()) return s;
-  auto append = decide(inflated);
+absl::Status RequestFramer::DecideAndWritePrefix(std::string_view head, uint64_t body_length, Decide decide,
+                                                Sink sink) {
+  auto append = decide(head);
   if (!append.ok()) return append.status();
   append_.assign(append->data(), append->size());
-  const uint64_t length = inflated.size() + append_.size();
+  const uint64_t length = body_length + append_.size();
   if (length > std::numeric_limits<uint32_t>::max()) {
     return absl::ResourceExhaustedError("the rewritten request message is over 4 GiB");
   }
   const char prefix[5] = {0, static_cast<char>(length >> 24), static_cast<char>(length >> 16),
                           static_cast<char>(length >> 8), static_cast<char>(length)};
   sink(std::string_view(prefix, sizeof prefix));
+  return absl::OkStatus();
+}
+
+absl::Status RequestFramer::ReleaseWhole(Decide decide, Sink sink) {
+  thread_local std::string inflated;
+  if (absl::Status s = Inflate(&inflated); !s.ok()) return s;
+  if (absl::Status s = DecideAndWritePrefix(inflated, inflated.size(), decide, sink); !s.ok()) return s;
   sink(inflated);
   held_.clear();
   EndMessage(sink);
@@ -294,16 +300,10 @@ absl::Status RequestFramer::FeedHead(std::string_view* bytes, Decide decide, Sin
 }
 
 absl::Status RequestFramer::DecideAndRelease(size_t head_length, Decide decide, Sink sink) {
-  auto append = decide(std::string_view(held_.data(), head_length));
-  if (!append.ok()) return append.status();
-  append_.assign(append->data(), append->size());
-  const uint64_t length = uint64_t{length_} + append_.size();
-  if (length > std::numeric_limits<uint32_t>::max()) {
-    return absl::ResourceExhaustedError("the rewritten request message is over 4 GiB");
+  if (absl::Status s = DecideAndWritePrefix(std::string_view(held_.data(), head_length), length_, decide, sink);
+      !s.ok()) {
+    return s;
   }
-  const char prefix[5] = {0, static_cast<char>(length >> 24), static_cast<char>(length >> 16),
-                          static_cast<char>(length >> 8), static_cast<char>(length)};
-  sink(std::string_view(prefix, sizeof prefix));
   // What was held past the head is checked like the rest of the message.
   std::string_view past_head(held_.data() + walked_, held_.size() - walked_);
   sink(std::string_view(held_.data(), walked_));

@@ -102,6 +102,9 @@ class RequestFramer {
   absl::Status FeedTail(std::string_view* bytes, Sink sink);
   // Decides on the first `head_length` held bytes, then passes on the new prefix and everything held.
   absl::Status DecideAndRelease(size_t head_length, Decide decide, Sink sink);
+  // Asks `decide` about `head`, remembers what to append, and passes on the uncompressed prefix for
+  // a body of `body_length` bytes plus that.
+  absl::Status DecideAndWritePrefix(std::string_view head, uint64_t body_length, Decide decide, Sink sink);
   // A compressed message held whole: decompressed, decided, passed on uncompressed.
   absl::Status ReleaseWhole(Decide decide, Sink sink);
   absl::Status Inflate(std::string* out) const;
