@@ -632,8 +632,12 @@ void CloseClientSide(Call* call, uint32_t error_code) {
   call->client_closed = true;
   call->client->calls.erase(call->in_client);
   const bool completed = call->trailers_submitted && call->sent_status && error_code == NGHTTP2_NO_ERROR;
-  if (!completed && call->upstream != nullptr && !call->upstream_closed) {
-    nghttp2_submit_rst_stream(call->upstream->session, NGHTTP2_FLAG_NONE, call->upstream_id, NGHTTP2_CANCEL);
+  // An upstream stream still open now is reset even when the call completed: an upstream that
+  // answered before the request ended (and did not reset the stream itself, as gRPC servers do)
+  // would otherwise keep it, and the call, open for good.
+  if (call->upstream != nullptr && !call->upstream_closed) {
+    nghttp2_submit_rst_stream(call->upstream->session, NGHTTP2_FLAG_NONE, call->upstream_id,
+                              completed ? NGHTTP2_NO_ERROR : NGHTTP2_CANCEL);
     call->upstream->ScheduleFlush();
   }
   if (call->handler && !call->finished) {
