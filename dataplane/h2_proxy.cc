@@ -8,8 +8,11 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <nghttp2/nghttp2.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
 #include <sys/socket.h>
 #include <malloc.h>
+#include <signal.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -37,6 +40,8 @@ constexpr size_t kOutputHighWater = 256 * 1024;
 // One read() takes up to this much. Reads go straight from the socket into one buffer per worker
 // and from there into nghttp2: no FIONREAD, no copy into an input buffer first.
 constexpr size_t kReadBufferBytes = 256 * 1024;
+// The most plaintext one TLS record carries (RFC 8446 §5.1).
+constexpr size_t kMaxTlsRecord = 16384;
 
 // Fields HTTP/2 forbids or that describe one hop only (RFC 9113 §8.2.2).
 bool IsConnectionSpecific(std::string_view name) {
@@ -165,11 +170,18 @@ struct Connection {
   bool connected = true;  // upstream connections: once the non-blocking connect has completed
   bool flush_scheduled = false;
   bool closing = false;
+  // TLS, when the listener or the upstream has it: frames wait in `out` until the handshake is done.
+  SSL* ssl = nullptr;
+  std::shared_ptr<TlsContext> tls;  // what `ssl` was made from (upstream connections are matched by it)
+  bool handshake_done = false;
+  bool handshake_wants_write = false;
+  std::string failure;  // why the connection failed, when the socket's end does not say it
   virtual ~Connection() {
     if (session) nghttp2_session_del(session);
     if (read_event) event_free(read_event);
     if (write_event) event_free(write_event);
     evbuffer_free(out);
+    if (ssl) SSL_free(ssl);
     if (fd >= 0) close(fd);
   }
   virtual bool is_upstream() const = 0;
@@ -184,6 +196,9 @@ struct Connection {
   }
   // Reads what the socket has and feeds it to nghttp2; false when the connection must close.
   bool Receive(uint8_t* buffer);
+  bool ReceiveTls(uint8_t* buffer);
+  // Takes the TLS handshake as far as the socket allows; false when it failed.
+  bool Handshake();
   // Lets nghttp2 produce what it has and writes it; false when the connection is done (or broken).
   bool Send() {
     if (nghttp2_session_send(session) != 0) return false;
@@ -191,30 +206,15 @@ struct Connection {
     return nghttp2_session_want_read(session) || nghttp2_session_want_write(session) ||
            evbuffer_get_length(out) > 0;
   }
-  bool WriteOut() {
-    if (!connected) return true;
-    while (evbuffer_get_length(out) > 0) {
-      const int n = evbuffer_write(out, fd);
-      if (n > 0) continue;
-      if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) break;
-      if (n < 0 && errno == EINTR) continue;
-      return false;
+  bool WriteOut();
+  void WantWrite(bool want) {
+    if (want == write_armed) return;
+    write_armed = want;
+    if (want) {
+      event_add(write_event, nullptr);
+    } else {
+      event_del(write_event);
     }
-    if (!waiting_for_socket.empty() && evbuffer_get_length(out) < kOutputHighWater / 2) {
-      for (int32_t id : waiting_for_socket) nghttp2_session_resume_data(session, id);
-      waiting_for_socket.clear();
-      ScheduleFlush();
-    }
-    const bool pending = evbuffer_get_length(out) > 0;
-    if (pending != write_armed) {
-      write_armed = pending;
-      if (pending) {
-        event_add(write_event, nullptr);
-      } else {
-        event_del(write_event);
-      }
-    }
-    return true;
   }
 };
 
@@ -226,6 +226,7 @@ struct ClientConnection final : Connection {
 struct UpstreamConnection final : Connection {
   std::string target;
   std::list<Call*> calls;
+  bool retired = false;  // no longer the one new calls to its target use
   bool is_upstream() const override { return true; }
 };
 
@@ -244,6 +245,7 @@ struct H2Proxy::Worker {
   std::unordered_map<std::string, UpstreamConnection*> upstreams;  // the one new calls use, per target
   std::vector<UpstreamConnection*> all_upstreams;
   std::unique_ptr<uint8_t[]> read_buffer{new uint8_t[kReadBufferBytes]};
+  std::unique_ptr<uint8_t[]> tls_record{new uint8_t[kMaxTlsRecord]};  // what one SSL_write encrypts
   bool draining = false;
   bool stopping = false;  // no new upstream connections: the worker is closing everything
   std::atomic<int> active_calls{0};  // read by Shutdown from another thread
@@ -255,12 +257,52 @@ struct H2Proxy::Worker {
   void FlushPending();
   void Accept(evutil_socket_t fd);
   void CloseConnection(Connection* c);
-  UpstreamConnection* UpstreamFor(std::string_view target, std::string* error);
+  UpstreamConnection* UpstreamFor(const UpstreamAddress& address, std::string* error);
   void Drain();
+  // An upstream connection new calls no longer use: closed when its last call has ended.
+  void Retire(UpstreamConnection* up);
   void CloseAll();  // after the loop has stopped
 };
 
 namespace {
+
+bool Connection::WriteOut() {
+  if (!connected) return true;
+  if (ssl != nullptr && !handshake_done) {
+    WantWrite(handshake_wants_write);
+    return true;
+  }
+  while (evbuffer_get_length(out) > 0) {
+    if (ssl != nullptr) {
+      // One record at a time from a copy: a write that would block is retried with the same bytes
+      // (the front of `out` does not change until it is drained).
+      uint8_t* record = worker->tls_record.get();
+      const ev_ssize_t n = evbuffer_copyout(out, record, kMaxTlsRecord);
+      ERR_clear_error();
+      const int written = SSL_write(ssl, record, static_cast<int>(n));
+      if (written > 0) {
+        evbuffer_drain(out, static_cast<size_t>(written));
+        continue;
+      }
+      const int error = SSL_get_error(ssl, written);
+      if (error == SSL_ERROR_WANT_WRITE || error == SSL_ERROR_WANT_READ) break;
+      ERR_clear_error();
+      return false;
+    }
+    const int n = evbuffer_write(out, fd);
+    if (n > 0) continue;
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) break;
+    if (n < 0 && errno == EINTR) continue;
+    return false;
+  }
+  if (!waiting_for_socket.empty() && evbuffer_get_length(out) < kOutputHighWater / 2) {
+    for (int32_t id : waiting_for_socket) nghttp2_session_resume_data(session, id);
+    waiting_for_socket.clear();
+    ScheduleFlush();
+  }
+  WantWrite(evbuffer_get_length(out) > 0);
+  return true;
+}
 
 void Connection::ScheduleFlush() {
   if (!flush_scheduled) {
@@ -270,6 +312,7 @@ void Connection::ScheduleFlush() {
 }
 
 bool Connection::Receive(uint8_t* buffer) {
+  if (ssl != nullptr) return ReceiveTls(buffer);
   // A few reads per wake-up at most, so one busy connection does not starve the others.
   for (int round = 0; round < 4; ++round) {
     const ssize_t n = read(fd, buffer, kReadBufferBytes);
@@ -282,6 +325,59 @@ bool Connection::Receive(uint8_t* buffer) {
   return true;
 }
 
+bool Connection::Handshake() {
+  ERR_clear_error();
+  const int rc = SSL_do_handshake(ssl);
+  if (rc != 1) {
+    const int error = SSL_get_error(ssl, rc);
+    if (error == SSL_ERROR_WANT_READ || error == SSL_ERROR_WANT_WRITE) {
+      handshake_wants_write = error == SSL_ERROR_WANT_WRITE;
+      WantWrite(handshake_wants_write);
+      return true;
+    }
+    failure = absl::StrCat("the TLS handshake failed: ", TlsErrorText(ssl));
+    return false;
+  }
+  handshake_done = true;
+  handshake_wants_write = false;
+  const unsigned char* protocol = nullptr;
+  unsigned int length = 0;
+  SSL_get0_alpn_selected(ssl, &protocol, &length);
+  if (is_upstream() && !(length == 2 && std::memcmp(protocol, "h2", 2) == 0)) {
+    failure = "the upstream's TLS did not agree to HTTP/2 (ALPN h2)";
+    return false;
+  }
+  ScheduleFlush();  // what waited for the handshake (the preface, SETTINGS, requests) goes now
+  return true;
+}
+
+bool Connection::ReceiveTls(uint8_t* buffer) {
+  if (!handshake_done) {
+    if (!Handshake()) return false;
+    if (!handshake_done) return true;
+  }
+  // Whole records only: with read-ahead off, what OpenSSL has not returned is still in the socket,
+  // which stays readable, so stopping while a full record still fits loses no wake-up.
+  size_t have = 0;
+  bool open = true;
+  while (kReadBufferBytes - have >= kMaxTlsRecord) {
+    ERR_clear_error();
+    const int n = SSL_read(ssl, buffer + have, static_cast<int>(kReadBufferBytes - have));
+    if (n > 0) {
+      have += static_cast<size_t>(n);
+      continue;
+    }
+    const int error = SSL_get_error(ssl, n);
+    if (error == SSL_ERROR_WANT_READ || error == SSL_ERROR_WANT_WRITE) break;
+    if (error == SSL_ERROR_SSL) failure = absl::StrCat("TLS failed: ", TlsErrorText(ssl));
+    ERR_clear_error();
+    open = false;  // close_notify, a reset, or a TLS error: after what was read is passed on
+    break;
+  }
+  if (have > 0 && nghttp2_session_mem_recv(session, buffer, have) < 0) return false;
+  return open && !closing;
+}
+
 // Watches a connection's socket: reads always, writes while output waits.
 void WatchSocket(Connection* c, event_base* base, bool read_now);
 
@@ -290,8 +386,10 @@ void WatchSocket(Connection* c, event_base* base, bool read_now);
 void MaybeDelete(Call* call) {
   if (!call->client_closed || (call->upstream_id >= 0 && !call->upstream_closed)) return;
   if (call->upstream != nullptr) {
-    call->upstream->calls.erase(call->in_upstream);
+    UpstreamConnection* up = call->upstream;
+    up->calls.erase(call->in_upstream);
     call->upstream = nullptr;
+    if (up->retired && up->calls.empty()) call->worker->Retire(up);
   }
   call->worker->active_calls.fetch_sub(1, std::memory_order_release);
   delete call;
@@ -416,11 +514,11 @@ void FailCall(Call* call, int code, std::string message) {
   call->client->ScheduleFlush();
 }
 
-void OpenUpstream(Call* call, std::optional<std::string_view> failover_target = std::nullopt) {
-  const std::string_view target = failover_target ? *failover_target : call->handler->UpstreamTarget();
-  if (!failover_target) call->keep_request = call->handler->MayFailOver();
+void OpenUpstream(Call* call, std::optional<UpstreamAddress> failover = std::nullopt) {
+  const UpstreamAddress address = failover ? *failover : call->handler->Upstream();
+  if (!failover) call->keep_request = call->handler->MayFailOver();
   std::string error;
-  UpstreamConnection* up = call->client->worker->UpstreamFor(target, &error);
+  UpstreamConnection* up = call->client->worker->UpstreamFor(address, &error);
   if (up == nullptr) {
     FailCall(call, kGrpcUnavailable, error);
     return;
@@ -428,7 +526,7 @@ void OpenUpstream(Call* call, std::optional<std::string_view> failover_target = 
   std::vector<nghttp2_nv> nv;
   nv.reserve(call->request_headers.size() + 4);
   nv.push_back(Nv(":method", "POST"));
-  nv.push_back(Nv(":scheme", "http"));
+  nv.push_back(Nv(":scheme", up->ssl != nullptr ? "https" : "http"));
   nv.push_back(Nv(":path", call->path));
   nv.push_back(Nv(":authority", up->target));
   for (const HeaderField& f : call->request_headers) nv.push_back(Nv(f.name, f.value));
@@ -437,7 +535,8 @@ void OpenUpstream(Call* call, std::optional<std::string_view> failover_target = 
   provider.read_callback = ReadToUpstream;
   const int32_t id = nghttp2_submit_request(up->session, nullptr, nv.data(), nv.size(), &provider, call);
   if (id < 0) {
-    FailCall(call, kGrpcUnavailable, absl::StrCat("cannot open a stream to ", ToAbsl(target), ": ", nghttp2_strerror(id)));
+    FailCall(call, kGrpcUnavailable,
+             absl::StrCat("cannot open a stream to ", ToAbsl(address.target), ": ", nghttp2_strerror(id)));
     return;
   }
   call->upstream = up;
@@ -724,11 +823,12 @@ bool TryFailOver(Call* call, int grpc_status) {
       call->client_closed) {
     return false;
   }
-  const std::optional<std::string_view> next = call->handler->FailOver(grpc_status);
+  const std::optional<UpstreamAddress> next = call->handler->FailOver(grpc_status);
   if (!next) return false;
   if (call->upstream != nullptr) {
     UpstreamConnection* old = call->upstream;
     old->calls.erase(call->in_upstream);
+    if (old->retired && old->calls.empty()) call->worker->Retire(old);
     nghttp2_session_set_stream_user_data(old->session, call->upstream_id, nullptr);
     if (!call->upstream_closed) {
       nghttp2_submit_rst_stream(old->session, NGHTTP2_FLAG_NONE, call->upstream_id, NGHTTP2_CANCEL);
@@ -801,6 +901,11 @@ void OnWritable(evutil_socket_t fd, short, void* arg) {
     }
     conn->connected = true;
     event_add(conn->read_event, nullptr);
+  }
+  if (conn->ssl != nullptr && !conn->handshake_done && !conn->Handshake()) {
+    worker->CloseConnection(conn);
+    worker->FlushPending();
+    return;
   }
   conn->ScheduleFlush();
   worker->FlushPending();
@@ -905,6 +1010,15 @@ void H2Proxy::Worker::Accept(evutil_socket_t fd) {
   setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
   evutil_make_socket_nonblocking(fd);
   conn->fd = fd;
+  if (options.listener_tls != nullptr) {
+    auto ssl = options.listener_tls->NewSession("");
+    if (!ssl.ok()) {
+      delete conn;  // closes the socket: the client sees its connection refused
+      return;
+    }
+    conn->ssl = *ssl;
+    SSL_set_fd(conn->ssl, fd);
+  }
   WatchSocket(conn, base, /*read_now=*/true);
   nghttp2_session_server_new2(&conn->session, server_callbacks, conn, session_option);
   SubmitSettings(conn->session, options, /*server=*/true);
@@ -928,8 +1042,9 @@ void H2Proxy::Worker::CloseConnection(Connection* c) {
     calls.swap(up->calls);
     for (Call* call : calls) {
       call->upstream = nullptr;
-      UpstreamGone(call, up->connected ? "the connection to the upstream failed"
-                                       : absl::StrCat("cannot connect to the upstream ", up->target));
+      UpstreamGone(call, !up->failure.empty() ? absl::StrCat("the upstream ", up->target, ": ", up->failure)
+                         : up->connected      ? "the connection to the upstream failed"
+                                              : absl::StrCat("cannot connect to the upstream ", up->target));
       MaybeDelete(call);
     }
     all_upstreams.erase(std::find(all_upstreams.begin(), all_upstreams.end(), up));
@@ -943,18 +1058,28 @@ void H2Proxy::Worker::CloseConnection(Connection* c) {
     clients.erase(std::find(clients.begin(), clients.end(), client));
   }
   to_flush.erase(std::remove(to_flush.begin(), to_flush.end(), c), to_flush.end());
+  if (c->ssl != nullptr && c->handshake_done) {
+    SSL_shutdown(c->ssl);  // close_notify, if the socket takes it; no wait for the peer's
+    ERR_clear_error();
+  }
   delete c;
 }
 
-UpstreamConnection* H2Proxy::Worker::UpstreamFor(std::string_view target, std::string* error) {
+UpstreamConnection* H2Proxy::Worker::UpstreamFor(const UpstreamAddress& address, std::string* error) {
   if (stopping) {
     *error = "the sidecar is shutting down";
     return nullptr;
   }
+  const std::string_view target = address.target;
+  TlsContext* const tls = address.tls != nullptr ? address.tls->get() : nullptr;
   auto it = upstreams.find(std::string(target));
   if (it != upstreams.end()) {
-    if (nghttp2_session_check_request_allowed(it->second->session)) return it->second;
-    upstreams.erase(it);  // going away: new calls get a new connection
+    UpstreamConnection* current = it->second;
+    if (current->tls.get() == tls && nghttp2_session_check_request_allowed(current->session)) return current;
+    // Going away, or made with TLS a reload replaced: new calls get a new connection; this one
+    // closes once its calls have ended.
+    upstreams.erase(it);
+    Retire(current);
   }
   auto host_port = SplitHostPort(target);
   if (!host_port.ok()) {
@@ -978,23 +1103,42 @@ UpstreamConnection* H2Proxy::Worker::UpstreamFor(std::string_view target, std::s
   const int rc = connect(up->fd, res->ai_addr, res->ai_addrlen);
   const int connect_errno = errno;
   freeaddrinfo(res);
-  nghttp2_session_client_new2(&up->session, client_callbacks, up, session_option);
-  SubmitSettings(up->session, options, /*server=*/false);
   if (rc != 0 && connect_errno != EINPROGRESS) {
     *error = absl::StrCat("cannot connect to the upstream ", ToAbsl(target), ": ", std::strerror(connect_errno));
     delete up;
     return nullptr;
   }
-  // Until the connect completes, frames wait in the output and the write event says when.
-  up->connected = rc == 0;
-  WatchSocket(up, base, /*read_now=*/up->connected);
-  if (!up->connected) {
-    up->write_armed = true;
-    event_add(up->write_event, nullptr);
+  if (tls != nullptr) {
+    auto ssl = tls->NewSession(host_port->first);
+    if (!ssl.ok()) {
+      *error = absl::StrCat("cannot start TLS to the upstream ", ToAbsl(target), ": ", ssl.status().message());
+      delete up;
+      return nullptr;
+    }
+    up->ssl = *ssl;
+    up->tls = *address.tls;
+    SSL_set_fd(up->ssl, up->fd);
   }
+  nghttp2_session_client_new2(&up->session, client_callbacks, up, session_option);
+  SubmitSettings(up->session, options, /*server=*/false);
+  // Until the connect completes (the socket turns writable, even when connect() already returned
+  // 0), frames wait in the output; the TLS handshake starts then.
+  up->connected = false;
+  WatchSocket(up, base, /*read_now=*/false);
+  up->write_armed = true;
+  event_add(up->write_event, nullptr);
   upstreams[up->target] = up;
   all_upstreams.push_back(up);
   return up;
+}
+
+void H2Proxy::Worker::Retire(UpstreamConnection* up) {
+  up->retired = true;
+  if (up->calls.empty()) {
+    // GOAWAY, and the connection is closed once it is written (Send turns false).
+    nghttp2_session_terminate_session(up->session, NGHTTP2_NO_ERROR);
+    up->ScheduleFlush();
+  }
 }
 
 void H2Proxy::Worker::CloseAll() {
@@ -1026,6 +1170,9 @@ absl::StatusOr<std::unique_ptr<H2Proxy>> H2Proxy::Start(const H2ProxyOptions& op
     // a third of the plane's CPU with 602 KB responses). Keeping up to 64 MiB of freed heap costs
     // no more than the flow-control windows already allow.
     mallopt(M_TRIM_THRESHOLD, 64 << 20);
+    // A write to a peer that has gone must fail with EPIPE, not end the process (OpenSSL and
+    // evbuffer write with plain write/writev, without MSG_NOSIGNAL).
+    signal(SIGPIPE, SIG_IGN);
   });
   auto host_port = SplitHostPort(options.listen);
   if (!host_port.ok()) return host_port.status();

@@ -11,12 +11,22 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "dataplane/request_framer.h"
+#include "dataplane/tls_context.h"
 
 namespace carbon::dataplane {
 
 struct HeaderField {
   std::string name;
   std::string value;
+};
+
+// Where a call goes.
+struct UpstreamAddress {
+  std::string_view target;  // "host:port"
+  // Null: plaintext HTTP/2 (h2c, prior knowledge). Else TLS made by this context, which the handler
+  // keeps alive while the call lasts; upstream connections are shared by calls naming the same
+  // target and the same context.
+  const std::shared_ptr<TlsContext>* tls = nullptr;
 };
 
 // What the data plane asks the application about one call (one HTTP/2 stream). Used only on the
@@ -26,9 +36,9 @@ class CallHandler {
   virtual ~CallHandler() = default;
   // Which request messages go through Decide.
   virtual RequestFramer::Options::Route route() const = 0;
-  // The upstream the call goes to ("host:port"): asked once, after the first routed message was
-  // decided when the call routes messages, else as soon as the request headers are in.
-  virtual std::string_view UpstreamTarget() = 0;
+  // The upstream the call goes to: asked once, after the first routed message was decided when the
+  // call routes messages, else as soon as the request headers are in.
+  virtual UpstreamAddress Upstream() = 0;
   // A routed message's head: the bytes to append to it, or the status to end the call with.
   virtual absl::StatusOr<std::string_view> Decide(std::string_view head) = 0;
   // Whether the call could be sent again elsewhere (FailOver), so its request bytes are kept until
@@ -36,7 +46,7 @@ class CallHandler {
   virtual bool MayFailOver() const { return false; }
   // The upstream ended the call with `grpc_status` before any of its answer reached the client, and
   // the whole request was kept: the next upstream to send it to, or nullopt to end the call so.
-  virtual std::optional<std::string_view> FailOver(int /*grpc_status*/) { return std::nullopt; }
+  virtual std::optional<UpstreamAddress> FailOver(int /*grpc_status*/) { return std::nullopt; }
   // Headers to add to the response's first HEADERS frame.
   virtual void ForEachResponseHeader(absl::FunctionRef<void(std::string_view, std::string_view)> add) const = 0;
   // The call ended with this grpc-status (CANCELLED when the client reset it). Called once.
@@ -60,13 +70,15 @@ struct H2ProxyOptions {
   uint32_t stream_window_bytes = 256 * 1024;
   uint32_t connection_window_bytes = 2 * 1024 * 1024;
   uint32_t max_concurrent_streams = 16384;  // per client connection (window-bounded, so memory is too)
+  // Null: the listener speaks plaintext HTTP/2 (h2c). Else TLS (mutual when the context has a CA).
+  std::shared_ptr<TlsContext> listener_tls;
 };
 
 // A gRPC proxy that moves HTTP/2 frames between connections (libnghttp2 for the protocol,
 // libevent for the sockets), the way nginx and Envoy do, instead of receiving and re-sending whole
 // messages through a gRPC library. Each worker thread accepts on its own SO_REUSEPORT socket and
-// owns its client connections, its upstream connections (one per upstream target, h2c with prior
-// knowledge) and every call on them, so a call never changes threads and nothing is locked on the
+// owns its client connections, its upstream connections (one per upstream target and TLS context;
+// h2c with prior knowledge, or TLS with ALPN h2) and every call on them, so a call never changes threads and nothing is locked on the
 // request path. Request and response bodies are flow-controlled end to end: the sidecar gives a
 // peer window only as it forwards the bytes it received, so a slow reader holds back its writer
 // and each stream holds at most its window in each direction. Request bodies go through a

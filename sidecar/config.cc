@@ -640,15 +640,6 @@ absl::StatusOr<SidecarConfig> LoadConfig(const std::string& path) {
     if (auto s = ReadIntensity(i, &config.intensity); !s.ok()) return s;
 
     if (auto s = ReadClusters(clusters, path, base_dir, &config); !s.ok()) return s;
-    if (config.data_plane == SidecarConfig::DataPlane::kH2) {
-      bool upstream_tls_used = config.upstream.tls.has_value();
-      for (const ClusterConfig& c : config.clusters) upstream_tls_used |= c.tls.has_value();
-      if (config.tls || upstream_tls_used) {
-        return ErrorAt(path, (*root)["data_plane"].Mark(),
-                       "data_plane h2 serves plaintext (h2c) only so far: tls, upstream.tls and clusters' tls "
-                       "need data_plane: grpc");
-      }
-    }
 
     if (!routes.IsSequence() || routes.size() == 0) {
       return ErrorAt(path, routes.Mark(), "routes must be a non-empty list");

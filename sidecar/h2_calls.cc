@@ -10,6 +10,10 @@ namespace {
 
 using dataplane::RequestFramer;
 
+dataplane::UpstreamAddress AddressOf(const UpstreamCluster& cluster) {
+  return {.target = cluster.target, .tls = cluster.h2_tls ? &cluster.h2_tls : nullptr};
+}
+
 class RoutedCall final : public dataplane::CallHandler {
  public:
   RoutedCall(const selector::SnapshotCell<RoutingSnapshot>* routes, ProxyCounters* counters, MethodKind kind,
@@ -30,7 +34,7 @@ class RoutedCall final : public dataplane::CallHandler {
     }
   }
 
-  std::string_view UpstreamTarget() override { return router_.Upstream().target; }
+  dataplane::UpstreamAddress Upstream() override { return AddressOf(router_.Upstream()); }
 
   absl::StatusOr<std::string_view> Decide(std::string_view head) override {
     const bool wants_batch = kind_ == MethodKind::kInfer || kind_ == MethodKind::kStreamInfer;
@@ -48,9 +52,9 @@ class RoutedCall final : public dataplane::CallHandler {
 
   bool MayFailOver() const override { return router_.MayFailOver(grpc::StatusCode::UNAVAILABLE); }
 
-  std::optional<std::string_view> FailOver(int grpc_status) override {
+  std::optional<dataplane::UpstreamAddress> FailOver(int grpc_status) override {
     if (!router_.MayFailOver(static_cast<grpc::StatusCode>(grpc_status))) return std::nullopt;
-    return std::string_view(router_.FailOver().target);
+    return AddressOf(router_.FailOver());
   }
 
   void ForEachResponseHeader(absl::FunctionRef<void(std::string_view, std::string_view)> add) const override {
@@ -77,7 +81,7 @@ class LocalCall final : public dataplane::CallHandler {
  public:
   explicit LocalCall(std::string_view target) : target_(target) {}
   RequestFramer::Options::Route route() const override { return RequestFramer::Options::Route::kNone; }
-  std::string_view UpstreamTarget() override { return target_; }
+  dataplane::UpstreamAddress Upstream() override { return {.target = target_}; }
   absl::StatusOr<std::string_view> Decide(std::string_view) override { return std::string_view(); }
   void ForEachResponseHeader(absl::FunctionRef<void(std::string_view, std::string_view)>) const override {}
   void Finished(int) override {}

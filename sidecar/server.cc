@@ -50,6 +50,11 @@ absl::StatusOr<std::unique_ptr<SidecarServer>> SidecarServer::Start(const Sideca
     options.listen = config.listen;
     options.threads = static_cast<int>(config.data_plane_threads);
     options.max_message_bytes = static_cast<uint32_t>(max_bytes);
+    if (config.tls) {
+      absl::Status loaded;
+      options.listener_tls = H2Tls(*config.tls, TlsSide::kListener, &loaded);
+      if (!loaded.ok()) return loaded;
+    }
     auto h2 = dataplane::H2Proxy::Start(options, s->h2_calls_.get());
     if (!h2.ok()) return h2.status();
     s->h2_ = *std::move(h2);

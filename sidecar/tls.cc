@@ -108,4 +108,15 @@ std::shared_ptr<grpc::ChannelCredentials> UpstreamCredentials(const std::optiona
   return grpc::experimental::TlsCredentials(options);
 }
 
+std::shared_ptr<dataplane::TlsContext> H2Tls(const TlsConfig& tls, TlsSide side, absl::Status* load_status) {
+  dataplane::TlsFiles files{.cert_file = tls.cert_file,
+                            .key_file = tls.key_file,
+                            .ca_file = tls.ca_file,
+                            .server_name = tls.server_name,
+                            .refresh_interval = tls.refresh_interval};
+  return dataplane::TlsContext::Create(
+      side == TlsSide::kListener ? dataplane::TlsContext::Side::kServer : dataplane::TlsContext::Side::kClient,
+      std::move(files), load_status);
+}
+
 }  // namespace carbon::sidecar

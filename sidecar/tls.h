@@ -6,6 +6,7 @@
 #include <grpcpp/grpcpp.h>
 
 #include "absl/status/status.h"
+#include "dataplane/tls_context.h"
 #include "sidecar/config.h"
 
 namespace carbon::sidecar {
@@ -25,5 +26,10 @@ std::shared_ptr<grpc::ServerCredentials> ListenerCredentials(const std::optional
 // Credentials for the upstream channel, and the channel arguments they need (the name to verify).
 std::shared_ptr<grpc::ChannelCredentials> UpstreamCredentials(const std::optional<TlsConfig>& tls,
                                                               grpc::ChannelArguments* args);
+
+// The same files for the h2 data plane's own OpenSSL. Files that do not load (they were checked
+// when the config was) make every handshake fail with the reason, never a plaintext connection;
+// `load_status` says why.
+std::shared_ptr<dataplane::TlsContext> H2Tls(const TlsConfig& tls, TlsSide side, absl::Status* load_status = nullptr);
 
 }  // namespace carbon::sidecar

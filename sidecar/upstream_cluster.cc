@@ -25,8 +25,10 @@ UpstreamCluster::~UpstreamCluster() = default;
 std::shared_ptr<const UpstreamCluster> ConnectCluster(const ClusterConfig& cluster, int64_t max_message_bytes) {
   grpc::ChannelArguments args = UpstreamChannelArguments(static_cast<int>(max_message_bytes));
   auto credentials = UpstreamCredentials(cluster.tls, &args);
-  return std::make_shared<const UpstreamCluster>(cluster.name, cluster.target,
-                                                 grpc::CreateCustomChannel(cluster.target, credentials, args));
+  auto connected = std::make_shared<UpstreamCluster>(cluster.name, cluster.target,
+                                                     grpc::CreateCustomChannel(cluster.target, credentials, args));
+  if (cluster.tls) connected->h2_tls = H2Tls(*cluster.tls, TlsSide::kUpstream);
+  return connected;
 }
 
 grpc::ChannelArguments UpstreamChannelArguments(int max_message_bytes) {

@@ -9,6 +9,7 @@
 #include <grpcpp/grpcpp.h>
 
 #include "absl/time/time.h"
+#include "dataplane/tls_context.h"
 #include "sidecar/config.h"
 
 namespace carbon::sidecar {
@@ -37,6 +38,8 @@ struct UpstreamCluster {
   std::shared_ptr<grpc::Channel> channel;  // null when the publisher runs without connections (tests)
   std::unique_ptr<grpc::GenericStub> stub;
   std::unique_ptr<UpstreamReadiness> readiness;
+  // The h2 data plane's TLS to the cluster (its own OpenSSL, not the channel's); null: plaintext.
+  std::shared_ptr<dataplane::TlsContext> h2_tls;
 };
 
 // Opens the channel to a cluster: its target, its TLS, the upstream's message limit.

@@ -34,7 +34,7 @@ class FuzzCall final : public CallHandler {
   RequestFramer::Options::Route route() const override {
     return routed_ ? RequestFramer::Options::Route::kEvery : RequestFramer::Options::Route::kNone;
   }
-  std::string_view UpstreamTarget() override { return target_; }
+  carbon::dataplane::UpstreamAddress Upstream() override { return {.target = target_}; }
   absl::StatusOr<std::string_view> Decide(std::string_view head) override {
     static const std::string kOverride = carbon::sidecar::EncodeModelOverride("resnet50");
     std::string scratch;

@@ -25,6 +25,7 @@
 #include "sidecar/server.h"
 #include "tests/support/metric_samples.h"
 #include "tests/support/poll.h"
+#include "tests/support/static_sidecar_config.h"
 
 namespace carbon::sidecar {
 namespace {
@@ -398,11 +399,7 @@ TEST_P(ClusterTest, ReloadsAddAndRemoveClustersUnderLoadWithoutLosingACall) {
   EXPECT_EQ(selection["routes"][0]["cluster"], "b");
 }
 
-INSTANTIATE_TEST_SUITE_P(Planes, ClusterTest,
-                         ::testing::Values(SidecarConfig::DataPlane::kGrpc, SidecarConfig::DataPlane::kH2),
-                         [](const ::testing::TestParamInfo<SidecarConfig::DataPlane>& info) {
-                           return std::string(DataPlaneName(info.param));
-                         });
+INSTANTIATE_TEST_SUITE_P(Planes, ClusterTest, testing::BothDataPlanes(), testing::PlaneName);
 
 }  // namespace
 }  // namespace carbon::sidecar

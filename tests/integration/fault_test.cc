@@ -31,6 +31,7 @@
 #include "tests/support/metric_samples.h"
 #include "tests/support/poll.h"
 #include "tests/support/resident_memory.h"
+#include "tests/support/static_sidecar_config.h"
 
 namespace carbon::sidecar {
 namespace {
@@ -469,11 +470,7 @@ TEST_P(FaultTest, AProviderThatHangsNeverHoldsUpARequest) {
   EXPECT_EQ(load.last_model(), "resnet152");  // 120 g/kWh, from the one poll that was answered
 }
 
-INSTANTIATE_TEST_SUITE_P(Planes, FaultTest,
-                         ::testing::Values(SidecarConfig::DataPlane::kGrpc, SidecarConfig::DataPlane::kH2),
-                         [](const ::testing::TestParamInfo<SidecarConfig::DataPlane>& info) {
-                           return std::string(DataPlaneName(info.param));
-                         });
+INSTANTIATE_TEST_SUITE_P(Planes, FaultTest, testing::BothDataPlanes(), testing::PlaneName);
 
 }  // namespace
 }  // namespace carbon::sidecar

@@ -107,9 +107,6 @@ class PlaneTest : public ::testing::TestWithParam<SidecarConfig::DataPlane> {
   }
 };
 
-std::string PlaneName(const ::testing::TestParamInfo<SidecarConfig::DataPlane>& info) {
-  return std::string(DataPlaneName(info.param));
-}
 
 class ProxyTest : public PlaneTest {
  protected:
@@ -937,10 +934,8 @@ TEST_P(OpaqueProxyTest, ServerLiveOnANonInferenceUpstreamIsForwardedAsIs) {
             "/inference.GRPCInferenceService/ServerLive");
 }
 
-INSTANTIATE_TEST_SUITE_P(Planes, ProxyTest,
-                         ::testing::Values(SidecarConfig::DataPlane::kGrpc, SidecarConfig::DataPlane::kH2), PlaneName);
-INSTANTIATE_TEST_SUITE_P(Planes, OpaqueProxyTest,
-                         ::testing::Values(SidecarConfig::DataPlane::kGrpc, SidecarConfig::DataPlane::kH2), PlaneName);
+INSTANTIATE_TEST_SUITE_P(Planes, ProxyTest, testing::BothDataPlanes(), testing::PlaneName);
+INSTANTIATE_TEST_SUITE_P(Planes, OpaqueProxyTest, testing::BothDataPlanes(), testing::PlaneName);
 
 }  // namespace
 }  // namespace carbon::sidecar

@@ -2,6 +2,8 @@
 
 #include <string>
 
+#include <gtest/gtest.h>
+
 #include "absl/strings/str_cat.h"
 #include "telemetry/providers/kinds.h"
 #include "sidecar/config.h"
@@ -34,6 +36,15 @@ inline sidecar::SidecarConfig StaticSidecarConfig(int upstream_port, double inte
   route.batch_dimension = true;
   c.routes.push_back(route);
   return c;
+}
+
+// Suites that run on both data planes: INSTANTIATE_TEST_SUITE_P(Planes, Suite, BothDataPlanes(), PlaneName),
+// so each test's name ends in /grpc or /h2.
+inline auto BothDataPlanes() {
+  return ::testing::Values(sidecar::SidecarConfig::DataPlane::kGrpc, sidecar::SidecarConfig::DataPlane::kH2);
+}
+inline std::string PlaneName(const ::testing::TestParamInfo<sidecar::SidecarConfig::DataPlane>& info) {
+  return std::string(sidecar::DataPlaneName(info.param));
 }
 
 }  // namespace carbon::testing

@@ -276,7 +276,7 @@ TEST_F(ConfigTest, EveryMistakeNamesFileLineAndColumn) {
   }
 }
 
-TEST_F(ConfigTest, TheH2DataPlaneIsPlaintextOnlyAndRestartOnly) {
+TEST_F(ConfigTest, TheH2DataPlaneIsRestartOnly) {
   std::string h2 = kValid;
   h2.replace(h2.find("drain_timeout: 5s\n"), 18, "drain_timeout: 5s\ndata_plane: h2\ndata_plane_threads: 3\n");
   auto config = LoadConfig(Write("sidecar.yaml", h2));
@@ -284,10 +284,6 @@ TEST_F(ConfigTest, TheH2DataPlaneIsPlaintextOnlyAndRestartOnly) {
   EXPECT_EQ(config->data_plane, SidecarConfig::DataPlane::kH2);
   EXPECT_EQ(config->data_plane_threads, 3);
   EXPECT_EQ(LoadConfig(Write("grpc.yaml", kValid))->data_plane, SidecarConfig::DataPlane::kGrpc);
-
-  std::string with_tls = h2;
-  with_tls.replace(with_tls.find("  max_message_bytes: 1048576\n"), 29, "  max_message_bytes: 1048576\n  tls: {}\n");
-  EXPECT_THAT(ErrorOf(with_tls), HasSubstr("7:13: data_plane h2 serves plaintext (h2c) only so far"));
 
   std::vector<std::string> changed;
   SidecarConfig grpc = *LoadConfig(Write("grpc.yaml", kValid));
