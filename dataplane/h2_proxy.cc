@@ -34,6 +34,7 @@ namespace {
 
 constexpr int kGrpcCancelled = 1;
 constexpr int kGrpcUnknown = 2;
+constexpr int kGrpcResourceExhausted = 8;
 constexpr int kGrpcUnavailable = 14;
 // Output a connection may queue before the sidecar stops producing frames for it.
 constexpr size_t kOutputHighWater = 256 * 1024;
@@ -133,6 +134,8 @@ struct Call {
   // Bytes received from each side and not yet given back as window (nghttp2_session_consume).
   size_t unconsumed_from_client = 0;
   size_t unconsumed_from_upstream = 0;
+  // Of the worker's held_bytes, this call's share (see Recount).
+  size_t held_counted = 0;
 
   bool client_ended = false;     // END_STREAM from the client
   bool upstream_ended = false;   // END_STREAM from the upstream (trailers in)
@@ -249,6 +252,11 @@ struct H2Proxy::Worker {
   bool draining = false;
   bool stopping = false;  // no new upstream connections: the worker is closing everything
   std::atomic<int> active_calls{0};  // read by Shutdown from another thread
+  // Request bytes the calls hold past flow control (their window already given back): routed
+  // messages held for their name, requests kept for a failover. Bounded by held_budget, this
+  // worker's share of memory_limit_bytes.
+  size_t held_bytes = 0;
+  size_t held_budget = SIZE_MAX;
   nghttp2_session_callbacks* server_callbacks = nullptr;
   nghttp2_session_callbacks* client_callbacks = nullptr;
   nghttp2_option* session_option = nullptr;
@@ -383,8 +391,25 @@ void WatchSocket(Connection* c, event_base* base, bool read_now);
 
 // ---- The call's life, independent of which side an event came from.
 
+// Brings the worker's held_bytes up to date with what the call holds now.
+void Recount(Call* call) {
+  const size_t held = (call->framer ? call->framer->held_bytes() : 0) + call->kept_request.size();
+  call->worker->held_bytes = call->worker->held_bytes - call->held_counted + held;
+  call->held_counted = held;
+}
+
+// Frees what a call holds of its request once it has ended with its own status (nothing more of
+// the request is read: TakeRequestBytes and the END_STREAM path stop at local_status).
+void ReleaseRequest(Call* call) {
+  call->framer.reset();
+  std::string().swap(call->kept_request);
+  call->keep_request = false;
+  Recount(call);
+}
+
 void MaybeDelete(Call* call) {
   if (!call->client_closed || (call->upstream_id >= 0 && !call->upstream_closed)) return;
+  call->worker->held_bytes -= call->held_counted;
   if (call->upstream != nullptr) {
     UpstreamConnection* up = call->upstream;
     up->calls.erase(call->in_upstream);
@@ -558,11 +583,24 @@ void TakeRequestBytes(Call* call, std::string_view bytes) {
       });
   if (!s.ok()) {
     FailCall(call, static_cast<int>(s.code()), std::string(s.message()));
+    ReleaseRequest(call);
     return;
   }
   // Held bytes (a routed message's head) are given back as window at once: they are bounded by
-  // max_message_bytes, and a window that never reopened could leave a long name stuck.
+  // max_message_bytes per call, and a window that never reopened could leave a long name stuck.
+  // Over all calls they are bounded by the worker's share of memory_limit_bytes: the call that
+  // would hold more past it ends RESOURCE_EXHAUSTED, as gRPC's resource quota ends streams.
   const size_t held = call->framer->held_bytes();
+  const size_t counted_before = call->held_counted;
+  Recount(call);
+  Worker* worker = call->worker;
+  if (call->held_counted > counted_before && worker->held_bytes > worker->held_budget) {
+    FailCall(call, kGrpcResourceExhausted,
+             absl::StrCat("the sidecar holds ", worker->held_bytes, " bytes of requests not yet passed on, past its ",
+                          "memory_limit_bytes share of ", worker->held_budget));
+    ReleaseRequest(call);
+    return;
+  }
   if (held > 0) CreditClient(call, held);
   if (call->upstream_id >= 0 && (was_open || evbuffer_get_length(call->to_upstream) > 0)) {
     nghttp2_session_resume_data(call->upstream->session, call->upstream_id);
@@ -850,6 +888,7 @@ bool TryFailOver(Call* call, int grpc_status) {
   evbuffer_add(call->to_upstream, call->kept_request.data(), call->kept_request.size());
   call->keep_request = false;  // once
   std::string().swap(call->kept_request);
+  Recount(call);
   OpenUpstream(call, next);
   return true;
 }
@@ -1192,6 +1231,7 @@ absl::StatusOr<std::unique_ptr<H2Proxy>> H2Proxy::Start(const H2ProxyOptions& op
     }
     auto w = std::make_unique<Worker>();
     w->options = options;
+    if (options.memory_limit_bytes > 0) w->held_budget = static_cast<size_t>(options.memory_limit_bytes / threads);
     w->factory = factory;
     w->base = event_base_new();
     w->listener = evconnlistener_new(w->base, OnAccept, w.get(), LEV_OPT_CLOSE_ON_FREE, -1, *fd);

@@ -70,6 +70,10 @@ struct H2ProxyOptions {
   uint32_t stream_window_bytes = 256 * 1024;
   uint32_t connection_window_bytes = 2 * 1024 * 1024;
   uint32_t max_concurrent_streams = 16384;  // per client connection (window-bounded, so memory is too)
+  // What calls may hold past flow control, all workers together (each gets an equal share): routed
+  // messages held whole for a late model name, requests kept for a failover. A call that would
+  // hold more ends RESOURCE_EXHAUSTED. 0: no limit (each call is still bounded by max_message_bytes).
+  uint64_t memory_limit_bytes = 0;
   // Null: the listener speaks plaintext HTTP/2 (h2c). Else TLS (mutual when the context has a CA).
   std::shared_ptr<TlsContext> listener_tls;
 };

@@ -11,6 +11,17 @@
 namespace carbon::dataplane {
 namespace {
 
+// Empties a buffer; one that held a whole message gives its memory back (a call, or a worker
+// thread, would otherwise keep the largest message it ever held for as long as it lives).
+void Forget(std::string* buffer) {
+  constexpr size_t kKeptCapacity = 64 * 1024;
+  if (buffer->capacity() > kKeptCapacity) {
+    std::string().swap(*buffer);
+  } else {
+    buffer->clear();
+  }
+}
+
 constexpr int kVarint = 0;
 constexpr int kFixed64 = 1;
 constexpr int kLengthDelimited = 2;
@@ -267,10 +278,12 @@ absl::Status RequestFramer::DecideAndWritePrefix(std::string_view head, uint64_t
 
 absl::Status RequestFramer::ReleaseWhole(Decide decide, Sink sink) {
   thread_local std::string inflated;
-  if (absl::Status s = Inflate(&inflated); !s.ok()) return s;
-  if (absl::Status s = DecideAndWritePrefix(inflated, inflated.size(), decide, sink); !s.ok()) return s;
-  sink(inflated);
-  held_.clear();
+  absl::Status s = Inflate(&inflated);
+  if (s.ok()) s = DecideAndWritePrefix(inflated, inflated.size(), decide, sink);
+  if (s.ok()) sink(inflated);
+  Forget(&inflated);
+  if (!s.ok()) return s;
+  Forget(&held_);
   EndMessage(sink);
   return absl::OkStatus();
 }
@@ -311,7 +324,7 @@ absl::Status RequestFramer::DecideAndRelease(size_t head_length, Decide decide, 
   const uint64_t rest = remaining_;
   remaining_ = past_head.size();
   absl::Status s = FeedTail(&past_head, sink);
-  held_.clear();
+  Forget(&held_);
   if (!s.ok()) return s;
   if (state_ == State::kTail) remaining_ = rest;
   return absl::OkStatus();

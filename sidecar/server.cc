@@ -50,6 +50,7 @@ absl::StatusOr<std::unique_ptr<SidecarServer>> SidecarServer::Start(const Sideca
     options.listen = config.listen;
     options.threads = static_cast<int>(config.data_plane_threads);
     options.max_message_bytes = static_cast<uint32_t>(max_bytes);
+    options.memory_limit_bytes = static_cast<uint64_t>(config.memory_limit_bytes);
     if (config.tls) {
       absl::Status loaded;
       options.listener_tls = H2Tls(*config.tls, TlsSide::kListener, &loaded);

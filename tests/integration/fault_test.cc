@@ -1,17 +1,21 @@
 // Faults under load: the upstream killed and restarted, reloads good and bad, a provider that
-// hangs, thousands of idle streams. Real gRPC clients, the sidecar in-process, a real gRPC upstream on loopback; each test
+// hangs, thousands of idle streams, messages held past the memory limit. Real gRPC clients, the sidecar in-process, a real gRPC upstream on loopback; each test
 // bounded in time and requests.
 #include <arpa/inet.h>
+#include <grpcpp/generic/generic_stub.h>
 #include <grpcpp/grpcpp.h>
 #include <httplib.h>
 #include <netinet/in.h>
+#include <nghttp2/nghttp2.h>
 #include <poll.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include <atomic>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <map>
 #include <thread>
 
@@ -471,6 +475,193 @@ TEST_P(FaultTest, AProviderThatHangsNeverHoldsUpARequest) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Planes, FaultTest, testing::BothDataPlanes(), testing::PlaneName);
+
+// A hand-driven HTTP/2 client (libnghttp2) for what a gRPC client never does: a request message
+// sent only in part, its stream then left open.
+class PartialMessageClient {
+ public:
+  explicit PartialMessageClient(int port) {
+    fd_ = socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    addr.sin_port = htons(static_cast<uint16_t>(port));
+    if (connect(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) ADD_FAILURE() << "cannot connect";
+    nghttp2_session_callbacks* callbacks;
+    nghttp2_session_callbacks_new(&callbacks);
+    nghttp2_session_callbacks_set_send_callback(callbacks, &PartialMessageClient::SendBytes);
+    nghttp2_session_callbacks_set_on_header_callback(callbacks, &PartialMessageClient::OnHeader);
+    nghttp2_session_client_new(&session_, callbacks, this);
+    nghttp2_session_callbacks_del(callbacks);
+    nghttp2_submit_settings(session_, NGHTTP2_FLAG_NONE, nullptr, 0);
+  }
+  ~PartialMessageClient() {
+    nghttp2_session_del(session_);
+    close(fd_);
+  }
+
+  // Opens a ModelInfer call and sends `body` on it, without ending the stream.
+  int32_t Open(std::string body) {
+    auto nv = [](const char* name, const char* value) {
+      return nghttp2_nv{reinterpret_cast<uint8_t*>(const_cast<char*>(name)),
+                        reinterpret_cast<uint8_t*>(const_cast<char*>(value)), std::strlen(name), std::strlen(value),
+                        NGHTTP2_NV_FLAG_NONE};
+    };
+    const nghttp2_nv headers[] = {nv(":method", "POST"), nv(":scheme", "http"),
+                                  nv(":path", "/inference.GRPCInferenceService/ModelInfer"),
+                                  nv(":authority", "sidecar"), nv("content-type", "application/grpc"),
+                                  nv("te", "trailers")};
+    auto stream = std::make_unique<Stream>();
+    stream->body = std::move(body);
+    nghttp2_data_provider provider{};
+    provider.source.ptr = stream.get();
+    provider.read_callback = &PartialMessageClient::ReadBody;
+    const int32_t id = nghttp2_submit_request(session_, nullptr, headers, std::size(headers), &provider, nullptr);
+    streams_[id] = std::move(stream);
+    return id;
+  }
+
+  // Sends and receives until `done()` holds; false after 10 s, or when the sidecar closed first.
+  bool PumpUntil(const std::function<bool()>& done) {
+    const absl::Time deadline = absl::Now() + absl::Seconds(10);
+    uint8_t buffer[65536];
+    while (!done()) {
+      if (absl::Now() > deadline || nghttp2_session_send(session_) != 0) return false;
+      pollfd p{fd_, POLLIN, 0};
+      if (poll(&p, 1, 10) > 0) {
+        const ssize_t n = read(fd_, buffer, sizeof buffer);
+        if (n <= 0 || nghttp2_session_mem_recv(session_, buffer, static_cast<size_t>(n)) < 0) return done();
+      }
+    }
+    return true;
+  }
+  bool Sent(int32_t id) const { return streams_.at(id)->sent == streams_.at(id)->body.size(); }
+  std::optional<std::string> GrpcStatus(int32_t id) const { return streams_.at(id)->grpc_status; }
+  std::string GrpcMessage(int32_t id) const { return streams_.at(id)->grpc_message; }
+
+ private:
+  struct Stream {
+    std::string body;
+    size_t sent = 0;
+    std::optional<std::string> grpc_status;
+    std::string grpc_message;
+  };
+  static ssize_t SendBytes(nghttp2_session*, const uint8_t* data, size_t length, int, void* user) {
+    const int fd = static_cast<PartialMessageClient*>(user)->fd_;
+    for (size_t off = 0; off < length;) {
+      const ssize_t n = write(fd, data + off, length - off);
+      if (n <= 0) return NGHTTP2_ERR_CALLBACK_FAILURE;
+      off += static_cast<size_t>(n);
+    }
+    return static_cast<ssize_t>(length);
+  }
+  static ssize_t ReadBody(nghttp2_session*, int32_t, uint8_t* buf, size_t length, uint32_t*,
+                          nghttp2_data_source* source, void*) {
+    auto* stream = static_cast<Stream*>(source->ptr);
+    const size_t n = std::min(length, stream->body.size() - stream->sent);
+    if (n == 0) return NGHTTP2_ERR_DEFERRED;  // the stream stays open, the message unfinished
+    std::memcpy(buf, stream->body.data() + stream->sent, n);
+    stream->sent += n;
+    return static_cast<ssize_t>(n);
+  }
+  static int OnHeader(nghttp2_session*, const nghttp2_frame* frame, const uint8_t* name, size_t namelen,
+                      const uint8_t* value, size_t valuelen, uint8_t, void* user) {
+    auto& streams = static_cast<PartialMessageClient*>(user)->streams_;
+    auto it = streams.find(frame->hd.stream_id);
+    if (it == streams.end()) return 0;
+    const std::string_view n(reinterpret_cast<const char*>(name), namelen);
+    const std::string v(reinterpret_cast<const char*>(value), valuelen);
+    if (n == "grpc-status") it->second->grpc_status = v;
+    if (n == "grpc-message") it->second->grpc_message = v;
+    return 0;
+  }
+
+  int fd_ = -1;
+  nghttp2_session* session_ = nullptr;
+  std::map<int32_t, std::unique_ptr<Stream>> streams_;
+};
+
+// The h2 plane holds a routed message whose model name comes after its tensor whole (it cannot be
+// routed before). memory_limit_bytes bounds what all such messages hold together: the call that
+// would go past it ends RESOURCE_EXHAUSTED at once, the others carry on, and what the refused call
+// held is free again. (The gRPC plane's limit is gRPC's resource quota, tested end to end with an
+// oversized message in sidecar_e2e_test.py.)
+TEST(H2MemoryLimitTest, MessagesHeldForALateModelNameStopAtTheLimit) {
+  bench::FakeUpstreamOptions upstream_options;
+  upstream_options.models = kVariants;
+  auto upstream = bench::FakeUpstreamServer::Start("127.0.0.1:0", upstream_options);
+  ASSERT_TRUE(upstream.ok()) << upstream.status();
+  SidecarConfig config = testing::StaticSidecarConfig((*upstream)->port(), 150);
+  config.data_plane = SidecarConfig::DataPlane::kH2;
+  config.data_plane_threads = 1;          // one worker: its share is the whole limit
+  config.memory_limit_bytes = 16 << 20;   // the smallest the config accepts
+  auto sidecar = SidecarServer::Start(config);
+  ASSERT_TRUE(sidecar.ok()) << sidecar.status();
+  absl::Cleanup stop = [&] { (*sidecar)->Shutdown(absl::ZeroDuration()); };
+
+  // ModelInferRequest with raw_input_contents (field 7) first and model_name (field 1) last.
+  auto late_name_message = [](size_t tensor_bytes) {
+    std::string message = "\x3a";
+    for (size_t v = tensor_bytes; v != 0; v >>= 7) message += static_cast<char>((v & 0x7f) | (v >= 0x80 ? 0x80 : 0));
+    message += std::string(tensor_bytes, 'x');
+    message += "\x0a\x06resnet";
+    return message;
+  };
+  // A gRPC client's whole call with such a message: its status.
+  auto channel = grpc::CreateChannel(absl::StrCat("127.0.0.1:", (*sidecar)->port()), grpc::InsecureChannelCredentials());
+  grpc::GenericStub stub(channel);
+  auto call = [&](const std::string& message) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(10)));
+    grpc::Slice slice(message);
+    grpc::ByteBuffer request(&slice, 1), response;
+    grpc::Status status;
+    absl::Notification done;
+    stub.UnaryCall(&ctx, "/inference.GRPCInferenceService/ModelInfer", grpc::StubOptions(), &request, &response,
+                   [&](grpc::Status s) {
+                     status = std::move(s);
+                     done.Notify();
+                   });
+    done.WaitForNotification();
+    return status;
+  };
+
+  const std::string big = late_name_message(3 << 20);
+  std::string framed = {0, static_cast<char>(big.size() >> 24), static_cast<char>(big.size() >> 16),
+                        static_cast<char>(big.size() >> 8), static_cast<char>(big.size())};
+  framed += big;
+  const std::string part = framed.substr(0, (5 << 20) / 2);  // 2.5 MiB of it
+  {
+    PartialMessageClient client((*sidecar)->port());
+    std::vector<int32_t> held;
+    // Six parts hold 15 MiB: under the limit, each call waits for the rest of its message.
+    for (int i = 0; i < 6; ++i) {
+      const int32_t id = client.Open(part);
+      ASSERT_TRUE(client.PumpUntil([&] { return client.Sent(id); })) << "call " << i << " was not read";
+      held.push_back(id);
+    }
+    // The seventh would hold 17.5 MiB.
+    const int32_t refused = client.Open(part);
+    ASSERT_TRUE(client.PumpUntil([&] { return client.GrpcStatus(refused).has_value(); }));
+    EXPECT_EQ(client.GrpcStatus(refused), "8");  // RESOURCE_EXHAUSTED
+    EXPECT_THAT(client.GrpcMessage(refused), HasSubstr("memory_limit_bytes"));
+    for (int32_t id : held) EXPECT_FALSE(client.GrpcStatus(id).has_value()) << "stream " << id;
+    EXPECT_EQ((*upstream)->service().received_count(), 0u);
+
+    // What the refused call held (about 1 MiB when it crossed the limit) is free again: a 602 KB
+    // image with a late name fits beside the six (15.6 MiB), is routed and served.
+    const grpc::Status beside = call(late_name_message(602112));
+    EXPECT_TRUE(beside.ok()) << beside.error_code() << " " << beside.error_message();
+    // But a 3 MiB one does not.
+    EXPECT_EQ(call(big).error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  }
+  // The six go with their connection (once the sidecar has seen it close): a 3 MiB one fits now.
+  EXPECT_TRUE(PollUntil([&] { return call(big).ok(); }));
+  const std::vector<bench::ReceivedRequest> received = (*upstream)->service().received();
+  ASSERT_EQ(received.size(), 2u);
+  for (const auto& r : received) EXPECT_EQ(r.model_name, "resnet101");
+  EXPECT_EQ(received[1].raw_input_bytes, 3u << 20);
+}
 
 }  // namespace
 }  // namespace carbon::sidecar
