@@ -255,8 +255,11 @@ struct H2Proxy::Worker {
   // Request bytes the calls hold past flow control (their window already given back): routed
   // messages held for their name, requests kept for a failover. Bounded by held_budget, this
   // worker's share of memory_limit_bytes.
-  size_t held_bytes = 0;
+  // Written by the worker only; atomic so that stats() may read them from another thread.
+  std::atomic<size_t> held_bytes{0};
   size_t held_budget = SIZE_MAX;
+  std::atomic<int64_t> open_clients{0}, open_upstreams{0};
+  std::atomic<uint64_t> clients_total{0}, upstreams_total{0}, client_tls_failures{0}, upstream_tls_failures{0};
   nghttp2_session_callbacks* server_callbacks = nullptr;
   nghttp2_session_callbacks* client_callbacks = nullptr;
   nghttp2_option* session_option = nullptr;
@@ -312,6 +315,12 @@ bool Connection::WriteOut() {
   return true;
 }
 
+// For counters only their worker writes: a plain load and store, no locked instruction.
+template <typename T>
+void Add(std::atomic<T>& counter, T delta) {
+  counter.store(counter.load(std::memory_order_relaxed) + delta, std::memory_order_relaxed);
+}
+
 void Connection::ScheduleFlush() {
   if (!flush_scheduled) {
     flush_scheduled = true;
@@ -344,6 +353,7 @@ bool Connection::Handshake() {
       return true;
     }
     failure = absl::StrCat("the TLS handshake failed: ", TlsErrorText(ssl));
+    Add<uint64_t>(is_upstream() ? worker->upstream_tls_failures : worker->client_tls_failures, 1);
     return false;
   }
   handshake_done = true;
@@ -394,7 +404,7 @@ void WatchSocket(Connection* c, event_base* base, bool read_now);
 // Brings the worker's held_bytes up to date with what the call holds now.
 void Recount(Call* call) {
   const size_t held = (call->framer ? call->framer->held_bytes() : 0) + call->kept_request.size();
-  call->worker->held_bytes = call->worker->held_bytes - call->held_counted + held;
+  Add(call->worker->held_bytes, held - call->held_counted);  // modulo 2^64: a decrease too
   call->held_counted = held;
 }
 
@@ -409,7 +419,7 @@ void ReleaseRequest(Call* call) {
 
 void MaybeDelete(Call* call) {
   if (!call->client_closed || (call->upstream_id >= 0 && !call->upstream_closed)) return;
-  call->worker->held_bytes -= call->held_counted;
+  Add(call->worker->held_bytes, 0 - call->held_counted);
   if (call->upstream != nullptr) {
     UpstreamConnection* up = call->upstream;
     up->calls.erase(call->in_upstream);
@@ -530,8 +540,9 @@ void FailCall(Call* call, int code, std::string message) {
     nghttp2_nv nv[] = {Nv(":status", "200"), Nv("content-type", "application/grpc"), Nv("grpc-status", code_text),
                        Nv("grpc-message", encoded)};
     nghttp2_submit_response(call->client->session, call->client_id, nv, encoded.empty() ? 3 : 4, nullptr);
-    // What the client still sends is read and dropped (OnClientData). A RST_STREAM(NO_ERROR) could
-    // overtake the HEADERS in nghttp2's queue, and gRPC clients then report INTERNAL.
+    // What the client still sends is read and dropped (OnClientData) until the stream is reset once
+    // these headers are out (OnClientFrameSent): a RST_STREAM submitted now could overtake them in
+    // nghttp2's queue, and gRPC clients then report INTERNAL.
   } else {
     evbuffer_drain(call->to_client, evbuffer_get_length(call->to_client));
     nghttp2_session_resume_data(call->client->session, call->client_id);
@@ -594,9 +605,10 @@ void TakeRequestBytes(Call* call, std::string_view bytes) {
   const size_t counted_before = call->held_counted;
   Recount(call);
   Worker* worker = call->worker;
-  if (call->held_counted > counted_before && worker->held_bytes > worker->held_budget) {
+  const size_t worker_held = worker->held_bytes.load(std::memory_order_relaxed);
+  if (call->held_counted > counted_before && worker_held > worker->held_budget) {
     FailCall(call, kGrpcResourceExhausted,
-             absl::StrCat("the sidecar holds ", worker->held_bytes, " bytes of requests not yet passed on, past its ",
+             absl::StrCat("the sidecar holds ", worker_held, " bytes of requests not yet passed on, past its ",
                           "memory_limit_bytes share of ", worker->held_budget));
     ReleaseRequest(call);
     return;
@@ -784,6 +796,21 @@ void CloseClientSide(Call* call, uint32_t error_code) {
   MaybeDelete(call);
 }
 
+// A response that ended before its request did: the rest of the request is not wanted. As gRPC
+// servers do (RFC 9113 §8.1), the stream is reset with NO_ERROR, after the trailers so that it
+// cannot overtake them, and the call is freed without waiting for a client that may never finish.
+int OnClientFrameSent(nghttp2_session* session, const nghttp2_frame* frame, void*) {
+  if ((frame->hd.type != NGHTTP2_HEADERS && frame->hd.type != NGHTTP2_DATA) ||
+      !(frame->hd.flags & NGHTTP2_FLAG_END_STREAM)) {
+    return 0;
+  }
+  auto* call = static_cast<Call*>(nghttp2_session_get_stream_user_data(session, frame->hd.stream_id));
+  if (call != nullptr && !call->client_ended) {
+    nghttp2_submit_rst_stream(session, NGHTTP2_FLAG_NONE, frame->hd.stream_id, NGHTTP2_NO_ERROR);
+  }
+  return 0;
+}
+
 int OnClientStreamClose(nghttp2_session* session, int32_t stream_id, uint32_t error_code, void*) {
   auto* call = static_cast<Call*>(nghttp2_session_get_stream_user_data(session, stream_id));
   if (call != nullptr) CloseClientSide(call, error_code);
@@ -967,6 +994,7 @@ nghttp2_session_callbacks* MakeCallbacks(bool server) {
     nghttp2_session_callbacks_set_on_frame_recv_callback(cb, OnClientFrame);
     nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cb, OnClientData);
     nghttp2_session_callbacks_set_on_stream_close_callback(cb, OnClientStreamClose);
+    nghttp2_session_callbacks_set_on_frame_send_callback(cb, OnClientFrameSent);
   } else {
     nghttp2_session_callbacks_set_on_header_callback(cb, OnUpstreamHeader);
     nghttp2_session_callbacks_set_on_frame_recv_callback(cb, OnUpstreamFrame);
@@ -1065,6 +1093,8 @@ void H2Proxy::Worker::Accept(evutil_socket_t fd) {
     nghttp2_submit_goaway(conn->session, NGHTTP2_FLAG_NONE, 0, NGHTTP2_NO_ERROR, nullptr, 0);
   }
   clients.push_back(conn);
+  Add<int64_t>(open_clients, 1);
+  Add<uint64_t>(clients_total, 1);
   conn->ScheduleFlush();
   FlushPending();
 }
@@ -1087,6 +1117,7 @@ void H2Proxy::Worker::CloseConnection(Connection* c) {
       MaybeDelete(call);
     }
     all_upstreams.erase(std::find(all_upstreams.begin(), all_upstreams.end(), up));
+    Add<int64_t>(open_upstreams, -1);
   } else {
     auto* client = static_cast<ClientConnection*>(c);
     // nghttp2_session_del does not close streams through callbacks: close them here.
@@ -1095,6 +1126,7 @@ void H2Proxy::Worker::CloseConnection(Connection* c) {
     std::list<Call*> calls = client->calls;
     for (Call* call : calls) CloseClientSide(call, NGHTTP2_CANCEL);
     clients.erase(std::find(clients.begin(), clients.end(), client));
+    Add<int64_t>(open_clients, -1);
   }
   to_flush.erase(std::remove(to_flush.begin(), to_flush.end(), c), to_flush.end());
   if (c->ssl != nullptr && c->handshake_done) {
@@ -1168,6 +1200,8 @@ UpstreamConnection* H2Proxy::Worker::UpstreamFor(const UpstreamAddress& address,
   event_add(up->write_event, nullptr);
   upstreams[up->target] = up;
   all_upstreams.push_back(up);
+  Add<int64_t>(open_upstreams, 1);
+  Add<uint64_t>(upstreams_total, 1);
   return up;
 }
 
@@ -1257,6 +1291,22 @@ int H2Proxy::active_calls() const {
   int n = 0;
   for (const auto& w : workers_) n += w->active_calls.load(std::memory_order_acquire);
   return n;
+}
+
+H2ProxyStats H2Proxy::stats() const {
+  H2ProxyStats s;
+  constexpr auto kRelaxed = std::memory_order_relaxed;
+  for (const auto& w : workers_) {
+    s.open_client_connections += w->open_clients.load(kRelaxed);
+    s.open_upstream_connections += w->open_upstreams.load(kRelaxed);
+    s.client_connections_total += w->clients_total.load(kRelaxed);
+    s.upstream_connections_total += w->upstreams_total.load(kRelaxed);
+    s.client_tls_failures_total += w->client_tls_failures.load(kRelaxed);
+    s.upstream_tls_failures_total += w->upstream_tls_failures.load(kRelaxed);
+    s.calls_in_flight += w->active_calls.load(kRelaxed);
+    s.held_request_bytes += w->held_bytes.load(kRelaxed);
+  }
+  return s;
 }
 
 void H2Proxy::Shutdown(absl::Duration drain) {

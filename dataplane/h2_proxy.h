@@ -78,6 +78,18 @@ struct H2ProxyOptions {
   std::shared_ptr<TlsContext> listener_tls;
 };
 
+// What the plane is doing, summed over its workers (each figure read on its own: not one instant).
+struct H2ProxyStats {
+  int64_t open_client_connections = 0;
+  int64_t open_upstream_connections = 0;
+  uint64_t client_connections_total = 0;    // accepted since start
+  uint64_t upstream_connections_total = 0;  // dialled since start
+  uint64_t client_tls_failures_total = 0;   // client handshakes that failed (no or an untrusted certificate, no h2...)
+  uint64_t upstream_tls_failures_total = 0;
+  int64_t calls_in_flight = 0;
+  uint64_t held_request_bytes = 0;  // held past flow control (see memory_limit_bytes)
+};
+
 // A gRPC proxy that moves HTTP/2 frames between connections (libnghttp2 for the protocol,
 // libevent for the sockets), the way nginx and Envoy do, instead of receiving and re-sending whole
 // messages through a gRPC library. Each worker thread accepts on its own SO_REUSEPORT socket and
@@ -98,6 +110,7 @@ class H2Proxy {
   int port() const;
   // Calls not yet ended and freed, on every worker.
   int active_calls() const;
+  H2ProxyStats stats() const;
   // Stops accepting, sends GOAWAY to every client, lets calls in flight end for up to `drain`,
   // then closes every connection and joins the workers.
   void Shutdown(absl::Duration drain);

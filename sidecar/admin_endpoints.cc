@@ -50,6 +50,7 @@ class MetricsRenderer {
     Intensity(snapshot_.source());
     Clusters();
     Proxy();
+    H2Plane();
     ReloadsAndBuild();
     return w_.Finish();
   }
@@ -599,6 +600,32 @@ class MetricsRenderer {
     const ProxyCounters& proxy = sources_.proxy;
     w_.Sample({{"reason", "malformed"}}, static_cast<double>(proxy.malformed.load(std::memory_order_relaxed)));
     w_.Sample({{"reason", "bad_control"}}, static_cast<double>(proxy.bad_controls.load(std::memory_order_relaxed)));
+  }
+
+  // The HTTP/2 data plane's connections and what it holds; absent on the gRPC plane.
+  void H2Plane() {
+    if (sources_.h2 == nullptr) return;
+    const dataplane::H2ProxyStats s = sources_.h2->stats();
+    w_.Family("carbon_sidecar_h2_open_connections", MetricType::kGauge,
+              "HTTP/2 connections open now on the h2 data plane: from clients, and to upstreams.");
+    w_.Sample({{"side", "client"}}, static_cast<double>(s.open_client_connections));
+    w_.Sample({{"side", "upstream"}}, static_cast<double>(s.open_upstream_connections));
+    w_.Family("carbon_sidecar_h2_connections_total", MetricType::kCounter,
+              "HTTP/2 connections the h2 data plane accepted from clients, and dialled to upstreams.");
+    w_.Sample({{"side", "client"}}, static_cast<double>(s.client_connections_total));
+    w_.Sample({{"side", "upstream"}}, static_cast<double>(s.upstream_connections_total));
+    w_.Family("carbon_sidecar_h2_tls_handshake_failures_total", MetricType::kCounter,
+              "TLS handshakes that failed: clients refused (no certificate, one from another CA, no h2), "
+              "or upstreams not trusted or refusing the sidecar.");
+    w_.Sample({{"side", "client"}}, static_cast<double>(s.client_tls_failures_total));
+    w_.Sample({{"side", "upstream"}}, static_cast<double>(s.upstream_tls_failures_total));
+    w_.Family("carbon_sidecar_h2_calls_in_flight", MetricType::kGauge,
+              "Calls (HTTP/2 streams from clients) the h2 data plane has not yet ended and freed.");
+    w_.Sample({}, static_cast<double>(s.calls_in_flight));
+    w_.Family("carbon_sidecar_h2_held_request_bytes", MetricType::kGauge,
+              "Request bytes held past flow control (messages held whole for a late model name, requests "
+              "kept for a failover); bounded by memory_limit_bytes.");
+    w_.Sample({}, static_cast<double>(s.held_request_bytes));
   }
 
   void ReloadsAndBuild() {

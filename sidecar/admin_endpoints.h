@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <string>
 
+#include "dataplane/h2_proxy.h"
 #include "sidecar/config.h"
 #include "sidecar/proxy.h"
 #include "sidecar/routing.h"
@@ -23,6 +24,7 @@ struct MetricsSources {
   const RoutingSnapshot& snapshot;
   const ProxyCounters& proxy;
   const ReloadCounters& reloads;
+  const dataplane::H2Proxy* h2 = nullptr;  // set on the h2 data plane
 };
 
 // The Prometheus exposition (text 0.0.4, or OpenMetrics 1.0 when `open_metrics`); docs/metrics.md lists the families.

@@ -109,7 +109,7 @@ std::map<std::string, telemetry::AdminHandler> SidecarServer::AdminHandlers() {
     const std::shared_ptr<const RoutingSnapshot> snapshot = publisher_->snapshots().Load();
     telemetry::AdminResponse response;
     response.content_type = open_metrics ? telemetry::kOpenMetricsType : telemetry::kPrometheusTextType;
-    response.body = RenderMetrics({*snapshot, counters(), reloads_}, open_metrics);
+    response.body = RenderMetrics({*snapshot, counters(), reloads_, h2_.get()}, open_metrics);
     return response;
   };
   handlers["/healthz"] = [](const telemetry::AdminRequest&) {

@@ -26,12 +26,14 @@
 #include "telemetry/providers/kinds.h"
 #include "sidecar/server.h"
 #include "tests/support/paper_pool.h"
+#include "tests/support/poll.h"
 #include "tests/support/static_sidecar_config.h"
 
 namespace carbon::sidecar {
 namespace {
 
 using ::testing::HasSubstr;
+using testing::PollUntil;
 
 constexpr double kE34 = testing::kResnetEnergyMj[0], kE50 = testing::kResnetEnergyMj[1],
                  kE101 = testing::kResnetEnergyMj[2];
@@ -255,6 +257,36 @@ TEST_F(AdminTest, EveryFamilyHasHelpAndTypeOnceBeforeItsSamples) {
   for (const auto& [name, count] : types) EXPECT_EQ(count, 1) << name;
   EXPECT_GE(types.size(), 20u);
   EXPECT_TRUE(std::regex_search(res->body, std::regex("carbon_sidecar_build_info\\{version=\"0\\.1\\.0\",revision=\"[0-9a-f]+|unknown\"\\} 1")));
+}
+
+// The h2 data plane's own families: connections both ways, calls in flight, bytes held.
+TEST(H2PlaneMetricsTest, ConnectionsCallsAndHeldBytesAreExported) {
+  bench::FakeUpstreamOptions options;
+  options.models = {"resnet34", "resnet50", "resnet101", "resnet152"};
+  auto upstream = bench::FakeUpstreamServer::Start("127.0.0.1:0", options);
+  ASSERT_TRUE(upstream.ok());
+  SidecarConfig config = Config((*upstream)->port(), 200);
+  config.data_plane = SidecarConfig::DataPlane::kH2;
+  auto sidecar = SidecarServer::Start(config);
+  ASSERT_TRUE(sidecar.ok()) << sidecar.status();
+  SidecarClient client(**sidecar);
+  for (int i = 0; i < 3; ++i) {
+    grpc::ClientContext ctx;
+    inference::ModelInferResponse response;
+    ASSERT_TRUE(client.stub->ModelInfer(&ctx, Request(1), &response).ok());
+  }
+  // One client connection, carried by one worker, which dialled the upstream once.
+  EXPECT_EQ(client.Sample("carbon_sidecar_h2_connections_total{side=\"client\"}"), 1);
+  EXPECT_EQ(client.Sample("carbon_sidecar_h2_connections_total{side=\"upstream\"}"), 1);
+  EXPECT_EQ(client.Sample("carbon_sidecar_h2_open_connections{side=\"client\"}"), 1);
+  EXPECT_EQ(client.Sample("carbon_sidecar_h2_open_connections{side=\"upstream\"}"), 1);
+  EXPECT_EQ(client.Sample("carbon_sidecar_h2_tls_handshake_failures_total{side=\"client\"}"), 0);
+  EXPECT_TRUE(PollUntil([&] { return client.Sample("carbon_sidecar_h2_calls_in_flight") == 0; }));
+  EXPECT_EQ(client.Sample("carbon_sidecar_h2_held_request_bytes"), 0);
+  auto res = client.http.Get("/metrics");
+  ASSERT_TRUE(res);
+  ExpectPromtoolAccepts(res->body);
+  (*sidecar)->Shutdown(absl::ZeroDuration());
 }
 
 TEST_F(AdminTest, SelectionExplainsTheChoice) {

@@ -598,6 +598,12 @@ TEST(H2MemoryLimitTest, MessagesHeldForALateModelNameStopAtTheLimit) {
   auto sidecar = SidecarServer::Start(config);
   ASSERT_TRUE(sidecar.ok()) << sidecar.status();
   absl::Cleanup stop = [&] { (*sidecar)->Shutdown(absl::ZeroDuration()); };
+  httplib::Client admin("127.0.0.1", (*sidecar)->admin_port());
+  auto Sample = [&](const std::string& name) {
+    auto res = admin.Get("/metrics");
+    return res ? SumSamples(res->body, name) : -1.0;
+  };
+  auto HeldBytes = [&] { return Sample("carbon_sidecar_h2_held_request_bytes"); };
 
   // ModelInferRequest with raw_input_contents (field 7) first and model_name (field 1) last.
   auto late_name_message = [](size_t tensor_bytes) {
@@ -647,6 +653,12 @@ TEST(H2MemoryLimitTest, MessagesHeldForALateModelNameStopAtTheLimit) {
     EXPECT_THAT(client.GrpcMessage(refused), HasSubstr("memory_limit_bytes"));
     for (int32_t id : held) EXPECT_FALSE(client.GrpcStatus(id).has_value()) << "stream " << id;
     EXPECT_EQ((*upstream)->service().received_count(), 0u);
+    // /metrics counts what the six hold (their 2.5 MiB each, less the 5-byte prefix kept apart),
+    // nothing of the seventh.
+    EXPECT_EQ(HeldBytes(), 6.0 * static_cast<double>(part.size() - 5));
+    // The refused call is over (its stream reset after its status, as gRPC servers do): six remain.
+    EXPECT_TRUE(PollUntil([&] { return Sample("carbon_sidecar_h2_calls_in_flight") == 6; }))
+        << Sample("carbon_sidecar_h2_calls_in_flight");
 
     // What the refused call held (about 1 MiB when it crossed the limit) is free again: a 602 KB
     // image with a late name fits beside the six (15.6 MiB), is routed and served.
@@ -657,6 +669,7 @@ TEST(H2MemoryLimitTest, MessagesHeldForALateModelNameStopAtTheLimit) {
   }
   // The six go with their connection (once the sidecar has seen it close): a 3 MiB one fits now.
   EXPECT_TRUE(PollUntil([&] { return call(big).ok(); }));
+  EXPECT_TRUE(PollUntil([&] { return HeldBytes() == 0; })) << HeldBytes();
   const std::vector<bench::ReceivedRequest> received = (*upstream)->service().received();
   ASSERT_EQ(received.size(), 2u);
   for (const auto& r : received) EXPECT_EQ(r.model_name, "resnet101");
