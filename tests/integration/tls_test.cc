@@ -2,6 +2,7 @@
 // openssl at test time: a real TLS client, the sidecar in-process, and a real gRPC upstream that
 // demands a client certificate.
 #include <grpcpp/grpcpp.h>
+#include <httplib.h>
 #include <grpcpp/security/server_credentials.h>
 
 #include <algorithm>
@@ -18,6 +19,7 @@
 #include "bench/fake_upstream.h"
 #include "inference/grpc_service.grpc.pb.h"
 #include "sidecar/server.h"
+#include "tests/support/metric_samples.h"
 #include "tests/support/poll.h"
 #include "tests/support/static_sidecar_config.h"
 #include "tests/support/throwaway_pki.h"
@@ -123,6 +125,13 @@ class TlsTest : public ::testing::TestWithParam<SidecarConfig::DataPlane> {
     return status;
   }
 
+  // A sample summed over the lines of /metrics that carry `label`.
+  double H2Sample(const std::string& name, const std::string& label) {
+    httplib::Client admin("127.0.0.1", sidecar_->admin_port());
+    auto res = admin.Get("/metrics");
+    return res ? testing::SumSamples(res->body, name, {label}) : -1;
+  }
+
   std::optional<ThrowawayPki> pki_, other_;
   std::unique_ptr<bench::FakeUpstreamServer> upstream_;
   std::unique_ptr<SidecarServer> sidecar_;
@@ -198,6 +207,11 @@ TEST_P(TlsTest, ClientsWithoutAValidCertificateAreRefused) {
   EXPECT_EQ(upstream_->service().received_count(), 0u);
   // The refusals cost nothing to a client that has a certificate.
   EXPECT_TRUE(Infer(Channel(*pki_, "gateway"), &response).ok());
+  // The h2 plane counts them (a gRPC client may try a refused handshake more than once).
+  if (GetParam() == SidecarConfig::DataPlane::kH2) {
+    EXPECT_GE(H2Sample("carbon_sidecar_h2_tls_handshake_failures_total", "side=\"client\""), 3);
+    EXPECT_EQ(H2Sample("carbon_sidecar_h2_tls_handshake_failures_total", "side=\"upstream\""), 0);
+  }
 }
 
 TEST_P(TlsTest, ServerAuthenticationOnlyWithoutAClientCa) {
@@ -219,6 +233,9 @@ TEST_P(TlsTest, AnUpstreamCertificateFromAnotherCaIsNotTrusted) {
   // The client is told why (OpenSSL's reason, on both planes).
   EXPECT_THAT(status.error_message(), HasSubstr("certificate verify failed"));
   EXPECT_EQ(upstream_->service().received_count(), 0u);
+  if (GetParam() == SidecarConfig::DataPlane::kH2) {
+    EXPECT_GE(H2Sample("carbon_sidecar_h2_tls_handshake_failures_total", "side=\"upstream\""), 1);
+  }
 }
 
 TEST_P(TlsTest, TheUpstreamRefusesASidecarWithoutAClientCertificate) {
