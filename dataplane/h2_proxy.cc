@@ -1,6 +1,8 @@
 #include "dataplane/h2_proxy.h"
 
+#include <arpa/inet.h>
 #include <event2/buffer.h>
+#include <event2/dns.h>
 #include <event2/event.h>
 #include <event2/listener.h>
 #include <event2/thread.h>
@@ -226,10 +228,23 @@ struct ClientConnection final : Connection {
   bool is_upstream() const override { return false; }
 };
 
+// One name lookup for an upstream connection. libevent may call back after the connection is gone
+// (a cancelled lookup is answered from the loop): the worker owns these until they are answered.
+struct Resolution {
+  H2Proxy::Worker* worker = nullptr;
+  UpstreamConnection* up = nullptr;  // null once the connection no longer waits for it
+  evdns_getaddrinfo_request* request = nullptr;
+  bool answered = false;
+  int error = 0;  // when answered inline, what evdns said
+  evutil_addrinfo* addresses = nullptr;
+};
+
 struct UpstreamConnection final : Connection {
   std::string target;
+  std::string host, port;
   std::list<Call*> calls;
   bool retired = false;  // no longer the one new calls to its target use
+  Resolution* resolving = nullptr;  // while its name is being looked up (no socket yet)
   bool is_upstream() const override { return true; }
 };
 
@@ -249,6 +264,9 @@ struct H2Proxy::Worker {
   std::vector<UpstreamConnection*> all_upstreams;
   std::unique_ptr<uint8_t[]> read_buffer{new uint8_t[kReadBufferBytes]};
   std::unique_ptr<uint8_t[]> tls_record{new uint8_t[kMaxTlsRecord]};  // what one SSL_write encrypts
+  // Upstream names are looked up without blocking the loop (made when first needed).
+  evdns_base* dns = nullptr;
+  std::unordered_map<Resolution*, std::unique_ptr<Resolution>> resolutions;
   bool draining = false;
   bool stopping = false;  // no new upstream connections: the worker is closing everything
   std::atomic<int> active_calls{0};  // read by Shutdown from another thread
@@ -269,6 +287,9 @@ struct H2Proxy::Worker {
   void Accept(evutil_socket_t fd);
   void CloseConnection(Connection* c);
   UpstreamConnection* UpstreamFor(const UpstreamAddress& address, std::string* error);
+  // Opens the connection's socket to the first of `addresses`; false (and `failure` set) if it cannot.
+  bool Dial(UpstreamConnection* up, const evutil_addrinfo* addresses);
+  void Resolved(Resolution* resolution, int error, evutil_addrinfo* addresses);
   void Drain();
   // An upstream connection new calls no longer use: closed when its last call has ended.
   void Retire(UpstreamConnection* up);
@@ -1051,6 +1072,10 @@ absl::StatusOr<evutil_socket_t> BindReusePort(const std::string& host, int port)
 H2Proxy::Worker::~Worker() {
   for (ClientConnection* c : clients) delete c;
   for (UpstreamConnection* u : all_upstreams) delete u;
+  if (dns) evdns_base_free(dns, /*fail_requests=*/0);
+  for (auto& [r, owned] : resolutions) {
+    if (owned->addresses) evutil_freeaddrinfo(owned->addresses);
+  }
   if (listener) evconnlistener_free(listener);
   if (drain_event) event_free(drain_event);
   if (stop_event) event_free(stop_event);
@@ -1104,6 +1129,12 @@ void H2Proxy::Worker::CloseConnection(Connection* c) {
   c->closing = true;
   if (c->is_upstream()) {
     auto* up = static_cast<UpstreamConnection*>(c);
+    if (up->resolving != nullptr) {
+      Resolution* lookup = up->resolving;
+      up->resolving = nullptr;
+      lookup->up = nullptr;
+      if (lookup->request != nullptr && !lookup->answered) evdns_getaddrinfo_cancel(lookup->request);
+    }
     auto it = upstreams.find(up->target);
     if (it != upstreams.end() && it->second == up) upstreams.erase(it);
     // Every call on it ends UNAVAILABLE; their client streams live on until their trailers go.
@@ -1157,30 +1188,14 @@ UpstreamConnection* H2Proxy::Worker::UpstreamFor(const UpstreamAddress& address,
     *error = std::string(host_port.status().message());
     return nullptr;
   }
-  addrinfo hints{};
-  hints.ai_family = AF_UNSPEC;
-  hints.ai_socktype = SOCK_STREAM;
-  addrinfo* res = nullptr;
-  if (int rc = getaddrinfo(host_port->first.c_str(), host_port->second.c_str(), &hints, &res); rc != 0) {
-    *error = absl::StrCat("cannot resolve the upstream ", ToAbsl(target), ": ", gai_strerror(rc));
-    return nullptr;
-  }
   auto* up = new UpstreamConnection();
   up->worker = this;
   up->target = std::string(target);
-  up->fd = socket(res->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-  const int one = 1;
-  setsockopt(up->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-  const int rc = connect(up->fd, res->ai_addr, res->ai_addrlen);
-  const int connect_errno = errno;
-  freeaddrinfo(res);
-  if (rc != 0 && connect_errno != EINPROGRESS) {
-    *error = absl::StrCat("cannot connect to the upstream ", ToAbsl(target), ": ", std::strerror(connect_errno));
-    delete up;
-    return nullptr;
-  }
+  up->host = host_port->first;
+  up->port = host_port->second;
+  up->connected = false;  // until the name is known and the connect has completed
   if (tls != nullptr) {
-    auto ssl = tls->NewSession(host_port->first);
+    auto ssl = tls->NewSession(up->host);
     if (!ssl.ok()) {
       *error = absl::StrCat("cannot start TLS to the upstream ", ToAbsl(target), ": ", ssl.status().message());
       delete up;
@@ -1188,21 +1203,118 @@ UpstreamConnection* H2Proxy::Worker::UpstreamFor(const UpstreamAddress& address,
     }
     up->ssl = *ssl;
     up->tls = *address.tls;
-    SSL_set_fd(up->ssl, up->fd);
   }
+  // Frames wait in the output until the connection is up.
   nghttp2_session_client_new2(&up->session, client_callbacks, up, session_option);
   SubmitSettings(up->session, options, /*server=*/false);
-  // Until the connect completes (the socket turns writable, even when connect() already returned
-  // 0), frames wait in the output; the TLS handshake starts then.
-  up->connected = false;
-  WatchSocket(up, base, /*read_now=*/false);
-  up->write_armed = true;
-  event_add(up->write_event, nullptr);
+
+  // Numeric addresses and /etc/hosts names are answered at once, inside evdns_getaddrinfo; names
+  // that need a DNS server are answered later, from the loop (Resolved), while the worker serves on.
+  if (dns == nullptr) {
+    dns = evdns_base_new(base, options.nameservers.empty() ? EVDNS_BASE_INITIALIZE_NAMESERVERS : 0);
+    if (dns != nullptr && !options.nameservers.empty()) {
+      evdns_base_load_hosts(dns, "/etc/hosts");
+      for (const std::string& server : options.nameservers) evdns_base_nameserver_ip_add(dns, server.c_str());
+    }
+  }
+  auto owned = std::make_unique<Resolution>();
+  Resolution* lookup = owned.get();
+  resolutions.emplace(lookup, std::move(owned));
+  lookup->worker = this;
+  lookup->up = up;
+  up->resolving = lookup;
+  evutil_addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_protocol = IPPROTO_TCP;
+  auto answered = [](int result, evutil_addrinfo* addresses, void* arg) {
+    auto* r = static_cast<Resolution*>(arg);
+    if (r->up == nullptr) {  // cancelled: the connection is gone
+      if (addresses) evutil_freeaddrinfo(addresses);
+      r->worker->resolutions.erase(r);
+      return;
+    }
+    if (r->request == nullptr && !r->answered) {
+      // Inline (inside evdns_getaddrinfo): UpstreamFor takes it from here.
+      r->answered = true;
+      r->error = result;
+      r->addresses = addresses;
+      return;
+    }
+    r->answered = true;
+    r->up->worker->Resolved(r, result, addresses);
+  };
+  lookup->request = dns == nullptr ? nullptr
+                                   : evdns_getaddrinfo(dns, up->host.c_str(), up->port.c_str(), &hints, answered, lookup);
+  if (dns == nullptr) {
+    lookup->answered = true;
+    lookup->error = EVUTIL_EAI_FAIL;
+  }
+  if (lookup->answered) {
+    // Answered at once: dial now, or refuse the call with why.
+    up->resolving = nullptr;
+    const int lookup_error = lookup->error;
+    evutil_addrinfo* addresses = lookup->addresses;
+    resolutions.erase(lookup);
+    if (lookup_error != 0) {
+      *error = absl::StrCat("cannot resolve the upstream ", ToAbsl(target), ": ", evutil_gai_strerror(lookup_error));
+      delete up;
+      return nullptr;
+    }
+    const bool dialled = Dial(up, addresses);
+    evutil_freeaddrinfo(addresses);
+    if (!dialled) {
+      *error = absl::StrCat("cannot connect to the upstream ", ToAbsl(target), ": ", up->failure);
+      delete up;
+      return nullptr;
+    }
+  }
   upstreams[up->target] = up;
   all_upstreams.push_back(up);
   Add<int64_t>(open_upstreams, 1);
   Add<uint64_t>(upstreams_total, 1);
   return up;
+}
+
+bool H2Proxy::Worker::Dial(UpstreamConnection* up, const evutil_addrinfo* addresses) {
+  if (addresses == nullptr) {
+    up->failure = "no address";
+    return false;
+  }
+  up->fd = socket(addresses->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (up->fd < 0) {
+    up->failure = std::strerror(errno);
+    return false;
+  }
+  const int one = 1;
+  setsockopt(up->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  if (connect(up->fd, addresses->ai_addr, static_cast<socklen_t>(addresses->ai_addrlen)) != 0 && errno != EINPROGRESS) {
+    up->failure = std::strerror(errno);
+    return false;
+  }
+  if (up->ssl != nullptr) SSL_set_fd(up->ssl, up->fd);
+  // The connect completes when the socket turns writable (even if connect() already returned 0);
+  // the TLS handshake, then the frames waiting in the output, go then.
+  WatchSocket(up, base, /*read_now=*/false);
+  up->write_armed = true;
+  event_add(up->write_event, nullptr);
+  return true;
+}
+
+void H2Proxy::Worker::Resolved(Resolution* lookup, int error, evutil_addrinfo* addresses) {
+  UpstreamConnection* up = lookup->up;
+  up->resolving = nullptr;
+  resolutions.erase(lookup);
+  bool dialled = false;
+  if (error != 0) {
+    up->failure = absl::StrCat("cannot resolve ", up->host, ": ", evutil_gai_strerror(error));
+  } else {
+    dialled = Dial(up, addresses);
+    if (!dialled) up->failure = absl::StrCat("cannot connect: ", up->failure);
+  }
+  if (addresses) evutil_freeaddrinfo(addresses);
+  if (!dialled) CloseConnection(up);
+  FlushPending();
 }
 
 void H2Proxy::Worker::Retire(UpstreamConnection* up) {

@@ -6,6 +6,7 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "absl/functional/function_ref.h"
 #include "absl/status/statusor.h"
@@ -74,6 +75,9 @@ struct H2ProxyOptions {
   // messages held whole for a late model name, requests kept for a failover. A call that would
   // hold more ends RESOURCE_EXHAUSTED. 0: no limit (each call is still bounded by max_message_bytes).
   uint64_t memory_limit_bytes = 0;
+  // DNS servers ("ip" or "ip:port") upstream names are looked up with, besides /etc/hosts; empty:
+  // those of /etc/resolv.conf. Lookups never block a worker.
+  std::vector<std::string> nameservers;
   // Null: the listener speaks plaintext HTTP/2 (h2c). Else TLS (mutual when the context has a CA).
   std::shared_ptr<TlsContext> listener_tls;
 };

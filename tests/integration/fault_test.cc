@@ -22,6 +22,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
@@ -30,6 +31,7 @@
 #include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
 #include "bench/fake_upstream.h"
+#include "dataplane/h2_proxy.h"
 #include "inference/grpc_service.grpc.pb.h"
 #include "sidecar/server.h"
 #include "tests/support/metric_samples.h"
@@ -580,6 +582,182 @@ class PartialMessageClient {
   nghttp2_session* session_ = nullptr;
   std::map<int32_t, std::unique_ptr<Stream>> streams_;
 };
+
+// A DNS server on loopback (UDP) for names under ".test": "slow.*" answered with 127.0.0.1 after
+// `delay`, "missing.*" with NXDOMAIN, others with 127.0.0.1 at once; AAAA questions get no answer.
+class LoopbackDnsServer {
+ public:
+  explicit LoopbackDnsServer(absl::Duration delay) : delay_(delay) {
+    fd_ = socket(AF_INET, SOCK_DGRAM, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof addr;
+    if (bind(fd_, reinterpret_cast<sockaddr*>(&addr), len) != 0 ||
+        getsockname(fd_, reinterpret_cast<sockaddr*>(&addr), &len) != 0) {
+      ADD_FAILURE() << "dns server cannot bind";
+    }
+    port_ = ntohs(addr.sin_port);
+    serving_ = std::thread([this] { Serve(); });
+  }
+  ~LoopbackDnsServer() {
+    stop_.store(true);
+    serving_.join();
+    for (auto& t : delayed_) t.join();
+    close(fd_);
+  }
+  std::string address() const { return absl::StrCat("127.0.0.1:", port_); }
+  int questions() const { return questions_.load(); }
+
+ private:
+  void Serve() {
+    uint8_t query[512];
+    while (!stop_.load()) {
+      pollfd p{fd_, POLLIN, 0};
+      if (poll(&p, 1, 20) <= 0) continue;
+      sockaddr_in from{};
+      socklen_t from_len = sizeof from;
+      const ssize_t n = recvfrom(fd_, query, sizeof query, 0, reinterpret_cast<sockaddr*>(&from), &from_len);
+      if (n < 17) continue;
+      ++questions_;
+      // The question: labels from byte 12, then QTYPE and QCLASS.
+      std::string name;
+      size_t at = 12;
+      while (at < static_cast<size_t>(n) && query[at] != 0) {
+        name.append(reinterpret_cast<const char*>(query + at + 1), query[at]).append(".");
+        at += query[at] + 1;
+      }
+      name = absl::AsciiStrToLower(name);  // resolvers may randomise the case (DNS 0x20)
+      const size_t question_end = at + 5;
+      if (question_end > static_cast<size_t>(n)) continue;
+      const bool a_question = query[at + 1] == 0 && query[at + 2] == 1;
+      std::string reply(reinterpret_cast<const char*>(query), question_end);
+      const bool missing = name.starts_with("missing.");
+      reply[2] = static_cast<char>(0x81);                  // a response, recursion desired
+      reply[3] = static_cast<char>(missing ? 0x83 : 0x80);  // recursion available; NXDOMAIN or not
+      reply[6] = reply[7] = reply[8] = reply[9] = reply[10] = reply[11] = 0;
+      if (a_question && !missing) {
+        reply[7] = 1;  // one answer: the name (a pointer to the question's), A, IN, TTL 60, 127.0.0.1
+        reply += std::string("\xc0\x0c\x00\x01\x00\x01\x00\x00\x00\x3c\x00\x04\x7f\x00\x00\x01", 16);
+      }
+      auto send = [this, reply, from] {
+        sendto(fd_, reply.data(), reply.size(), 0, reinterpret_cast<const sockaddr*>(&from), sizeof from);
+      };
+      if (name.starts_with("slow.")) {
+        delayed_.emplace_back([send, this] {
+          absl::SleepFor(delay_);
+          send();
+        });
+      } else {
+        send();
+      }
+    }
+  }
+
+  const absl::Duration delay_;
+  int fd_ = -1;
+  int port_ = 0;
+  std::atomic<bool> stop_{false};
+  std::atomic<int> questions_{0};
+  std::thread serving_;
+  std::vector<std::thread> delayed_;  // touched by the serving thread only, until it is joined
+};
+
+// Sends each method to the upstream its path names: ModelInfer to a name the DNS server is slow to
+// answer, ServerReady to a name it does not know, everything else to the numeric address.
+class ByMethodCalls final : public dataplane::CallHandlerFactory {
+ public:
+  explicit ByMethodCalls(int port)
+      : slow_(absl::StrCat("slow.upstream.test:", port)),
+        missing_(absl::StrCat("missing.upstream.test:", port)),
+        numeric_(absl::StrCat("127.0.0.1:", port)) {}
+  std::unique_ptr<dataplane::CallHandler> NewCall(std::string_view path,
+                                                  std::span<const dataplane::HeaderField>) override {
+    const std::string& target = path.ends_with("/ModelInfer")    ? slow_
+                                : path.ends_with("/ServerReady") ? missing_
+                                                                 : numeric_;
+    return std::make_unique<PassThrough>(target);
+  }
+
+ private:
+  class PassThrough final : public dataplane::CallHandler {
+   public:
+    explicit PassThrough(std::string_view target) : target_(target) {}
+    dataplane::RequestFramer::Options::Route route() const override {
+      return dataplane::RequestFramer::Options::Route::kNone;
+    }
+    dataplane::UpstreamAddress Upstream() override { return {.target = target_}; }
+    absl::StatusOr<std::string_view> Decide(std::string_view) override { return std::string_view(); }
+    void ForEachResponseHeader(absl::FunctionRef<void(std::string_view, std::string_view)>) const override {}
+    void Finished(int) override {}
+
+   private:
+    std::string_view target_;
+  };
+  const std::string slow_, missing_, numeric_;
+};
+
+// Upstream names are looked up without blocking: while one waits a second for its DNS answer, a
+// call to another upstream on the same worker is served at once; a name that does not exist ends
+// its calls UNAVAILABLE, saying so.
+TEST(H2UpstreamNamesTest, ALookupNeverHoldsUpTheWorkerAndAFailedOneSaysWhy) {
+  bench::FakeUpstreamOptions upstream_options;
+  upstream_options.models = kVariants;
+  auto upstream = bench::FakeUpstreamServer::Start("127.0.0.1:0", upstream_options);
+  ASSERT_TRUE(upstream.ok()) << upstream.status();
+  LoopbackDnsServer dns(absl::Seconds(1));
+  ByMethodCalls calls((*upstream)->port());
+  dataplane::H2ProxyOptions options;
+  options.listen = "127.0.0.1:0";
+  options.threads = 1;
+  options.nameservers = {dns.address()};
+  auto proxy = dataplane::H2Proxy::Start(options, &calls);
+  ASSERT_TRUE(proxy.ok()) << proxy.status();
+  auto stub = inference::GRPCInferenceService::NewStub(
+      grpc::CreateChannel(absl::StrCat("127.0.0.1:", (*proxy)->port()), grpc::InsecureChannelCredentials()));
+
+  // A call to the slow name, left waiting for its answer.
+  grpc::ClientContext infer_ctx;
+  infer_ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(10)));
+  inference::ModelInferRequest request;
+  request.set_model_name("resnet50");
+  inference::ModelInferResponse response;
+  grpc::Status infer_status;
+  absl::Notification infer_done;
+  const absl::Time infer_start = absl::Now();
+  absl::Time infer_end;
+  stub->async()->ModelInfer(&infer_ctx, &request, &response, [&](grpc::Status status) {
+    infer_status = std::move(status);
+    infer_end = absl::Now();
+    infer_done.Notify();
+  });
+  ASSERT_TRUE(PollUntil([&] { return dns.questions() > 0; }));
+
+  // Meanwhile the same worker serves a call to the numeric address.
+  const absl::Time live_start = absl::Now();
+  grpc::ClientContext live_ctx;
+  inference::ServerLiveResponse live;
+  const grpc::Status live_status = stub->ServerLive(&live_ctx, inference::ServerLiveRequest(), &live);
+  const absl::Duration live_took = absl::Now() - live_start;
+  EXPECT_TRUE(live_status.ok()) << live_status.error_message();
+  EXPECT_LT(live_took, absl::Milliseconds(500)) << "a DNS lookup held up the worker";
+  EXPECT_FALSE(infer_done.HasBeenNotified());
+
+  // The slow name is answered; its call goes through.
+  ASSERT_TRUE(infer_done.WaitForNotificationWithTimeout(absl::Seconds(10)));
+  EXPECT_TRUE(infer_status.ok()) << infer_status.error_code() << " " << infer_status.error_message();
+  EXPECT_GE(infer_end - infer_start, absl::Milliseconds(900));
+  EXPECT_EQ(response.model_name(), "resnet50");
+
+  // A name that does not exist.
+  grpc::ClientContext ready_ctx;
+  inference::ServerReadyResponse ready;
+  const grpc::Status ready_status = stub->ServerReady(&ready_ctx, inference::ServerReadyRequest(), &ready);
+  EXPECT_EQ(ready_status.error_code(), grpc::StatusCode::UNAVAILABLE);
+  EXPECT_THAT(ready_status.error_message(), HasSubstr("cannot resolve"));
+  EXPECT_THAT(ready_status.error_message(), HasSubstr("missing.upstream.test"));
+  (*proxy)->Shutdown(absl::ZeroDuration());
+}
 
 // The h2 plane holds a routed message whose model name comes after its tensor whole (it cannot be
 // routed before). memory_limit_bytes bounds what all such messages hold together: the call that
