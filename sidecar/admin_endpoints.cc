@@ -933,6 +933,8 @@ std::string RenderConfigJson(const SidecarConfig& config) {
               {"memory_limit_bytes", config.memory_limit_bytes},
               {"data_plane", DataPlaneName(config.data_plane)},
               {"data_plane_threads", config.data_plane_threads},
+              {"data_plane_stream_window_bytes", config.data_plane_stream_window_bytes},
+              {"data_plane_connection_window_bytes", config.data_plane_connection_window_bytes},
               {"intensity", IntensityJson(config.intensity)},
               {"accounting",
                {{"pue", config.accounting.pue},

@@ -561,6 +561,21 @@ absl::StatusOr<SidecarConfig> LoadConfig(const std::string& path) {
       return ErrorAt(path, (*root)["data_plane_threads"].Mark(),
                      "data_plane_threads must lie between 0 (one per core) and 256");
     }
+    // HTTP/2 allows windows up to 2^31 - 1 bytes (RFC 9113 §6.9.1); below 64 KiB a 16 KiB frame
+    // could not keep a link busy.
+    constexpr int64_t kMinWindow = 65535, kMaxWindow = (int64_t{1} << 31) - 1;
+    if (top.Integer("data_plane_stream_window_bytes", &config.data_plane_stream_window_bytes) &&
+        (config.data_plane_stream_window_bytes < kMinWindow || config.data_plane_stream_window_bytes > kMaxWindow)) {
+      return ErrorAt(path, (*root)["data_plane_stream_window_bytes"].Mark(),
+                     absl::StrCat("data_plane_stream_window_bytes must lie between ", kMinWindow, " and ", kMaxWindow));
+    }
+    if (top.Integer("data_plane_connection_window_bytes", &config.data_plane_connection_window_bytes) &&
+        (config.data_plane_connection_window_bytes < config.data_plane_stream_window_bytes ||
+         config.data_plane_connection_window_bytes > kMaxWindow)) {
+      return ErrorAt(path, (*root)["data_plane_connection_window_bytes"].Mark(),
+                     absl::StrCat("data_plane_connection_window_bytes must lie between the stream window (",
+                                  config.data_plane_stream_window_bytes, ") and ", kMaxWindow));
+    }
     YAML::Node admin = top.Get("admin", false);
     YAML::Node tls = top.Get("tls", false);
     YAML::Node upstream = top.Get("upstream", true);
@@ -685,10 +700,12 @@ SidecarConfig WithClusters(SidecarConfig config) {
         [](const SidecarConfig& running, SidecarConfig* next) { next->member = running.member; }   \
   }
 
-const RestartOnlySetting kRestartOnlySettings[9] = {
+const RestartOnlySetting kRestartOnlySettings[11] = {
     CARBON_RESTART_ONLY("listen", listen),
     CARBON_RESTART_ONLY("data_plane", data_plane),
     CARBON_RESTART_ONLY("data_plane_threads", data_plane_threads),
+    CARBON_RESTART_ONLY("data_plane_stream_window_bytes", data_plane_stream_window_bytes),
+    CARBON_RESTART_ONLY("data_plane_connection_window_bytes", data_plane_connection_window_bytes),
     RestartOnlySetting{"admin",
                        [](const SidecarConfig& a, const SidecarConfig& b) {
                          return a.admin_listen == b.admin_listen && a.history_interval == b.history_interval &&

@@ -144,10 +144,14 @@ struct SidecarConfig {
   // sidecar hold any amount. 0: no limit.
   int64_t memory_limit_bytes = int64_t{512} * 1024 * 1024;
   // How client calls are proxied: through gRPC C++'s generic service, message by message ("grpc"),
-  // or as HTTP/2 streams, frame by frame (dataplane/h2_proxy.h, "h2"; plaintext only so far).
+  // or as HTTP/2 streams, frame by frame (dataplane/h2_proxy.h, "h2").
   enum class DataPlane { kGrpc, kH2 };
   DataPlane data_plane = DataPlane::kGrpc;
   int64_t data_plane_threads = 0;  // the h2 plane's workers; 0: one per core
+  // The h2 plane's HTTP/2 flow-control windows towards each peer (client and upstream): what one
+  // stream, and one connection, may have in flight to the sidecar before it passes them on.
+  int64_t data_plane_stream_window_bytes = 256 * 1024;
+  int64_t data_plane_connection_window_bytes = 2 * 1024 * 1024;
   IntensityConfig intensity;
   std::vector<RouteConfig> routes;
   AccountingConfig accounting;
@@ -165,7 +169,7 @@ struct RestartOnlySetting {
   bool (*same)(const SidecarConfig& a, const SidecarConfig& b);
   void (*keep)(const SidecarConfig& running, SidecarConfig* next);
 };
-extern const RestartOnlySetting kRestartOnlySettings[9];
+extern const RestartOnlySetting kRestartOnlySettings[11];
 
 std::string_view DataPlaneName(SidecarConfig::DataPlane plane);
 

@@ -51,6 +51,8 @@ absl::StatusOr<std::unique_ptr<SidecarServer>> SidecarServer::Start(const Sideca
     options.threads = static_cast<int>(config.data_plane_threads);
     options.max_message_bytes = static_cast<uint32_t>(max_bytes);
     options.memory_limit_bytes = static_cast<uint64_t>(config.memory_limit_bytes);
+    options.stream_window_bytes = static_cast<uint32_t>(config.data_plane_stream_window_bytes);
+    options.connection_window_bytes = static_cast<uint32_t>(config.data_plane_connection_window_bytes);
     if (config.tls) {
       absl::Status loaded;
       options.listener_tls = H2Tls(*config.tls, TlsSide::kListener, &loaded);

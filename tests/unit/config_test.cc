@@ -211,12 +211,17 @@ TEST_F(ConfigTest, EveryMistakeNamesFileLineAndColumn) {
   const std::vector<BadConfig> cases = {
       {"unknown key", "drain_timeout: 5s", "drain_timeout: 5s\nlisten_port: 1",
        "6:1: unknown key 'listen_port' in the config (known keys: listen, drain_timeout, "
-       "memory_limit_bytes, data_plane, data_plane_threads, admin, tls, upstream, intensity, routes, accounting, "
-       "clusters)"},
+       "memory_limit_bytes, data_plane, data_plane_threads, data_plane_stream_window_bytes, "
+       "data_plane_connection_window_bytes, admin, tls, upstream, intensity, routes, accounting, clusters)"},
       {"unknown data plane", "drain_timeout: 5s", "drain_timeout: 5s\ndata_plane: quic",
        "6:13: data_plane must be grpc or h2, got 'quic'"},
       {"data plane threads", "drain_timeout: 5s", "drain_timeout: 5s\ndata_plane_threads: -1",
        "6:21: data_plane_threads must lie between 0 (one per core) and 256"},
+      {"small stream window", "drain_timeout: 5s", "drain_timeout: 5s\ndata_plane_stream_window_bytes: 1024",
+       "6:33: data_plane_stream_window_bytes must lie between 65535 and 2147483647"},
+      {"connection window under the stream's", "drain_timeout: 5s",
+       "drain_timeout: 5s\ndata_plane_stream_window_bytes: 1048576\ndata_plane_connection_window_bytes: 524288",
+       "7:37: data_plane_connection_window_bytes must lie between the stream window (1048576) and 2147483647"},
       {"small memory limit", "drain_timeout: 5s", "drain_timeout: 5s\nmemory_limit_bytes: 65536",
        "6:21: memory_limit_bytes must be 0 (no limit) or at least 16777216"},
       {"misspelt nested key", "  refresh: 10s", "  refesh: 10s",
@@ -278,18 +283,23 @@ TEST_F(ConfigTest, EveryMistakeNamesFileLineAndColumn) {
 
 TEST_F(ConfigTest, TheH2DataPlaneIsRestartOnly) {
   std::string h2 = kValid;
-  h2.replace(h2.find("drain_timeout: 5s\n"), 18, "drain_timeout: 5s\ndata_plane: h2\ndata_plane_threads: 3\n");
+  h2.replace(h2.find("drain_timeout: 5s\n"), 18,
+             "drain_timeout: 5s\ndata_plane: h2\ndata_plane_threads: 3\ndata_plane_stream_window_bytes: 1048576\n"
+             "data_plane_connection_window_bytes: 16777216\n");
   auto config = LoadConfig(Write("sidecar.yaml", h2));
   ASSERT_TRUE(config.ok()) << config.status();
   EXPECT_EQ(config->data_plane, SidecarConfig::DataPlane::kH2);
   EXPECT_EQ(config->data_plane_threads, 3);
+  EXPECT_EQ(config->data_plane_stream_window_bytes, 1048576);
+  EXPECT_EQ(config->data_plane_connection_window_bytes, 16777216);
   EXPECT_EQ(LoadConfig(Write("grpc.yaml", kValid))->data_plane, SidecarConfig::DataPlane::kGrpc);
 
   std::vector<std::string> changed;
   SidecarConfig grpc = *LoadConfig(Write("grpc.yaml", kValid));
   const SidecarConfig applied = ConfigForReload(grpc, *config, &changed);
   EXPECT_EQ(applied.data_plane, SidecarConfig::DataPlane::kGrpc);
-  EXPECT_THAT(changed, ::testing::IsSupersetOf({"data_plane", "data_plane_threads"}));
+  EXPECT_THAT(changed, ::testing::IsSupersetOf({"data_plane", "data_plane_threads", "data_plane_stream_window_bytes",
+                                                "data_plane_connection_window_bytes"}));
 }
 
 // The keys a mapping accepts, as the unknown-key error lists them.
