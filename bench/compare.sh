@@ -17,18 +17,27 @@
 # to bench/growth.svg.
 #   --duration S   seconds measured per run (default 5), --reps N (default 3),
 #   --growth-duration S   seconds per cost-growth run (default 3)
+#   --rows LIST    only these rows (mode:request:response:concurrency, comma-separated, e.g.
+#                  stream:602112:0:16), without the growth runs and h2load
+#   --h2-wide S:C  also measure a third sidecar, "sidecar-h2-wide": the h2 plane with stream window S
+#                  and connection window C bytes
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 duration=5
 reps=3
 growth_duration=3
+rows=""
+h2_wide=""
 while [ $# -gt 0 ]; do
   case "$1" in
+    --rows) rows="$2"; shift 2 ;;
+    --h2-wide) h2_wide="$2"; shift 2 ;;
     --duration) duration="${2%s}"; shift 2 ;;
     --reps) reps="$2"; shift 2 ;;
     --growth-duration) growth_duration="${2%s}"; shift 2 ;;
-    *) echo "usage: bench/compare.sh [--duration SECONDS] [--reps N] [--growth-duration SECONDS]" >&2; exit 2 ;;
+    *) echo "usage: bench/compare.sh [--duration SECONDS] [--reps N] [--growth-duration SECONDS] [--rows LIST]" \
+         "[--h2-wide STREAM_WINDOW:CONNECTION_WINDOW]" >&2; exit 2 ;;
   esac
 done
 
@@ -78,6 +87,23 @@ sidecar_h2_pid=$!
 pids+=("$sidecar_h2_pid")
 wait_port "$sidecar_h2_port"
 
+# The h2 plane with other flow-control windows (--h2-wide).
+sidecar_h2_wide_port=0
+sidecar_h2_wide_pid=0
+targets="direct sidecar sidecar-h2"
+if [ -n "$h2_wide" ]; then
+  sidecar_h2_wide_port=$(free_port)
+  sed -e "s/^listen: .*/listen: 127.0.0.1:$sidecar_h2_wide_port/" "$out/sidecar-h2.yaml" >"$out/sidecar-h2-wide.yaml"
+  printf 'data_plane_stream_window_bytes: %s\ndata_plane_connection_window_bytes: %s\n' "${h2_wide%%:*}" "${h2_wide##*:}" \
+    >>"$out/sidecar-h2-wide.yaml"
+  "$build_dir/sidecar/carbon-sidecar" --config "$out/sidecar-h2-wide.yaml" --log_level warn 2>"$out/sidecar-h2-wide.log" &
+  sidecar_h2_wide_pid=$!
+  pids+=("$sidecar_h2_wide_pid")
+  wait_port "$sidecar_h2_wide_port"
+  targets="$targets sidecar-h2-wide"
+fi
+targets="$targets nginx"
+
 nginx_port=$(free_port)
 mkdir -p "$out/nginx"
 cat >"$out/nginx.conf" <<NGINX
@@ -122,6 +148,7 @@ measure() {  # mode target payload concurrency seconds rep [response_bytes]
     direct) port=$upstream_port; model=resnet50; pid=0 ;;
     sidecar) port=$sidecar_port; model=resnet; pid=$sidecar_pid ;;
     sidecar-h2) port=$sidecar_h2_port; model=resnet; pid=$sidecar_h2_pid ;;
+    sidecar-h2-wide) port=$sidecar_h2_wide_port; model=resnet; pid=$sidecar_h2_wide_pid ;;
     nginx) port=$nginx_port; model=resnet50; pid=$nginx_pid ;;
     grpc-floor) port=$floor_port; model=resnet50; pid=$floor_pid ;;
   esac
@@ -140,18 +167,33 @@ measure() {  # mode target payload concurrency seconds rep [response_bytes]
 
 raw="$out/raw.jsonl"
 : >"$raw"
+if [ -n "$rows" ]; then
+  for rep in $(seq "$reps"); do
+    for row in ${rows//,/ }; do
+      IFS=: read -r mode payload response concurrency <<<"$row"
+      for target in $targets $([ "$mode" = unary ] && echo grpc-floor); do
+        measure "$mode" "$target" "$payload" "$concurrency" "$duration" "$rep" "$response" >>"$raw"
+      done
+    done
+  done
+  /usr/bin/python3 bench/compare_summary.py "$raw" /dev/null >"$out/summary.md"
+  cat "$out/summary.md"
+  echo
+  echo "results: $out"
+  exit 0
+fi
 # Size-major, smallest first, so that no small run follows a large one: memory a process freed but
 # kept (glibc does not hand every freed block back) would show as the small runs' peak.
 for sizes in "1024 0" "602112 0" "1024 602112" "602112 602112"; do
   read -r payload response <<<"$sizes"
   for rep in $(seq "$reps"); do
     for concurrency in 1 16 64; do
-      for target in direct sidecar sidecar-h2 nginx grpc-floor; do
+      for target in $targets grpc-floor; do
         measure unary "$target" "$payload" "$concurrency" "$duration" "$rep" "$response" >>"$raw"
       done
     done
     for concurrency in 1 16; do
-      for target in direct sidecar sidecar-h2 nginx; do
+      for target in $targets; do
         measure stream "$target" "$payload" "$concurrency" "$duration" "$rep" "$response" >>"$raw"
       done
     done
@@ -188,9 +230,10 @@ for name, model in (("direct", "resnet50"), ("routed", "resnet")):
 PY
 h2="$out/h2load.txt"
 : >"$h2"
-for target in direct sidecar sidecar-h2 nginx grpc-floor; do
+for target in $targets grpc-floor; do
   case "$target" in
     direct) port=$upstream_port; body="$out/request.bin.direct" ;;
+    sidecar-h2-wide) port=$sidecar_h2_wide_port; body="$out/request.bin.routed" ;;
     sidecar-h2) port=$sidecar_h2_port; body="$out/request.bin.routed" ;;
     grpc-floor) port=$floor_port; body="$out/request.bin.direct" ;;
     sidecar) port=$sidecar_port; body="$out/request.bin.routed" ;;

@@ -3,6 +3,7 @@
 added latency over the direct path, and the sidecar's ratios to the direct path and to nginx; with
 --growth, the cost-growth tables and plot."""
 import json
+import os
 import re
 import shutil
 import statistics
@@ -127,7 +128,7 @@ def main():
                 base_p50 = med(direct, lambda r: r["load"]["latency_us"]["p50"])
                 base_p99 = med(direct, lambda r: r["load"]["latency_us"]["p99"])
                 row = {}
-                for target in ("direct", "sidecar", "sidecar-h2", "nginx", "grpc-floor"):
+                for target in ("direct", "sidecar", "sidecar-h2", "sidecar-h2-wide", "nginx", "grpc-floor"):
                     key = (mode, target, payload, response, c)
                     if key not in runs:
                         continue
@@ -144,7 +145,7 @@ def main():
                     else:
                         print(f"{sizes_cells} {rps:.0f} | {p50:.0f} | {p99:.0f} | "
                               f"{p50 - base_p50:.0f} | {p99 - base_p99:.0f} | {cpu:.4f} | {rss:.1f} | {errors} |")
-                for plane in ("sidecar", "sidecar-h2"):
+                for plane in ("sidecar", "sidecar-h2", "sidecar-h2-wide"):
                     if plane not in row or "nginx" not in row:
                         continue
                     s, n, d = row[plane], row["nginx"], row["direct"]
@@ -153,7 +154,8 @@ def main():
                                    ratio(s["add50"], n["add50"]), ratio(s["add99"], n["add99"]), ratio(s["cpu"], n["cpu"]),
                                    ratio(f["add50"], n["add50"]) if f else None, ratio(f["cpu"], n["cpu"]) if f else None))
     print()
-    print("sidecar: data_plane grpc (gRPC C++ generic service); sidecar-h2: data_plane h2 (nghttp2 + libevent).\n")
+    print("sidecar: data_plane grpc (gRPC C++ generic service); sidecar-h2: data_plane h2 (nghttp2 + libevent); "
+          "sidecar-h2-wide: data_plane h2 with the windows of --h2-wide.\n")
     print("| call | request | response | concurrency | plane | throughput plane/direct | throughput plane/nginx "
           "| added p50 plane/nginx | added p99 plane/nginx | CPU per request plane/nginx "
           "| added p50 grpc-floor/nginx | CPU per request grpc-floor/nginx |")
@@ -163,6 +165,8 @@ def main():
         print(f"| {mode} | {payload} | {response or 'small'} | {c} | {plane} | {a:.2f} | {b:.2f} | {l50:.2f} | {l99:.2f} "
               f"| {cpu:.2f} | {floor} |")
 
+    if os.path.getsize(h2) == 0:
+        return
     print("\nh2load cross-check (1 KB, 1 connection, 16 streams, 20,000 requests):\n")
     print("| target | req/s | succeeded |")
     print("|---|---|---|")
