@@ -1208,61 +1208,71 @@ UpstreamConnection* H2Proxy::Worker::UpstreamFor(const UpstreamAddress& address,
   nghttp2_session_client_new2(&up->session, client_callbacks, up, session_option);
   SubmitSettings(up->session, options, /*server=*/false);
 
-  // Numeric addresses and /etc/hosts names are answered at once, inside evdns_getaddrinfo; names
-  // that need a DNS server are answered later, from the loop (Resolved), while the worker serves on.
-  if (dns == nullptr) {
-    dns = evdns_base_new(base, options.nameservers.empty() ? EVDNS_BASE_INITIALIZE_NAMESERVERS : 0);
-    if (dns != nullptr && !options.nameservers.empty()) {
-      evdns_base_load_hosts(dns, "/etc/hosts");
-      for (const std::string& server : options.nameservers) evdns_base_nameserver_ip_add(dns, server.c_str());
-    }
-  }
-  auto owned = std::make_unique<Resolution>();
-  Resolution* lookup = owned.get();
-  resolutions.emplace(lookup, std::move(owned));
-  lookup->worker = this;
-  lookup->up = up;
-  up->resolving = lookup;
   evutil_addrinfo hints{};
   hints.ai_family = AF_UNSPEC;
   hints.ai_socktype = SOCK_STREAM;
   hints.ai_protocol = IPPROTO_TCP;
-  auto answered = [](int result, evutil_addrinfo* addresses, void* arg) {
-    auto* r = static_cast<Resolution*>(arg);
-    if (r->up == nullptr) {  // cancelled: the connection is gone
-      if (addresses) evutil_freeaddrinfo(addresses);
-      r->worker->resolutions.erase(r);
-      return;
+  // What is known at once: a numeric address, or (inside evdns_getaddrinfo) an /etc/hosts name.
+  // Names that need a DNS server are answered later, from the loop (Resolved), while the worker
+  // serves on.
+  int lookup_error = 0;
+  evutil_addrinfo* addresses = nullptr;
+  bool known_now = true;
+  evutil_addrinfo numeric_hints = hints;
+  numeric_hints.ai_flags = EVUTIL_AI_NUMERICHOST;
+  if (evutil_getaddrinfo(up->host.c_str(), up->port.c_str(), &numeric_hints, &addresses) != 0) {
+    addresses = nullptr;
+    if (dns == nullptr) {
+      dns = evdns_base_new(base, options.nameservers.empty() ? EVDNS_BASE_INITIALIZE_NAMESERVERS : 0);
+      if (dns != nullptr && !options.nameservers.empty()) {
+        evdns_base_load_hosts(dns, "/etc/hosts");
+        for (const std::string& server : options.nameservers) evdns_base_nameserver_ip_add(dns, server.c_str());
+      }
     }
-    if (r->request == nullptr && !r->answered) {
-      // Inline (inside evdns_getaddrinfo): UpstreamFor takes it from here.
-      r->answered = true;
-      r->error = result;
-      r->addresses = addresses;
-      return;
+    if (dns == nullptr) {
+      lookup_error = EVUTIL_EAI_FAIL;
+    } else {
+      auto owned = std::make_unique<Resolution>();
+      Resolution* lookup = owned.get();
+      resolutions.emplace(lookup, std::move(owned));
+      lookup->worker = this;
+      lookup->up = up;
+      up->resolving = lookup;
+      auto answered = [](int result, evutil_addrinfo* found, void* arg) {
+        auto* r = static_cast<Resolution*>(arg);
+        if (r->up == nullptr) {  // cancelled: the connection is gone
+          if (found) evutil_freeaddrinfo(found);
+          r->worker->resolutions.erase(r);
+          return;
+        }
+        const bool inline_answer = r->request == nullptr && !r->answered;
+        r->answered = true;
+        if (inline_answer) {  // inside evdns_getaddrinfo: UpstreamFor takes it from here
+          r->error = result;
+          r->addresses = found;
+          return;
+        }
+        r->up->worker->Resolved(r, result, found);
+      };
+      lookup->request = evdns_getaddrinfo(dns, up->host.c_str(), up->port.c_str(), &hints, answered, lookup);
+      known_now = lookup->answered;
+      if (known_now) {
+        up->resolving = nullptr;
+        lookup_error = lookup->error;
+        addresses = lookup->addresses;
+        resolutions.erase(lookup);
+      }
     }
-    r->answered = true;
-    r->up->worker->Resolved(r, result, addresses);
-  };
-  lookup->request = dns == nullptr ? nullptr
-                                   : evdns_getaddrinfo(dns, up->host.c_str(), up->port.c_str(), &hints, answered, lookup);
-  if (dns == nullptr) {
-    lookup->answered = true;
-    lookup->error = EVUTIL_EAI_FAIL;
   }
-  if (lookup->answered) {
-    // Answered at once: dial now, or refuse the call with why.
-    up->resolving = nullptr;
-    const int lookup_error = lookup->error;
-    evutil_addrinfo* addresses = lookup->addresses;
-    resolutions.erase(lookup);
+  if (known_now) {
+    // Dial now, or refuse the call with why.
     if (lookup_error != 0) {
       *error = absl::StrCat("cannot resolve the upstream ", ToAbsl(target), ": ", evutil_gai_strerror(lookup_error));
       delete up;
       return nullptr;
     }
     const bool dialled = Dial(up, addresses);
-    evutil_freeaddrinfo(addresses);
+    if (addresses) evutil_freeaddrinfo(addresses);
     if (!dialled) {
       *error = absl::StrCat("cannot connect to the upstream ", ToAbsl(target), ": ", up->failure);
       delete up;
