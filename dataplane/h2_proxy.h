@@ -54,6 +54,21 @@ class CallHandler {
   virtual void Finished(int grpc_status) = 0;
 };
 
+// A call forwarded untouched to one plaintext upstream: no message routed, no header added.
+class PassThroughCall final : public CallHandler {
+ public:
+  // `target` ("host:port") outlives the call.
+  explicit PassThroughCall(std::string_view target) : target_(target) {}
+  RequestFramer::Options::Route route() const override { return RequestFramer::Options::Route::kNone; }
+  UpstreamAddress Upstream() override { return {.target = target_}; }
+  absl::StatusOr<std::string_view> Decide(std::string_view) override { return std::string_view(); }
+  void ForEachResponseHeader(absl::FunctionRef<void(std::string_view, std::string_view)>) const override {}
+  void Finished(int) override {}
+
+ private:
+  std::string_view target_;
+};
+
 // Makes the handler of each new call. Called concurrently from every worker thread.
 class CallHandlerFactory {
  public:

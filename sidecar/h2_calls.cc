@@ -76,20 +76,6 @@ class RoutedCall final : public dataplane::CallHandler {
   const std::chrono::steady_clock::time_point start_;
 };
 
-// The sidecar's own services: forwarded untouched to the in-process server that answers them.
-class LocalCall final : public dataplane::CallHandler {
- public:
-  explicit LocalCall(std::string_view target) : target_(target) {}
-  RequestFramer::Options::Route route() const override { return RequestFramer::Options::Route::kNone; }
-  dataplane::UpstreamAddress Upstream() override { return {.target = target_}; }
-  absl::StatusOr<std::string_view> Decide(std::string_view) override { return std::string_view(); }
-  void ForEachResponseHeader(absl::FunctionRef<void(std::string_view, std::string_view)>) const override {}
-  void Finished(int) override {}
-
- private:
-  std::string_view target_;
-};
-
 }  // namespace
 
 bool IsLocalService(std::string_view path) {
@@ -99,7 +85,8 @@ bool IsLocalService(std::string_view path) {
 
 std::unique_ptr<dataplane::CallHandler> RoutedCallFactory::NewCall(std::string_view path,
                                                                    std::span<const dataplane::HeaderField> headers) {
-  if (IsLocalService(path)) return std::make_unique<LocalCall>(local_target_);
+  // The sidecar's own services: forwarded untouched to the in-process server that answers them.
+  if (IsLocalService(path)) return std::make_unique<dataplane::PassThroughCall>(local_target_);
   return std::make_unique<RoutedCall>(routes_, &counters_, ClassifyMethod(path), headers);
 }
 

@@ -676,24 +676,10 @@ class ByMethodCalls final : public dataplane::CallHandlerFactory {
     const std::string& target = path.ends_with("/ModelInfer")    ? slow_
                                 : path.ends_with("/ServerReady") ? missing_
                                                                  : numeric_;
-    return std::make_unique<PassThrough>(target);
+    return std::make_unique<dataplane::PassThroughCall>(target);
   }
 
  private:
-  class PassThrough final : public dataplane::CallHandler {
-   public:
-    explicit PassThrough(std::string_view target) : target_(target) {}
-    dataplane::RequestFramer::Options::Route route() const override {
-      return dataplane::RequestFramer::Options::Route::kNone;
-    }
-    dataplane::UpstreamAddress Upstream() override { return {.target = target_}; }
-    absl::StatusOr<std::string_view> Decide(std::string_view) override { return std::string_view(); }
-    void ForEachResponseHeader(absl::FunctionRef<void(std::string_view, std::string_view)>) const override {}
-    void Finished(int) override {}
-
-   private:
-    std::string_view target_;
-  };
   const std::string slow_, missing_, numeric_;
 };
 
