@@ -50,8 +50,6 @@ class TlsContext {
   // name to verify for a client dialling `host`).
   absl::StatusOr<SSL*> NewSession(std::string_view host);
 
-  Side side() const { return side_; }
-
  private:
   TlsContext(Side side, TlsFiles files) : side_(side), files_(std::move(files)) {}
   // Reads the files and, when they changed, makes them the current context.

@@ -1,45 +1,13 @@
 #include "sidecar/tls.h"
 
-#include <openssl/bio.h>
-#include <openssl/err.h>
-#include <openssl/pem.h>
-#include <openssl/x509.h>
+#include <algorithm>
 
 #include <grpcpp/security/server_credentials.h>
 #include <grpcpp/security/tls_certificate_provider.h>
 #include <grpcpp/security/tls_credentials_options.h>
 
-#include "absl/strings/str_cat.h"
-
 namespace carbon::sidecar {
 namespace {
-
-struct BioFree {
-  void operator()(BIO* b) const { BIO_free(b); }
-};
-struct X509Free {
-  void operator()(X509* x) const { X509_free(x); }
-};
-struct KeyFree {
-  void operator()(EVP_PKEY* k) const { EVP_PKEY_free(k); }
-};
-using Bio = std::unique_ptr<BIO, BioFree>;
-using Certificate = std::unique_ptr<X509, X509Free>;
-using PrivateKey = std::unique_ptr<EVP_PKEY, KeyFree>;
-
-Bio OpenFile(const std::string& path) { return Bio(BIO_new_file(path.c_str(), "r")); }
-
-// The first certificate of a PEM file.
-absl::StatusOr<Certificate> ReadCertificate(const std::string& what, const std::string& path) {
-  Bio bio = OpenFile(path);
-  if (!bio) return absl::InvalidArgumentError(absl::StrCat(what, " '", path, "' cannot be read"));
-  Certificate cert(PEM_read_bio_X509(bio.get(), nullptr, nullptr, nullptr));
-  ERR_clear_error();
-  if (!cert) {
-    return absl::InvalidArgumentError(absl::StrCat(what, " '", path, "' holds no PEM certificate"));
-  }
-  return cert;
-}
 
 unsigned int RefreshSeconds(const TlsConfig& tls) {
   // gRPC's file watcher counts whole seconds and re-reads at least every second.
@@ -56,26 +24,11 @@ absl::Status CheckTlsFiles(const TlsConfig& tls, TlsSide side) {
   if (tls.cert_file.empty() != tls.key_file.empty()) {
     return absl::InvalidArgumentError("cert_file and key_file go together: give both or neither");
   }
-  if (!tls.ca_file.empty()) {
-    if (auto ca = ReadCertificate("ca_file", tls.ca_file); !ca.ok()) return ca.status();
-  }
-  if (tls.cert_file.empty()) return absl::OkStatus();
-  auto cert = ReadCertificate("cert_file", tls.cert_file);
-  if (!cert.ok()) return cert.status();
-  Bio bio = OpenFile(tls.key_file);
-  if (!bio) return absl::InvalidArgumentError(absl::StrCat("key_file '", tls.key_file, "' cannot be read"));
-  PrivateKey key(PEM_read_bio_PrivateKey(bio.get(), nullptr, nullptr, nullptr));
-  ERR_clear_error();
-  if (!key) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("key_file '", tls.key_file, "' holds no unencrypted PEM private key"));
-  }
-  if (X509_check_private_key(cert->get(), key.get()) != 1) {
-    ERR_clear_error();
-    return absl::InvalidArgumentError(absl::StrCat("key_file '", tls.key_file,
-                                                   "' is not the key of the certificate in '", tls.cert_file, "'"));
-  }
-  return absl::OkStatus();
+  // The files are loaded as the h2 plane loads them: every file read, each certificate parsed, the
+  // key matched to its certificate.
+  absl::Status loaded;
+  H2Tls(tls, side, &loaded);
+  return loaded;
 }
 
 std::shared_ptr<grpc::ServerCredentials> ListenerCredentials(const std::optional<TlsConfig>& tls) {
