@@ -21,6 +21,8 @@
 #                  stream:602112:0:16), without the growth runs and h2load
 #   --h2-wide S:C  also measure a third sidecar, "sidecar-h2-wide": the h2 plane with stream window S
 #                  and connection window C bytes
+#   --h2-alt 'KEY: VALUE; ...'  also measure a third sidecar, "sidecar-h2-alt": the h2 plane with
+#                  these top-level config keys added (e.g. 'data_plane_upstream_max_concurrent_streams: 4')
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -28,16 +30,19 @@ duration=5
 reps=3
 growth_duration=3
 rows=""
-h2_wide=""
+h2_alt=""       # config lines of the third sidecar
+h2_alt_name=""  # its name in the results
 while [ $# -gt 0 ]; do
   case "$1" in
     --rows) rows="$2"; shift 2 ;;
-    --h2-wide) h2_wide="$2"; shift 2 ;;
+    --h2-wide) h2_alt=$(printf 'data_plane_stream_window_bytes: %s\ndata_plane_connection_window_bytes: %s' "${2%%:*}" "${2##*:}")
+               h2_alt_name=sidecar-h2-wide; shift 2 ;;
+    --h2-alt) h2_alt=$(printf '%s' "$2" | sed -e 's/; */\n/g'); h2_alt_name=sidecar-h2-alt; shift 2 ;;
     --duration) duration="${2%s}"; shift 2 ;;
     --reps) reps="$2"; shift 2 ;;
     --growth-duration) growth_duration="${2%s}"; shift 2 ;;
     *) echo "usage: bench/compare.sh [--duration SECONDS] [--reps N] [--growth-duration SECONDS] [--rows LIST]" \
-         "[--h2-wide STREAM_WINDOW:CONNECTION_WINDOW]" >&2; exit 2 ;;
+         "[--h2-wide STREAM_WINDOW:CONNECTION_WINDOW | --h2-alt 'KEY: VALUE; ...']" >&2; exit 2 ;;
   esac
 done
 
@@ -87,20 +92,19 @@ sidecar_h2_pid=$!
 pids+=("$sidecar_h2_pid")
 wait_port "$sidecar_h2_port"
 
-# The h2 plane with other flow-control windows (--h2-wide).
-sidecar_h2_wide_port=0
-sidecar_h2_wide_pid=0
+# The h2 plane with other settings (--h2-wide, --h2-alt).
+sidecar_h2_alt_port=0
+sidecar_h2_alt_pid=0
 targets="direct sidecar sidecar-h2"
-if [ -n "$h2_wide" ]; then
-  sidecar_h2_wide_port=$(free_port)
-  sed -e "s/^listen: .*/listen: 127.0.0.1:$sidecar_h2_wide_port/" "$out/sidecar-h2.yaml" >"$out/sidecar-h2-wide.yaml"
-  printf 'data_plane_stream_window_bytes: %s\ndata_plane_connection_window_bytes: %s\n' "${h2_wide%%:*}" "${h2_wide##*:}" \
-    >>"$out/sidecar-h2-wide.yaml"
-  "$build_dir/sidecar/carbon-sidecar" --config "$out/sidecar-h2-wide.yaml" --log_level warn 2>"$out/sidecar-h2-wide.log" &
-  sidecar_h2_wide_pid=$!
-  pids+=("$sidecar_h2_wide_pid")
-  wait_port "$sidecar_h2_wide_port"
-  targets="$targets sidecar-h2-wide"
+if [ -n "$h2_alt" ]; then
+  sidecar_h2_alt_port=$(free_port)
+  sed -e "s/^listen: .*/listen: 127.0.0.1:$sidecar_h2_alt_port/" "$out/sidecar-h2.yaml" >"$out/$h2_alt_name.yaml"
+  printf '%s\n' "$h2_alt" >>"$out/$h2_alt_name.yaml"
+  "$build_dir/sidecar/carbon-sidecar" --config "$out/$h2_alt_name.yaml" --log_level warn 2>"$out/$h2_alt_name.log" &
+  sidecar_h2_alt_pid=$!
+  pids+=("$sidecar_h2_alt_pid")
+  wait_port "$sidecar_h2_alt_port"
+  targets="$targets $h2_alt_name"
 fi
 targets="$targets nginx"
 
@@ -148,7 +152,7 @@ measure() {  # mode target payload concurrency seconds rep [response_bytes]
     direct) port=$upstream_port; model=resnet50; pid=0 ;;
     sidecar) port=$sidecar_port; model=resnet; pid=$sidecar_pid ;;
     sidecar-h2) port=$sidecar_h2_port; model=resnet; pid=$sidecar_h2_pid ;;
-    sidecar-h2-wide) port=$sidecar_h2_wide_port; model=resnet; pid=$sidecar_h2_wide_pid ;;
+    sidecar-h2-wide|sidecar-h2-alt) port=$sidecar_h2_alt_port; model=resnet; pid=$sidecar_h2_alt_pid ;;
     nginx) port=$nginx_port; model=resnet50; pid=$nginx_pid ;;
     grpc-floor) port=$floor_port; model=resnet50; pid=$floor_pid ;;
   esac
@@ -233,7 +237,7 @@ h2="$out/h2load.txt"
 for target in $targets grpc-floor; do
   case "$target" in
     direct) port=$upstream_port; body="$out/request.bin.direct" ;;
-    sidecar-h2-wide) port=$sidecar_h2_wide_port; body="$out/request.bin.routed" ;;
+    sidecar-h2-wide|sidecar-h2-alt) port=$sidecar_h2_alt_port; body="$out/request.bin.routed" ;;
     sidecar-h2) port=$sidecar_h2_port; body="$out/request.bin.routed" ;;
     grpc-floor) port=$floor_port; body="$out/request.bin.direct" ;;
     sidecar) port=$sidecar_port; body="$out/request.bin.routed" ;;

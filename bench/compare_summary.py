@@ -128,7 +128,7 @@ def main():
                 base_p50 = med(direct, lambda r: r["load"]["latency_us"]["p50"])
                 base_p99 = med(direct, lambda r: r["load"]["latency_us"]["p99"])
                 row = {}
-                for target in ("direct", "sidecar", "sidecar-h2", "sidecar-h2-wide", "nginx", "grpc-floor"):
+                for target in ("direct", "sidecar", "sidecar-h2", "sidecar-h2-wide", "sidecar-h2-alt", "nginx", "grpc-floor"):
                     key = (mode, target, payload, response, c)
                     if key not in runs:
                         continue
@@ -145,7 +145,7 @@ def main():
                     else:
                         print(f"{sizes_cells} {rps:.0f} | {p50:.0f} | {p99:.0f} | "
                               f"{p50 - base_p50:.0f} | {p99 - base_p99:.0f} | {cpu:.4f} | {rss:.1f} | {errors} |")
-                for plane in ("sidecar", "sidecar-h2", "sidecar-h2-wide"):
+                for plane in ("sidecar", "sidecar-h2", "sidecar-h2-wide", "sidecar-h2-alt"):
                     if plane not in row or "nginx" not in row:
                         continue
                     s, n, d = row[plane], row["nginx"], row["direct"]
@@ -155,7 +155,7 @@ def main():
                                    ratio(f["add50"], n["add50"]) if f else None, ratio(f["cpu"], n["cpu"]) if f else None))
     print()
     print("sidecar: data_plane grpc (gRPC C++ generic service); sidecar-h2: data_plane h2 (nghttp2 + libevent); "
-          "sidecar-h2-wide: data_plane h2 with the windows of --h2-wide.\n")
+          "sidecar-h2-wide: data_plane h2 with the windows of --h2-wide; sidecar-h2-alt: data_plane h2 with the keys of --h2-alt.\n")
     print("| call | request | response | concurrency | plane | throughput plane/direct | throughput plane/nginx "
           "| added p50 plane/nginx | added p99 plane/nginx | CPU per request plane/nginx "
           "| added p50 grpc-floor/nginx | CPU per request grpc-floor/nginx |")

@@ -223,6 +223,11 @@ struct Connection {
   }
 };
 
+struct TransparentStringHash {
+  using is_transparent = void;
+  size_t operator()(std::string_view key) const { return std::hash<std::string_view>{}(key); }
+};
+
 struct ClientConnection final : Connection {
   std::list<Call*> calls;  // whose client stream is open
   bool is_upstream() const override { return false; }
@@ -260,7 +265,9 @@ struct H2Proxy::Worker {
   std::thread thread;
   std::vector<Connection*> to_flush;
   std::vector<ClientConnection*> clients;
-  std::unordered_map<std::string, UpstreamConnection*> upstreams;  // the one new calls use, per target
+  // Per target, the connections new calls may use (a call goes to the least busy one with room).
+  // Keyed with a transparent hash so a call's lookup makes no string.
+  std::unordered_map<std::string, std::vector<UpstreamConnection*>, TransparentStringHash, std::equal_to<>> upstreams;
   std::vector<UpstreamConnection*> all_upstreams;
   std::unique_ptr<uint8_t[]> read_buffer{new uint8_t[kReadBufferBytes]};
   std::unique_ptr<uint8_t[]> tls_record{new uint8_t[kMaxTlsRecord]};  // what one SSL_write encrypts
@@ -293,6 +300,10 @@ struct H2Proxy::Worker {
   void Drain();
   // An upstream connection new calls no longer use: closed when its last call has ended.
   void Retire(UpstreamConnection* up);
+  void ForgetFromPool(UpstreamConnection* up);
+  // How many calls a connection takes before another is opened to its target: the option, and
+  // never more than the upstream's SETTINGS_MAX_CONCURRENT_STREAMS (nghttp2 would queue them).
+  size_t StreamsAllowed(UpstreamConnection* up) const;
   void CloseAll();  // after the loop has stopped
 };
 
@@ -1135,8 +1146,7 @@ void H2Proxy::Worker::CloseConnection(Connection* c) {
       lookup->up = nullptr;
       if (lookup->request != nullptr && !lookup->answered) evdns_getaddrinfo_cancel(lookup->request);
     }
-    auto it = upstreams.find(up->target);
-    if (it != upstreams.end() && it->second == up) upstreams.erase(it);
+    ForgetFromPool(up);
     // Every call on it ends UNAVAILABLE; their client streams live on until their trailers go.
     std::list<Call*> calls;
     calls.swap(up->calls);
@@ -1174,14 +1184,26 @@ UpstreamConnection* H2Proxy::Worker::UpstreamFor(const UpstreamAddress& address,
   }
   const std::string_view target = address.target;
   TlsContext* const tls = address.tls != nullptr ? address.tls->get() : nullptr;
-  auto it = upstreams.find(std::string(target));
+  auto it = upstreams.find(target);
   if (it != upstreams.end()) {
-    UpstreamConnection* current = it->second;
-    if (current->tls.get() == tls && nghttp2_session_check_request_allowed(current->session)) return current;
-    // Going away, or made with TLS a reload replaced: new calls get a new connection; this one
-    // closes once its calls have ended.
-    upstreams.erase(it);
-    Retire(current);
+    std::vector<UpstreamConnection*>& pool = it->second;
+    UpstreamConnection* least_busy = nullptr;
+    for (size_t i = 0; i < pool.size();) {
+      UpstreamConnection* current = pool[i];
+      if (current->tls.get() != tls || !nghttp2_session_check_request_allowed(current->session)) {
+        // Going away, or made with TLS a reload replaced: new calls get another connection; this
+        // one closes once its calls have ended.
+        pool.erase(pool.begin() + static_cast<std::ptrdiff_t>(i));
+        Retire(current);
+        continue;
+      }
+      if (current->calls.size() < StreamsAllowed(current) &&
+          (least_busy == nullptr || current->calls.size() < least_busy->calls.size())) {
+        least_busy = current;
+      }
+      ++i;
+    }
+    if (least_busy != nullptr) return least_busy;
   }
   auto host_port = SplitHostPort(target);
   if (!host_port.ok()) {
@@ -1279,7 +1301,7 @@ UpstreamConnection* H2Proxy::Worker::UpstreamFor(const UpstreamAddress& address,
       return nullptr;
     }
   }
-  upstreams[up->target] = up;
+  upstreams[up->target].push_back(up);
   all_upstreams.push_back(up);
   Add<int64_t>(open_upstreams, 1);
   Add<uint64_t>(upstreams_total, 1);
@@ -1325,6 +1347,19 @@ void H2Proxy::Worker::Resolved(Resolution* lookup, int error, evutil_addrinfo* a
   if (addresses) evutil_freeaddrinfo(addresses);
   if (!dialled) CloseConnection(up);
   FlushPending();
+}
+
+void H2Proxy::Worker::ForgetFromPool(UpstreamConnection* up) {
+  auto it = upstreams.find(up->target);
+  if (it == upstreams.end()) return;
+  std::erase(it->second, up);
+  if (it->second.empty()) upstreams.erase(it);
+}
+
+size_t H2Proxy::Worker::StreamsAllowed(UpstreamConnection* up) const {
+  const uint32_t peer = nghttp2_session_get_remote_settings(up->session, NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS);
+  const uint32_t own = options.upstream_max_concurrent_streams == 0 ? UINT32_MAX : options.upstream_max_concurrent_streams;
+  return std::min(peer, own);
 }
 
 void H2Proxy::Worker::Retire(UpstreamConnection* up) {

@@ -86,6 +86,12 @@ struct H2ProxyOptions {
   uint32_t stream_window_bytes = 256 * 1024;
   uint32_t connection_window_bytes = 2 * 1024 * 1024;
   uint32_t max_concurrent_streams = 16384;  // per client connection (window-bounded, so memory is too)
+  // Calls one upstream connection carries before a worker opens another to the same target, as
+  // Envoy's upstream max_concurrent_streams: a gRPC server serves each connection's frames on one
+  // thread, so large messages spread over several connections go through faster. 0: no limit
+  // (one connection per target and worker, as gRPC clients do). The upstream's own
+  // SETTINGS_MAX_CONCURRENT_STREAMS is always respected.
+  uint32_t upstream_max_concurrent_streams = 0;
   // What calls may hold past flow control, all workers together (each gets an equal share): routed
   // messages held whole for a late model name, requests kept for a failover. A call that would
   // hold more ends RESOURCE_EXHAUSTED. 0: no limit (each call is still bounded by max_message_bytes).
@@ -112,8 +118,8 @@ struct H2ProxyStats {
 // A gRPC proxy that moves HTTP/2 frames between connections (libnghttp2 for the protocol,
 // libevent for the sockets), the way nginx and Envoy do, instead of receiving and re-sending whole
 // messages through a gRPC library. Each worker thread accepts on its own SO_REUSEPORT socket and
-// owns its client connections, its upstream connections (one per upstream target and TLS context;
-// h2c with prior knowledge, or TLS with ALPN h2) and every call on them, so a call never changes threads and nothing is locked on the
+// owns its client connections, its upstream connections (per upstream target and TLS context, one
+// or as many as upstream_max_concurrent_streams needs; h2c with prior knowledge, or TLS with ALPN h2) and every call on them, so a call never changes threads and nothing is locked on the
 // request path. Request and response bodies are flow-controlled end to end: the sidecar gives a
 // peer window only as it forwards the bytes it received, so a slow reader holds back its writer
 // and each stream holds at most its window in each direction. Request bodies go through a

@@ -935,6 +935,7 @@ std::string RenderConfigJson(const SidecarConfig& config) {
               {"data_plane_threads", config.data_plane_threads},
               {"data_plane_stream_window_bytes", config.data_plane_stream_window_bytes},
               {"data_plane_connection_window_bytes", config.data_plane_connection_window_bytes},
+              {"data_plane_upstream_max_concurrent_streams", config.data_plane_upstream_max_concurrent_streams},
               {"intensity", IntensityJson(config.intensity)},
               {"accounting",
                {{"pue", config.accounting.pue},

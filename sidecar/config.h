@@ -152,6 +152,8 @@ struct SidecarConfig {
   // stream, and one connection, may have in flight to the sidecar before it passes them on.
   int64_t data_plane_stream_window_bytes = 256 * 1024;
   int64_t data_plane_connection_window_bytes = 2 * 1024 * 1024;
+  // Calls one h2-plane upstream connection carries before another is opened; 0: no limit.
+  int64_t data_plane_upstream_max_concurrent_streams = 0;
   IntensityConfig intensity;
   std::vector<RouteConfig> routes;
   AccountingConfig accounting;
@@ -169,7 +171,7 @@ struct RestartOnlySetting {
   bool (*same)(const SidecarConfig& a, const SidecarConfig& b);
   void (*keep)(const SidecarConfig& running, SidecarConfig* next);
 };
-extern const RestartOnlySetting kRestartOnlySettings[11];
+extern const RestartOnlySetting kRestartOnlySettings[12];
 
 std::string_view DataPlaneName(SidecarConfig::DataPlane plane);
 

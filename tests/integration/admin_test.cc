@@ -289,6 +289,48 @@ TEST(H2PlaneMetricsTest, ConnectionsCallsAndHeldBytesAreExported) {
   (*sidecar)->Shutdown(absl::ZeroDuration());
 }
 
+// With data_plane_upstream_max_concurrent_streams, a worker opens another upstream connection
+// when each of its connections carries that many calls, gives a new call to the least busy one,
+// and keeps them for the calls that follow.
+TEST(H2PlaneMetricsTest, AWorkerSpreadsCallsOverUpstreamConnectionsOfAtMostTheLimit) {
+  bench::FakeUpstreamOptions options;
+  options.models = {"resnet34", "resnet50", "resnet101", "resnet152"};
+  options.service_time["resnet101"] = absl::Milliseconds(400);  // the model chosen at 200 g/kWh
+  auto upstream = bench::FakeUpstreamServer::Start("127.0.0.1:0", options);
+  ASSERT_TRUE(upstream.ok());
+  SidecarConfig config = Config((*upstream)->port(), 200);
+  config.data_plane = SidecarConfig::DataPlane::kH2;
+  config.data_plane_threads = 1;  // every call on one worker
+  config.data_plane_upstream_max_concurrent_streams = 2;
+  auto sidecar = SidecarServer::Start(config);
+  ASSERT_TRUE(sidecar.ok()) << sidecar.status();
+  SidecarClient client(**sidecar);
+  auto wave = [&](int calls) {
+    std::vector<std::thread> threads;
+    std::atomic<int> succeeded{0};
+    for (int i = 0; i < calls; ++i) {
+      threads.emplace_back([&] {
+        grpc::ClientContext ctx;
+        inference::ModelInferResponse response;
+        if (client.stub->ModelInfer(&ctx, Request(1), &response).ok()) succeeded.fetch_add(1);
+      });
+    }
+    // While the five calls are served: three connections (2 + 2 + 1 calls).
+    const bool spread = PollUntil([&] { return client.Sample("carbon_sidecar_h2_calls_in_flight") == calls; });
+    const double open = client.Sample("carbon_sidecar_h2_open_connections{side=\"upstream\"}");
+    for (auto& t : threads) t.join();
+    EXPECT_TRUE(spread);
+    EXPECT_EQ(open, 3);
+    EXPECT_EQ(succeeded.load(), calls);
+  };
+  wave(5);
+  EXPECT_EQ(client.Sample("carbon_sidecar_h2_connections_total{side=\"upstream\"}"), 3);
+  wave(5);  // the same three connections again
+  EXPECT_EQ(client.Sample("carbon_sidecar_h2_connections_total{side=\"upstream\"}"), 3);
+  EXPECT_EQ(client.Sample("carbon_sidecar_h2_open_connections{side=\"upstream\"}"), 3);
+  (*sidecar)->Shutdown(absl::ZeroDuration());
+}
+
 TEST_F(AdminTest, SelectionExplainsTheChoice) {
   auto res = http_->Get("/v1/selection");
   ASSERT_TRUE(res);
