@@ -72,6 +72,7 @@ wait_port "$upstream_port"
 sidecar_port=$(free_port)
 cat >"$out/sidecar.yaml" <<YAML
 listen: 127.0.0.1:$sidecar_port
+data_plane: grpc
 admin: { listen: "127.0.0.1:0" }
 upstream: { target: "127.0.0.1:$upstream_port", readiness_interval: 0s }
 intensity: { provider: static, gco2_per_kwh: 200, refresh: 1h, window_bounds: { low: 100, high: 300 } }
@@ -85,8 +86,8 @@ wait_port "$sidecar_port"
 
 # The same sidecar on the HTTP/2 data plane.
 sidecar_h2_port=$(free_port)
-sed -e "s/^listen: .*/listen: 127.0.0.1:$sidecar_h2_port/" "$out/sidecar.yaml" >"$out/sidecar-h2.yaml"
-echo "data_plane: h2" >>"$out/sidecar-h2.yaml"
+sed -e "s/^listen: .*/listen: 127.0.0.1:$sidecar_h2_port/" -e "s/^data_plane: grpc/data_plane: h2/" "$out/sidecar.yaml" \
+  >"$out/sidecar-h2.yaml"
 "$build_dir/sidecar/carbon-sidecar" --config "$out/sidecar-h2.yaml" --log_level warn 2>"$out/sidecar-h2.log" &
 sidecar_h2_pid=$!
 pids+=("$sidecar_h2_pid")
