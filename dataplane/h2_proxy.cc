@@ -18,8 +18,11 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
+#include <chrono>
 #include <cstring>
+#include <limits>
 #include <list>
 #include <mutex>
 #include <optional>
@@ -36,6 +39,7 @@ namespace {
 
 constexpr int kGrpcCancelled = 1;
 constexpr int kGrpcUnknown = 2;
+constexpr int kGrpcDeadlineExceeded = 4;
 constexpr int kGrpcResourceExhausted = 8;
 constexpr int kGrpcUnavailable = 14;
 // Output a connection may queue before the sidecar stops producing frames for it.
@@ -87,6 +91,41 @@ std::optional<int> ParseGrpcStatus(const std::vector<HeaderField>& fields) {
   return std::nullopt;
 }
 
+// A grpc-timeout value (gRPC over HTTP/2: up to 8 digits and a unit, H M S m u n) in nanoseconds;
+// none for a malformed value, or one too long to count in nanoseconds (centuries), passed as sent.
+std::optional<int64_t> ParseGrpcTimeout(std::string_view value) {
+  if (value.size() < 2 || value.size() > 9) return std::nullopt;
+  int64_t amount = 0;
+  for (char c : value.substr(0, value.size() - 1)) {
+    if (c < '0' || c > '9') return std::nullopt;
+    amount = amount * 10 + (c - '0');
+  }
+  int64_t unit = 0;
+  switch (value.back()) {
+    case 'H': unit = 3600'000'000'000; break;
+    case 'M': unit = 60'000'000'000; break;
+    case 'S': unit = 1'000'000'000; break;
+    case 'm': unit = 1'000'000; break;
+    case 'u': unit = 1'000; break;
+    case 'n': unit = 1; break;
+    default: return std::nullopt;
+  }
+  if (amount > std::numeric_limits<int64_t>::max() / unit) return std::nullopt;
+  return amount * unit;
+}
+
+// The finest unit whose amount fits the 8 digits, rounded up (a deadline is never made earlier
+// than the time left).
+std::string FormatGrpcTimeout(int64_t nanos) {
+  constexpr std::pair<int64_t, char> kUnits[] = {
+      {1, 'n'}, {1'000, 'u'}, {1'000'000, 'm'}, {1'000'000'000, 'S'}, {60'000'000'000, 'M'}, {3600'000'000'000, 'H'}};
+  for (const auto& [unit, letter] : kUnits) {
+    const int64_t amount = (nanos + unit - 1) / unit;
+    if (amount <= 99'999'999) return absl::StrCat(amount, std::string(1, letter));
+  }
+  return "99999999H";
+}
+
 // A gRPC server shutting down ends the calls it has not answered CANCELLED, with no message of its
 // own. The client did not cancel, and may retry: it gets UNAVAILABLE (as Envoy answers an upstream
 // reset, and as the gRPC plane does). A CANCELLED status sent on purpose, with a message, passes.
@@ -123,6 +162,7 @@ struct Call {
   std::list<Call*>::iterator in_client;    // in client->calls, until client_closed
 
   std::string path;
+  std::chrono::steady_clock::time_point started;  // when its headers were in
   std::vector<HeaderField> request_headers;
   std::vector<HeaderField> response_headers;
   std::vector<HeaderField> trailers;
@@ -138,6 +178,11 @@ struct Call {
   size_t unconsumed_from_upstream = 0;
   // Of the worker's held_bytes, this call's share (see Recount).
   size_t held_counted = 0;
+  // Where the response is in its gRPC messages (ResponseMessagesFit): the prefix bytes seen of the
+  // next message, or what is left of the current one.
+  std::array<uint8_t, 5> response_prefix{};
+  size_t response_prefix_seen = 0;
+  uint64_t response_message_left = 0;
 
   bool client_ended = false;     // END_STREAM from the client
   bool upstream_ended = false;   // END_STREAM from the upstream (trailers in)
@@ -597,7 +642,26 @@ void OpenUpstream(Call* call, std::optional<UpstreamAddress> failover = std::nul
   nv.push_back(Nv(":scheme", up->ssl != nullptr ? "https" : "http"));
   nv.push_back(Nv(":path", call->path));
   nv.push_back(Nv(":authority", up->target));
-  for (const HeaderField& f : call->request_headers) nv.push_back(Nv(f.name, f.value));
+  // The upstream gets the time left of the client's deadline, as each gRPC hop sends it: the call
+  // may have waited here for its first message (and, on a failover, for the first upstream).
+  std::string timeout_left;
+  for (const HeaderField& f : call->request_headers) {
+    if (f.name == "grpc-timeout") {
+      if (const std::optional<int64_t> timeout = ParseGrpcTimeout(f.value)) {
+        const int64_t left = *timeout - std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                             std::chrono::steady_clock::now() - call->started)
+                                             .count();
+        if (left <= 0) {
+          FailCall(call, kGrpcDeadlineExceeded, "the deadline passed before the call reached the upstream");
+          return;
+        }
+        timeout_left = FormatGrpcTimeout(left);
+        nv.push_back(Nv(f.name, timeout_left));
+        continue;
+      }
+    }
+    nv.push_back(Nv(f.name, f.value));
+  }
   nghttp2_data_provider provider{};
   provider.source.ptr = call;
   provider.read_callback = ReadToUpstream;
@@ -753,6 +817,7 @@ int OnClientHeader(nghttp2_session* session, const nghttp2_frame* frame, const u
 
 void StartCall(Call* call) {
   Worker* worker = call->client->worker;
+  call->started = std::chrono::steady_clock::now();
   call->handler = worker->factory->NewCall(call->path, call->request_headers);
   RequestFramer::Options options;
   options.route = call->handler->route();
@@ -898,10 +963,47 @@ int OnUpstreamFrame(nghttp2_session* session, const nghttp2_frame* frame, void*)
   return 0;
 }
 
+// Follows the response's 5-byte message prefixes through `data` (the payload is only counted, not
+// read) so that a message over max_message_bytes ends the call before any of it is passed on, as
+// the gRPC plane's channel does. False, with the message's size, if one is over.
+bool ResponseMessagesFit(Call* call, const uint8_t* data, size_t len, uint32_t max, uint64_t* oversized) {
+  while (len > 0) {
+    if (call->response_message_left > 0) {
+      const size_t n = static_cast<size_t>(std::min<uint64_t>(len, call->response_message_left));
+      call->response_message_left -= n;
+      data += n;
+      len -= n;
+      continue;
+    }
+    const size_t n = std::min(len, call->response_prefix.size() - call->response_prefix_seen);
+    std::memcpy(call->response_prefix.data() + call->response_prefix_seen, data, n);
+    call->response_prefix_seen += n;
+    data += n;
+    len -= n;
+    if (call->response_prefix_seen < call->response_prefix.size()) break;
+    call->response_prefix_seen = 0;
+    const uint8_t* p = call->response_prefix.data() + 1;
+    const uint32_t size = uint32_t{p[0]} << 24 | uint32_t{p[1]} << 16 | uint32_t{p[2]} << 8 | uint32_t{p[3]};
+    if (size > max) {
+      *oversized = size;
+      return false;
+    }
+    call->response_message_left = size;
+  }
+  return true;
+}
+
 int OnUpstreamData(nghttp2_session* session, uint8_t, int32_t stream_id, const uint8_t* data, size_t len, void*) {
   auto* call = static_cast<Call*>(nghttp2_session_get_stream_user_data(session, stream_id));
   if (call == nullptr || call->local_status || call->client_closed) {
     nghttp2_session_consume(session, stream_id, len);
+    return 0;
+  }
+  const uint32_t max = call->worker->options.max_message_bytes;
+  if (uint64_t oversized = 0; !ResponseMessagesFit(call, data, len, max, &oversized)) {
+    nghttp2_session_consume(session, stream_id, len);
+    FailCall(call, kGrpcResourceExhausted,
+             absl::StrCat("the upstream's response message is larger than max (", oversized, " vs. ", max, " bytes)"));
     return 0;
   }
   call->unconsumed_from_upstream += len;

@@ -138,10 +138,10 @@ struct SidecarConfig {
   std::vector<ClusterConfig> clusters;
   bool clusters_listed = false;
   absl::Duration drain_timeout = absl::Seconds(30);
-  // What the gRPC listener's connections may hold in buffers together (a gRPC resource quota).
-  // Past it, gRPC resets streams with RESOURCE_EXHAUSTED instead of reading on: gRPC 1.51 reads a
-  // message whole before checking max_message_bytes, so without a limit a client could make the
-  // sidecar hold any amount. 0: no limit.
+  // grpc plane: what the gRPC listener's connections may hold in buffers together (a gRPC resource
+  // quota). Past it, gRPC resets streams with RESOURCE_EXHAUSTED instead of reading on: gRPC 1.51
+  // reads a message whole before checking max_message_bytes, so without a limit a client could
+  // make the sidecar hold any amount. h2 plane: what calls hold past flow control. 0: no limit.
   int64_t memory_limit_bytes = int64_t{512} * 1024 * 1024;
   // How client calls are proxied: through gRPC C++'s generic service, message by message ("grpc"),
   // or as HTTP/2 streams, frame by frame (dataplane/h2_proxy.h, "h2").

@@ -502,8 +502,9 @@ class PartialMessageClient {
     close(fd_);
   }
 
-  // Opens a ModelInfer call and sends `body` on it, without ending the stream.
-  int32_t Open(std::string body) {
+  // Opens a ModelInfer call and sends `body` on it, without ending the stream; `timeout`, when
+  // given, is sent as grpc-timeout.
+  int32_t Open(std::string body, const char* timeout = nullptr) {
     auto nv = [](const char* name, const char* value) {
       return nghttp2_nv{reinterpret_cast<uint8_t*>(const_cast<char*>(name)),
                         reinterpret_cast<uint8_t*>(const_cast<char*>(value)), std::strlen(name), std::strlen(value),
@@ -512,15 +513,22 @@ class PartialMessageClient {
     const nghttp2_nv headers[] = {nv(":method", "POST"), nv(":scheme", "http"),
                                   nv(":path", "/inference.GRPCInferenceService/ModelInfer"),
                                   nv(":authority", "sidecar"), nv("content-type", "application/grpc"),
-                                  nv("te", "trailers")};
+                                  nv("te", "trailers"), nv("grpc-timeout", timeout ? timeout : "")};
     auto stream = std::make_unique<Stream>();
     stream->body = std::move(body);
     nghttp2_data_provider provider{};
     provider.source.ptr = stream.get();
     provider.read_callback = &PartialMessageClient::ReadBody;
-    const int32_t id = nghttp2_submit_request(session_, nullptr, headers, std::size(headers), &provider, nullptr);
+    const int32_t id =
+        nghttp2_submit_request(session_, nullptr, headers, std::size(headers) - (timeout ? 0 : 1), &provider, nullptr);
     streams_[id] = std::move(stream);
     return id;
+  }
+  // Sends `rest` after what was sent, and ends the stream.
+  void Finish(int32_t id, std::string_view rest) {
+    streams_.at(id)->body += rest;
+    streams_.at(id)->end = true;
+    nghttp2_session_resume_data(session_, id);
   }
 
   // Sends and receives until `done()` holds; false after 10 s, or when the sidecar closed first.
@@ -545,6 +553,7 @@ class PartialMessageClient {
   struct Stream {
     std::string body;
     size_t sent = 0;
+    bool end = false;  // END_STREAM once the body is sent
     std::optional<std::string> grpc_status;
     std::string grpc_message;
   };
@@ -557,11 +566,12 @@ class PartialMessageClient {
     }
     return static_cast<ssize_t>(length);
   }
-  static ssize_t ReadBody(nghttp2_session*, int32_t, uint8_t* buf, size_t length, uint32_t*,
+  static ssize_t ReadBody(nghttp2_session*, int32_t, uint8_t* buf, size_t length, uint32_t* flags,
                           nghttp2_data_source* source, void*) {
     auto* stream = static_cast<Stream*>(source->ptr);
     const size_t n = std::min(length, stream->body.size() - stream->sent);
-    if (n == 0) return NGHTTP2_ERR_DEFERRED;  // the stream stays open, the message unfinished
+    if (stream->end && n == stream->body.size() - stream->sent) *flags |= NGHTTP2_DATA_FLAG_EOF;
+    if (n == 0 && !stream->end) return NGHTTP2_ERR_DEFERRED;  // the stream stays open, the message unfinished
     std::memcpy(buf, stream->body.data() + stream->sent, n);
     stream->sent += n;
     return static_cast<ssize_t>(n);
@@ -686,6 +696,49 @@ class ByMethodCalls final : public dataplane::CallHandlerFactory {
 // Upstream names are looked up without blocking: while one waits a second for its DNS answer, a
 // call to another upstream on the same worker is served at once; a name that does not exist ends
 // its calls UNAVAILABLE, saying so.
+// The h2 plane opens the upstream stream only once it knows the model name, so a call may wait
+// in the sidecar for its first message: the upstream gets the time left of the client's deadline
+// (grpc-timeout less that wait), and a call whose deadline passed meanwhile never reaches it.
+TEST(H2DeadlineTest, TheUpstreamGetsTheTimeLeftAfterTheSidecarWaitedForTheModelName) {
+  bench::FakeUpstreamOptions upstream_options;
+  upstream_options.models = kVariants;
+  auto upstream = bench::FakeUpstreamServer::Start("127.0.0.1:0", upstream_options);
+  ASSERT_TRUE(upstream.ok()) << upstream.status();
+  SidecarConfig config = testing::StaticSidecarConfig((*upstream)->port(), 150);
+  config.data_plane = SidecarConfig::DataPlane::kH2;
+  auto sidecar = SidecarServer::Start(config);
+  ASSERT_TRUE(sidecar.ok()) << sidecar.status();
+  absl::Cleanup stop = [&] { (*sidecar)->Shutdown(absl::ZeroDuration()); };
+  // A ModelInferRequest naming the route, in a gRPC message: its first 6 bytes leave the name unknown.
+  const std::string message = "\x0a\x06resnet\x3a\x04" "abcd";
+  const std::string framed = std::string("\0\0\0\0", 4) + static_cast<char>(message.size()) + message;
+  auto wait = [](PartialMessageClient& client, absl::Duration d) {
+    const absl::Time until = absl::Now() + d;
+    client.PumpUntil([&] { return absl::Now() >= until; });
+  };
+
+  PartialMessageClient client((*sidecar)->port());
+  const absl::Time start = absl::Now();
+  const int32_t in_time = client.Open(framed.substr(0, 6), "3S");
+  wait(client, absl::Milliseconds(800));
+  client.Finish(in_time, framed.substr(6));
+  ASSERT_TRUE(client.PumpUntil([&] { return client.GrpcStatus(in_time).has_value(); }));
+  EXPECT_EQ(client.GrpcStatus(in_time), "0") << client.GrpcMessage(in_time);
+  auto received = (*upstream)->service().received();
+  ASSERT_EQ(received.size(), 1u);
+  // The client's deadline is start + 3 s; passed on as sent, the upstream's would be 800 ms later.
+  EXPECT_LE(received[0].deadline, start + absl::Seconds(3) + absl::Milliseconds(100));
+  EXPECT_GT(received[0].deadline, start + absl::Seconds(2));
+
+  const int32_t too_late = client.Open(framed.substr(0, 6), "300m");
+  wait(client, absl::Milliseconds(500));
+  client.Finish(too_late, framed.substr(6));
+  ASSERT_TRUE(client.PumpUntil([&] { return client.GrpcStatus(too_late).has_value(); }));
+  EXPECT_EQ(client.GrpcStatus(too_late), "4");
+  EXPECT_THAT(client.GrpcMessage(too_late), HasSubstr("deadline"));
+  EXPECT_EQ((*upstream)->service().received_count(), 1u);
+}
+
 TEST(H2UpstreamNamesTest, ALookupNeverHoldsUpTheWorkerAndAFailedOneSaysWhy) {
   bench::FakeUpstreamOptions upstream_options;
   upstream_options.models = kVariants;

@@ -383,6 +383,31 @@ TEST_P(ProxyTest, OversizedRequestIsResourceExhausted) {
   EXPECT_EQ(upstream_->service().received_count(), 0u);
 }
 
+// upstream.max_message_bytes holds for responses too: a client that would take any size still
+// gets RESOURCE_EXHAUSTED for an answer over it (4 MiB here), and the next call is served.
+TEST_P(ProxyTest, AnOversizedResponseIsResourceExhausted) {
+  grpc::ChannelArguments args;
+  args.SetMaxReceiveMessageSize(-1);
+  auto stub = inference::GRPCInferenceService::NewStub(grpc::CreateCustomChannel(
+      absl::StrCat("127.0.0.1:", sidecar_->port()), grpc::InsecureChannelCredentials(), args));
+  for (const int64_t response_bytes : {int64_t{6} << 20, int64_t{1} << 20}) {
+    inference::ModelInferRequest req = InferRequest("resnet", 10);
+    (*req.mutable_parameters())["response_bytes"].set_int64_param(response_bytes);
+    auto ctx = Context();
+    inference::ModelInferResponse resp;
+    grpc::Status status = stub->ModelInfer(ctx.get(), req, &resp);
+    if (response_bytes > 4 << 20) {
+      EXPECT_EQ(status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << status.error_message();
+      EXPECT_THAT(status.error_message(), HasSubstr("larger than max"));
+    } else {
+      ASSERT_TRUE(status.ok()) << status.error_message();
+      ASSERT_EQ(resp.raw_output_contents_size(), 3);
+      EXPECT_EQ(resp.raw_output_contents(2).size(), static_cast<size_t>(response_bytes));
+    }
+  }
+  EXPECT_EQ(upstream_->service().received_count(), 2u);
+}
+
 TEST_P(ProxyTest, DeadlineReachesTheUpstream) {
   auto ctx = Context(absl::Seconds(7));
   const absl::Time client_deadline = absl::FromChrono(ctx->deadline());
