@@ -696,19 +696,38 @@ class ByMethodCalls final : public dataplane::CallHandlerFactory {
 // Upstream names are looked up without blocking: while one waits a second for its DNS answer, a
 // call to another upstream on the same worker is served at once; a name that does not exist ends
 // its calls UNAVAILABLE, saying so.
+// A fake upstream serving kVariants and, in front of it, a sidecar on the h2 plane at 150 g/kWh
+// (`adjust` changes its config first); the sidecar is shut down when this goes.
+struct H2SidecarOverFakeUpstream {
+  std::unique_ptr<bench::FakeUpstreamServer> upstream;
+  std::unique_ptr<SidecarServer> sidecar;
+
+  void Start(const std::function<void(SidecarConfig&)>& adjust = {}) {
+    bench::FakeUpstreamOptions upstream_options;
+    upstream_options.models = kVariants;
+    auto started_upstream = bench::FakeUpstreamServer::Start("127.0.0.1:0", upstream_options);
+    ASSERT_TRUE(started_upstream.ok()) << started_upstream.status();
+    upstream = *std::move(started_upstream);
+    SidecarConfig config = testing::StaticSidecarConfig(upstream->port(), 150);
+    config.data_plane = SidecarConfig::DataPlane::kH2;
+    if (adjust) adjust(config);
+    auto started_sidecar = SidecarServer::Start(config);
+    ASSERT_TRUE(started_sidecar.ok()) << started_sidecar.status();
+    sidecar = *std::move(started_sidecar);
+  }
+  ~H2SidecarOverFakeUpstream() {
+    if (sidecar) sidecar->Shutdown(absl::ZeroDuration());
+  }
+};
+
 // The h2 plane opens the upstream stream only once it knows the model name, so a call may wait
 // in the sidecar for its first message: the upstream gets the time left of the client's deadline
 // (grpc-timeout less that wait), and a call whose deadline passed meanwhile never reaches it.
 TEST(H2DeadlineTest, TheUpstreamGetsTheTimeLeftAfterTheSidecarWaitedForTheModelName) {
-  bench::FakeUpstreamOptions upstream_options;
-  upstream_options.models = kVariants;
-  auto upstream = bench::FakeUpstreamServer::Start("127.0.0.1:0", upstream_options);
-  ASSERT_TRUE(upstream.ok()) << upstream.status();
-  SidecarConfig config = testing::StaticSidecarConfig((*upstream)->port(), 150);
-  config.data_plane = SidecarConfig::DataPlane::kH2;
-  auto sidecar = SidecarServer::Start(config);
-  ASSERT_TRUE(sidecar.ok()) << sidecar.status();
-  absl::Cleanup stop = [&] { (*sidecar)->Shutdown(absl::ZeroDuration()); };
+  H2SidecarOverFakeUpstream h2;
+  ASSERT_NO_FATAL_FAILURE(h2.Start());
+  const auto& upstream = h2.upstream;
+  const auto& sidecar = h2.sidecar;
   // A ModelInferRequest naming the route, in a gRPC message: its first 6 bytes leave the name unknown.
   const std::string message = "\x0a\x06resnet\x3a\x04" "abcd";
   const std::string framed = std::string("\0\0\0\0", 4) + static_cast<char>(message.size()) + message;
@@ -717,14 +736,14 @@ TEST(H2DeadlineTest, TheUpstreamGetsTheTimeLeftAfterTheSidecarWaitedForTheModelN
     client.PumpUntil([&] { return absl::Now() >= until; });
   };
 
-  PartialMessageClient client((*sidecar)->port());
+  PartialMessageClient client(sidecar->port());
   const absl::Time start = absl::Now();
   const int32_t in_time = client.Open(framed.substr(0, 6), "3S");
   wait(client, absl::Milliseconds(800));
   client.Finish(in_time, framed.substr(6));
   ASSERT_TRUE(client.PumpUntil([&] { return client.GrpcStatus(in_time).has_value(); }));
   EXPECT_EQ(client.GrpcStatus(in_time), "0") << client.GrpcMessage(in_time);
-  auto received = (*upstream)->service().received();
+  auto received = upstream->service().received();
   ASSERT_EQ(received.size(), 1u);
   // The client's deadline is start + 3 s; passed on as sent, the upstream's would be 800 ms later.
   EXPECT_LE(received[0].deadline, start + absl::Seconds(3) + absl::Milliseconds(100));
@@ -736,7 +755,7 @@ TEST(H2DeadlineTest, TheUpstreamGetsTheTimeLeftAfterTheSidecarWaitedForTheModelN
   ASSERT_TRUE(client.PumpUntil([&] { return client.GrpcStatus(too_late).has_value(); }));
   EXPECT_EQ(client.GrpcStatus(too_late), "4");
   EXPECT_THAT(client.GrpcMessage(too_late), HasSubstr("deadline"));
-  EXPECT_EQ((*upstream)->service().received_count(), 1u);
+  EXPECT_EQ(upstream->service().received_count(), 1u);
 }
 
 TEST(H2UpstreamNamesTest, ALookupNeverHoldsUpTheWorkerAndAFailedOneSaysWhy) {
@@ -804,18 +823,14 @@ TEST(H2UpstreamNamesTest, ALookupNeverHoldsUpTheWorkerAndAFailedOneSaysWhy) {
 // held is free again. (The gRPC plane's limit is gRPC's resource quota, tested end to end with an
 // oversized message in sidecar_e2e_test.py.)
 TEST(H2MemoryLimitTest, MessagesHeldForALateModelNameStopAtTheLimit) {
-  bench::FakeUpstreamOptions upstream_options;
-  upstream_options.models = kVariants;
-  auto upstream = bench::FakeUpstreamServer::Start("127.0.0.1:0", upstream_options);
-  ASSERT_TRUE(upstream.ok()) << upstream.status();
-  SidecarConfig config = testing::StaticSidecarConfig((*upstream)->port(), 150);
-  config.data_plane = SidecarConfig::DataPlane::kH2;
-  config.data_plane_threads = 1;          // one worker: its share is the whole limit
-  config.memory_limit_bytes = 16 << 20;   // the smallest the config accepts
-  auto sidecar = SidecarServer::Start(config);
-  ASSERT_TRUE(sidecar.ok()) << sidecar.status();
-  absl::Cleanup stop = [&] { (*sidecar)->Shutdown(absl::ZeroDuration()); };
-  httplib::Client admin("127.0.0.1", (*sidecar)->admin_port());
+  H2SidecarOverFakeUpstream h2;
+  ASSERT_NO_FATAL_FAILURE(h2.Start([](SidecarConfig& config) {
+    config.data_plane_threads = 1;         // one worker: its share is the whole limit
+    config.memory_limit_bytes = 16 << 20;  // the smallest the config accepts
+  }));
+  const auto& upstream = h2.upstream;
+  const auto& sidecar = h2.sidecar;
+  httplib::Client admin("127.0.0.1", sidecar->admin_port());
   auto Sample = [&](const std::string& name) {
     auto res = admin.Get("/metrics");
     return res ? SumSamples(res->body, name) : -1.0;
@@ -831,7 +846,7 @@ TEST(H2MemoryLimitTest, MessagesHeldForALateModelNameStopAtTheLimit) {
     return message;
   };
   // A gRPC client's whole call with such a message: its status.
-  auto channel = grpc::CreateChannel(absl::StrCat("127.0.0.1:", (*sidecar)->port()), grpc::InsecureChannelCredentials());
+  auto channel = grpc::CreateChannel(absl::StrCat("127.0.0.1:", sidecar->port()), grpc::InsecureChannelCredentials());
   grpc::GenericStub stub(channel);
   auto call = [&](const std::string& message) {
     grpc::ClientContext ctx;
@@ -855,7 +870,7 @@ TEST(H2MemoryLimitTest, MessagesHeldForALateModelNameStopAtTheLimit) {
   framed += big;
   const std::string part = framed.substr(0, (5 << 20) / 2);  // 2.5 MiB of it
   {
-    PartialMessageClient client((*sidecar)->port());
+    PartialMessageClient client(sidecar->port());
     std::vector<int32_t> held;
     // Six parts hold 15 MiB: under the limit, each call waits for the rest of its message.
     for (int i = 0; i < 6; ++i) {
@@ -869,7 +884,7 @@ TEST(H2MemoryLimitTest, MessagesHeldForALateModelNameStopAtTheLimit) {
     EXPECT_EQ(client.GrpcStatus(refused), "8");  // RESOURCE_EXHAUSTED
     EXPECT_THAT(client.GrpcMessage(refused), HasSubstr("memory_limit_bytes"));
     for (int32_t id : held) EXPECT_FALSE(client.GrpcStatus(id).has_value()) << "stream " << id;
-    EXPECT_EQ((*upstream)->service().received_count(), 0u);
+    EXPECT_EQ(upstream->service().received_count(), 0u);
     // /metrics counts what the six hold (their 2.5 MiB each, less the 5-byte prefix kept apart),
     // nothing of the seventh.
     EXPECT_EQ(HeldBytes(), 6.0 * static_cast<double>(part.size() - 5));
@@ -887,7 +902,7 @@ TEST(H2MemoryLimitTest, MessagesHeldForALateModelNameStopAtTheLimit) {
   // The six go with their connection (once the sidecar has seen it close): a 3 MiB one fits now.
   EXPECT_TRUE(PollUntil([&] { return call(big).ok(); }));
   EXPECT_TRUE(PollUntil([&] { return HeldBytes() == 0; })) << HeldBytes();
-  const std::vector<bench::ReceivedRequest> received = (*upstream)->service().received();
+  const std::vector<bench::ReceivedRequest> received = upstream->service().received();
   ASSERT_EQ(received.size(), 2u);
   for (const auto& r : received) EXPECT_EQ(r.model_name, "resnet101");
   EXPECT_EQ(received[1].raw_input_bytes, 3u << 20);
