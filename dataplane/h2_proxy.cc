@@ -295,6 +295,11 @@ struct UpstreamConnection final : Connection {
   std::list<Call*> calls;
   bool retired = false;  // no longer the one new calls to its target use
   Resolution* resolving = nullptr;  // while its name is being looked up (no socket yet)
+  // What the name resolved to, tried in order until one connects (as gRPC's pick_first does): a
+  // name with an IPv6 and an IPv4 address works whichever of them the upstream listens on.
+  std::vector<std::pair<sockaddr_storage, socklen_t>> addresses;
+  size_t next_address = 0;
+  std::string connect_errors;  // each address that refused, and why
   bool is_upstream() const override { return true; }
 };
 
@@ -339,8 +344,12 @@ struct H2Proxy::Worker {
   void Accept(evutil_socket_t fd);
   void CloseConnection(Connection* c);
   UpstreamConnection* UpstreamFor(const UpstreamAddress& address, std::string* error);
-  // Opens the connection's socket to the first of `addresses`; false (and `failure` set) if it cannot.
+  // Starts connecting to the first of `addresses`; false (and `failure` set) if none can be tried.
   bool Dial(UpstreamConnection* up, const evutil_addrinfo* addresses);
+  // Starts connecting to the next address not yet tried; false (and `failure` set) when none is left.
+  bool DialNext(UpstreamConnection* up);
+  // Records why the address last tried did not connect, and closes its socket.
+  void NoteConnectError(UpstreamConnection* up, std::string_view why);
   void Resolved(Resolution* resolution, int error, evutil_addrinfo* addresses);
   void Drain();
   // An upstream connection new calls no longer use: closed when its last call has ended.
@@ -1095,7 +1104,10 @@ void OnWritable(evutil_socket_t fd, short, void* arg) {
     int error = 0;
     socklen_t len = sizeof error;
     if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &error, &len) != 0 || error != 0) {
-      worker->CloseConnection(conn);
+      // Only upstream connections connect; the next of their addresses is tried.
+      auto* up = static_cast<UpstreamConnection*>(conn);
+      worker->NoteConnectError(up, std::strerror(error != 0 ? error : errno));
+      if (!worker->DialNext(up)) worker->CloseConnection(conn);
       worker->FlushPending();
       return;
     }
@@ -1398,7 +1410,7 @@ UpstreamConnection* H2Proxy::Worker::UpstreamFor(const UpstreamAddress& address,
     const bool dialled = Dial(up, addresses);
     if (addresses) evutil_freeaddrinfo(addresses);
     if (!dialled) {
-      *error = absl::StrCat("cannot connect to the upstream ", ToAbsl(target), ": ", up->failure);
+      *error = absl::StrCat("the upstream ", ToAbsl(target), ": ", up->failure);
       delete up;
       return nullptr;
     }
@@ -1411,28 +1423,66 @@ UpstreamConnection* H2Proxy::Worker::UpstreamFor(const UpstreamAddress& address,
 }
 
 bool H2Proxy::Worker::Dial(UpstreamConnection* up, const evutil_addrinfo* addresses) {
-  if (addresses == nullptr) {
+  for (const evutil_addrinfo* a = addresses; a != nullptr; a = a->ai_next) {
+    if (a->ai_addrlen > sizeof(sockaddr_storage)) continue;
+    auto& [address, length] = up->addresses.emplace_back();
+    std::memcpy(&address, a->ai_addr, a->ai_addrlen);
+    length = static_cast<socklen_t>(a->ai_addrlen);
+  }
+  if (up->addresses.empty()) {
     up->failure = "no address";
     return false;
   }
-  up->fd = socket(addresses->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-  if (up->fd < 0) {
-    up->failure = std::strerror(errno);
-    return false;
+  return DialNext(up);
+}
+
+namespace {
+std::string AddressText(const sockaddr_storage& address) {
+  char host[INET6_ADDRSTRLEN] = "?";
+  if (address.ss_family == AF_INET6) {
+    const auto& v6 = reinterpret_cast<const sockaddr_in6&>(address);
+    inet_ntop(AF_INET6, &v6.sin6_addr, host, sizeof host);
+    return absl::StrCat("[", host, "]:", ntohs(v6.sin6_port));
   }
-  const int one = 1;
-  setsockopt(up->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-  if (connect(up->fd, addresses->ai_addr, static_cast<socklen_t>(addresses->ai_addrlen)) != 0 && errno != EINPROGRESS) {
-    up->failure = std::strerror(errno);
-    return false;
+  const auto& v4 = reinterpret_cast<const sockaddr_in&>(address);
+  inet_ntop(AF_INET, &v4.sin_addr, host, sizeof host);
+  return absl::StrCat(host, ":", ntohs(v4.sin_port));
+}
+}  // namespace
+
+bool H2Proxy::Worker::DialNext(UpstreamConnection* up) {
+  // A socket from an address that refused goes first, with its events.
+  if (up->read_event) event_free(std::exchange(up->read_event, nullptr));
+  if (up->write_event) event_free(std::exchange(up->write_event, nullptr));
+  up->write_armed = false;
+  if (up->fd >= 0) close(std::exchange(up->fd, -1));
+  while (up->next_address < up->addresses.size()) {
+    const auto& [address, length] = up->addresses[up->next_address++];
+    up->fd = socket(address.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (up->fd >= 0) {
+      const int one = 1;
+      setsockopt(up->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+      if (connect(up->fd, reinterpret_cast<const sockaddr*>(&address), length) == 0 || errno == EINPROGRESS) {
+        if (up->ssl != nullptr) SSL_set_fd(up->ssl, up->fd);
+        // The connect completes when the socket turns writable (even if connect() already
+        // returned 0); the TLS handshake, then the frames waiting in the output, go then.
+        WatchSocket(up, base, /*read_now=*/false);
+        up->write_armed = true;
+        event_add(up->write_event, nullptr);
+        return true;
+      }
+    }
+    NoteConnectError(up, std::strerror(errno));
   }
-  if (up->ssl != nullptr) SSL_set_fd(up->ssl, up->fd);
-  // The connect completes when the socket turns writable (even if connect() already returned 0);
-  // the TLS handshake, then the frames waiting in the output, go then.
-  WatchSocket(up, base, /*read_now=*/false);
-  up->write_armed = true;
-  event_add(up->write_event, nullptr);
-  return true;
+  up->failure = absl::StrCat("cannot connect to ", up->connect_errors);
+  return false;
+}
+
+void H2Proxy::Worker::NoteConnectError(UpstreamConnection* up, std::string_view why) {
+  const sockaddr_storage& address = up->addresses[up->next_address - 1].first;
+  absl::StrAppend(&up->connect_errors, up->connect_errors.empty() ? "" : ", ", AddressText(address), " (",
+                  ToAbsl(why), ")");
+  if (up->fd >= 0) close(std::exchange(up->fd, -1));
 }
 
 void H2Proxy::Worker::Resolved(Resolution* lookup, int error, evutil_addrinfo* addresses) {
@@ -1444,7 +1494,6 @@ void H2Proxy::Worker::Resolved(Resolution* lookup, int error, evutil_addrinfo* a
     up->failure = absl::StrCat("cannot resolve ", up->host, ": ", evutil_gai_strerror(error));
   } else {
     dialled = Dial(up, addresses);
-    if (!dialled) up->failure = absl::StrCat("cannot connect: ", up->failure);
   }
   if (addresses) evutil_freeaddrinfo(addresses);
   if (!dialled) CloseConnection(up);

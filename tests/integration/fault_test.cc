@@ -594,7 +594,8 @@ class PartialMessageClient {
 };
 
 // A DNS server on loopback (UDP) for names under ".test": "slow.*" answered with 127.0.0.1 after
-// `delay`, "missing.*" with NXDOMAIN, others with 127.0.0.1 at once; AAAA questions get no answer.
+// `delay`, "missing.*" with NXDOMAIN, "two.*" with 127.0.0.2 and then 127.0.0.1, others with
+// 127.0.0.1 at once; AAAA questions get no answer.
 class LoopbackDnsServer {
  public:
   explicit LoopbackDnsServer(absl::Duration delay) : delay_(delay) {
@@ -647,7 +648,13 @@ class LoopbackDnsServer {
       reply[3] = static_cast<char>(missing ? 0x83 : 0x80);  // recursion available; NXDOMAIN or not
       reply[6] = reply[7] = reply[8] = reply[9] = reply[10] = reply[11] = 0;
       if (a_question && !missing) {
-        reply[7] = 1;  // one answer: the name (a pointer to the question's), A, IN, TTL 60, 127.0.0.1
+        // Each answer: the name (a pointer to the question's), A, IN, TTL 60, the address.
+        if (name.starts_with("two.")) {
+          reply[7] = 2;
+          reply += std::string("\xc0\x0c\x00\x01\x00\x01\x00\x00\x00\x3c\x00\x04\x7f\x00\x00\x02", 16);
+        } else {
+          reply[7] = 1;
+        }
         reply += std::string("\xc0\x0c\x00\x01\x00\x01\x00\x00\x00\x3c\x00\x04\x7f\x00\x00\x01", 16);
       }
       auto send = [this, reply, from] {
@@ -815,6 +822,68 @@ TEST(H2UpstreamNamesTest, ALookupNeverHoldsUpTheWorkerAndAFailedOneSaysWhy) {
   EXPECT_THAT(ready_status.error_message(), HasSubstr("cannot resolve"));
   EXPECT_THAT(ready_status.error_message(), HasSubstr("missing.upstream.test"));
   (*proxy)->Shutdown(absl::ZeroDuration());
+}
+
+// Every call to one target.
+class AllCallsTo final : public dataplane::CallHandlerFactory {
+ public:
+  explicit AllCallsTo(std::string target) : target_(std::move(target)) {}
+  std::unique_ptr<dataplane::CallHandler> NewCall(std::string_view, std::span<const dataplane::HeaderField>) override {
+    return std::make_unique<dataplane::PassThroughCall>(target_);
+  }
+
+ private:
+  const std::string target_;
+};
+
+// A name with several addresses (localhost's ::1 and 127.0.0.1, say) is dialled address by address
+// until one connects, as gRPC's pick_first does; when none does, the calls end UNAVAILABLE naming
+// each address and why.
+TEST(H2UpstreamNamesTest, EachAddressOfANameIsTriedInTurn) {
+  bench::FakeUpstreamOptions upstream_options;
+  upstream_options.models = kVariants;
+  auto upstream = bench::FakeUpstreamServer::Start("127.0.0.1:0", upstream_options);  // not 127.0.0.2
+  ASSERT_TRUE(upstream.ok()) << upstream.status();
+  LoopbackDnsServer dns(absl::ZeroDuration());
+  auto call_through = [&](const std::string& target) {
+    AllCallsTo calls(target);
+    dataplane::H2ProxyOptions options;
+    options.listen = "127.0.0.1:0";
+    options.threads = 1;
+    options.nameservers = {dns.address()};
+    auto proxy = dataplane::H2Proxy::Start(options, &calls);
+    EXPECT_TRUE(proxy.ok()) << proxy.status();
+    if (!proxy.ok()) return grpc::Status(grpc::StatusCode::INTERNAL, "no proxy");
+    auto stub = inference::GRPCInferenceService::NewStub(
+        grpc::CreateChannel(absl::StrCat("127.0.0.1:", (*proxy)->port()), grpc::InsecureChannelCredentials()));
+    grpc::ClientContext ctx;
+    ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(10)));
+    inference::ServerLiveResponse live;
+    grpc::Status status = stub->ServerLive(&ctx, inference::ServerLiveRequest(), &live);
+    (*proxy)->Shutdown(absl::ZeroDuration());
+    return status;
+  };
+
+  const int port = (*upstream)->port();
+  const grpc::Status second_answers = call_through(absl::StrCat("two.upstream.test:", port));
+  EXPECT_TRUE(second_answers.ok()) << second_answers.error_code() << " " << second_answers.error_message();
+
+  // A port nothing listens on, at either address.
+  const int closed_port = [] {
+    const int fd = socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof addr;
+    bind(fd, reinterpret_cast<sockaddr*>(&addr), len);
+    getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
+    close(fd);  // bound, never listened on: nothing takes connections there
+    return ntohs(addr.sin_port);
+  }();
+  const grpc::Status none_answers = call_through(absl::StrCat("two.upstream.test:", closed_port));
+  EXPECT_EQ(none_answers.error_code(), grpc::StatusCode::UNAVAILABLE);
+  EXPECT_THAT(none_answers.error_message(), HasSubstr(absl::StrCat("127.0.0.2:", closed_port, " (Connection refused)")));
+  EXPECT_THAT(none_answers.error_message(), HasSubstr(absl::StrCat("127.0.0.1:", closed_port, " (Connection refused)")));
 }
 
 // The h2 plane holds a routed message whose model name comes after its tensor whole (it cannot be
