@@ -300,6 +300,7 @@ struct UpstreamConnection final : Connection {
   std::vector<std::pair<sockaddr_storage, socklen_t>> addresses;
   size_t next_address = 0;
   std::string connect_errors;  // each address that refused, and why
+  std::chrono::steady_clock::time_point idle_since;  // when its last call ended (or it was made)
   bool is_upstream() const override { return true; }
 };
 
@@ -312,6 +313,7 @@ struct H2Proxy::Worker {
   evconnlistener* listener = nullptr;
   event* drain_event = nullptr;
   event* stop_event = nullptr;
+  event* idle_sweep = nullptr;  // every half upstream_idle_timeout, when there is one
   std::thread thread;
   std::vector<Connection*> to_flush;
   std::vector<ClientConnection*> clients;
@@ -359,6 +361,8 @@ struct H2Proxy::Worker {
   // never more than the upstream's SETTINGS_MAX_CONCURRENT_STREAMS (nghttp2 would queue them).
   size_t StreamsAllowed(UpstreamConnection* up) const;
   void CloseAll();  // after the loop has stopped
+  // Retires the upstream connections idle for upstream_idle_timeout.
+  void CloseIdleUpstreams();
 };
 
 namespace {
@@ -510,6 +514,7 @@ void MaybeDelete(Call* call) {
     UpstreamConnection* up = call->upstream;
     up->calls.erase(call->in_upstream);
     call->upstream = nullptr;
+    if (up->calls.empty()) up->idle_since = std::chrono::steady_clock::now();
     if (up->retired && up->calls.empty()) call->worker->Retire(up);
   }
   call->worker->active_calls.fetch_sub(1, std::memory_order_release);
@@ -1167,6 +1172,7 @@ void OnAccept(evconnlistener*, evutil_socket_t fd, sockaddr*, int, void* arg) {
 
 void OnDrain(evutil_socket_t, short, void* arg) { static_cast<Worker*>(arg)->Drain(); }
 void OnStop(evutil_socket_t, short, void* arg) { event_base_loopbreak(static_cast<Worker*>(arg)->base); }
+void OnIdleSweep(evutil_socket_t, short, void* arg) { static_cast<Worker*>(arg)->CloseIdleUpstreams(); }
 
 absl::StatusOr<evutil_socket_t> BindReusePort(const std::string& host, int port) {
   addrinfo hints{};
@@ -1204,6 +1210,7 @@ H2Proxy::Worker::~Worker() {
   if (listener) evconnlistener_free(listener);
   if (drain_event) event_free(drain_event);
   if (stop_event) event_free(stop_event);
+  if (idle_sweep) event_free(idle_sweep);
   if (base) event_base_free(base);
   if (server_callbacks) nghttp2_session_callbacks_del(server_callbacks);
   if (client_callbacks) nghttp2_session_callbacks_del(client_callbacks);
@@ -1330,6 +1337,7 @@ UpstreamConnection* H2Proxy::Worker::UpstreamFor(const UpstreamAddress& address,
   up->host = host_port->first;
   up->port = host_port->second;
   up->connected = false;  // until the name is known and the connect has completed
+  up->idle_since = std::chrono::steady_clock::now();
   if (tls != nullptr) {
     auto ssl = tls->NewSession(up->host);
     if (!ssl.ok()) {
@@ -1529,6 +1537,19 @@ void H2Proxy::Worker::CloseAll() {
   while (!all_upstreams.empty()) CloseConnection(all_upstreams.back());
 }
 
+void H2Proxy::Worker::CloseIdleUpstreams() {
+  const auto idle_before = std::chrono::steady_clock::now() - absl::ToChronoNanoseconds(options.upstream_idle_timeout);
+  std::vector<UpstreamConnection*> idle;
+  for (UpstreamConnection* up : all_upstreams) {
+    if (up->calls.empty() && up->connected && !up->retired && up->idle_since <= idle_before) idle.push_back(up);
+  }
+  for (UpstreamConnection* up : idle) {
+    ForgetFromPool(up);
+    Retire(up);
+  }
+  FlushPending();
+}
+
 void H2Proxy::Worker::Drain() {
   draining = true;
   // Closed, not just paused: connections the kernel would still accept are refused at once.
@@ -1579,6 +1600,11 @@ absl::StatusOr<std::unique_ptr<H2Proxy>> H2Proxy::Start(const H2ProxyOptions& op
     w->listener = evconnlistener_new(w->base, OnAccept, w.get(), LEV_OPT_CLOSE_ON_FREE, -1, *fd);
     w->drain_event = event_new(w->base, -1, 0, OnDrain, w.get());
     w->stop_event = event_new(w->base, -1, 0, OnStop, w.get());
+    if (options.upstream_idle_timeout > absl::ZeroDuration()) {
+      w->idle_sweep = event_new(w->base, -1, EV_PERSIST, OnIdleSweep, w.get());
+      const timeval every = absl::ToTimeval(std::max(options.upstream_idle_timeout / 2, absl::Milliseconds(10)));
+      event_add(w->idle_sweep, &every);
+    }
     w->server_callbacks = MakeCallbacks(true);
     w->client_callbacks = MakeCallbacks(false);
     nghttp2_option_new(&w->session_option);

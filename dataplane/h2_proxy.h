@@ -92,6 +92,10 @@ struct H2ProxyOptions {
   // (one connection per target and worker, as gRPC clients do). The upstream's own
   // SETTINGS_MAX_CONCURRENT_STREAMS is always respected.
   uint32_t upstream_max_concurrent_streams = 0;
+  // An upstream connection that has carried no call for this long is closed with GOAWAY (Envoy's
+  // upstream idle_timeout and its default): the connections a burst opened do not stay forever.
+  // The next call to that target dials again. Zero: never.
+  absl::Duration upstream_idle_timeout = absl::Hours(1);
   // What calls may hold past flow control, all workers together (each gets an equal share): routed
   // messages held whole for a late model name, requests kept for a failover. A call that would
   // hold more ends RESOURCE_EXHAUSTED. 0: no limit (each call is still bounded by max_message_bytes).

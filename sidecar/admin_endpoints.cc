@@ -936,6 +936,7 @@ std::string RenderConfigJson(const SidecarConfig& config) {
               {"data_plane_stream_window_bytes", config.data_plane_stream_window_bytes},
               {"data_plane_connection_window_bytes", config.data_plane_connection_window_bytes},
               {"data_plane_upstream_max_concurrent_streams", config.data_plane_upstream_max_concurrent_streams},
+              {"data_plane_upstream_idle_timeout", Duration(config.data_plane_upstream_idle_timeout)},
               {"intensity", IntensityJson(config.intensity)},
               {"accounting",
                {{"pue", config.accounting.pue},

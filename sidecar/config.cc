@@ -583,6 +583,7 @@ absl::StatusOr<SidecarConfig> LoadConfig(const std::string& path) {
                      absl::StrCat("data_plane_upstream_max_concurrent_streams must lie between 0 (no limit) and ",
                                   kMaxWindow));
     }
+    top.Duration("data_plane_upstream_idle_timeout", &config.data_plane_upstream_idle_timeout, /*allow_zero=*/true);
     YAML::Node admin = top.Get("admin", false);
     YAML::Node tls = top.Get("tls", false);
     YAML::Node upstream = top.Get("upstream", true);
@@ -707,13 +708,14 @@ SidecarConfig WithClusters(SidecarConfig config) {
         [](const SidecarConfig& running, SidecarConfig* next) { next->member = running.member; }   \
   }
 
-const RestartOnlySetting kRestartOnlySettings[12] = {
+const RestartOnlySetting kRestartOnlySettings[13] = {
     CARBON_RESTART_ONLY("listen", listen),
     CARBON_RESTART_ONLY("data_plane", data_plane),
     CARBON_RESTART_ONLY("data_plane_threads", data_plane_threads),
     CARBON_RESTART_ONLY("data_plane_stream_window_bytes", data_plane_stream_window_bytes),
     CARBON_RESTART_ONLY("data_plane_connection_window_bytes", data_plane_connection_window_bytes),
     CARBON_RESTART_ONLY("data_plane_upstream_max_concurrent_streams", data_plane_upstream_max_concurrent_streams),
+    CARBON_RESTART_ONLY("data_plane_upstream_idle_timeout", data_plane_upstream_idle_timeout),
     RestartOnlySetting{"admin",
                        [](const SidecarConfig& a, const SidecarConfig& b) {
                          return a.admin_listen == b.admin_listen && a.history_interval == b.history_interval &&

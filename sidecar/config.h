@@ -154,6 +154,9 @@ struct SidecarConfig {
   int64_t data_plane_connection_window_bytes = 2 * 1024 * 1024;
   // Calls one h2-plane upstream connection carries before another is opened; 0: no limit.
   int64_t data_plane_upstream_max_concurrent_streams = 0;
+  // An h2-plane upstream connection that has carried no call for this long is closed (Envoy's
+  // upstream idle_timeout, whose default this is); zero: never.
+  absl::Duration data_plane_upstream_idle_timeout = absl::Hours(1);
   IntensityConfig intensity;
   std::vector<RouteConfig> routes;
   AccountingConfig accounting;
@@ -171,7 +174,7 @@ struct RestartOnlySetting {
   bool (*same)(const SidecarConfig& a, const SidecarConfig& b);
   void (*keep)(const SidecarConfig& running, SidecarConfig* next);
 };
-extern const RestartOnlySetting kRestartOnlySettings[12];
+extern const RestartOnlySetting kRestartOnlySettings[13];
 
 std::string_view DataPlaneName(SidecarConfig::DataPlane plane);
 

@@ -54,6 +54,7 @@ absl::StatusOr<std::unique_ptr<SidecarServer>> SidecarServer::Start(const Sideca
     options.stream_window_bytes = static_cast<uint32_t>(config.data_plane_stream_window_bytes);
     options.connection_window_bytes = static_cast<uint32_t>(config.data_plane_connection_window_bytes);
     options.upstream_max_concurrent_streams = static_cast<uint32_t>(config.data_plane_upstream_max_concurrent_streams);
+    options.upstream_idle_timeout = config.data_plane_upstream_idle_timeout;
     if (config.tls) {
       absl::Status loaded;
       options.listener_tls = H2Tls(*config.tls, TlsSide::kListener, &loaded);

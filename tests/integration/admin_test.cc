@@ -331,6 +331,48 @@ TEST(H2PlaneMetricsTest, AWorkerSpreadsCallsOverUpstreamConnectionsOfAtMostTheLi
   (*sidecar)->Shutdown(absl::ZeroDuration());
 }
 
+// An upstream connection idle for data_plane_upstream_idle_timeout is closed; the next call
+// dials again.
+TEST(H2PlaneMetricsTest, AnIdleUpstreamConnectionIsClosedAndTheNextCallDialsAgain) {
+  bench::FakeUpstreamOptions options;
+  options.models = {"resnet34", "resnet50", "resnet101", "resnet152"};
+  auto upstream = bench::FakeUpstreamServer::Start("127.0.0.1:0", options);
+  ASSERT_TRUE(upstream.ok());
+  SidecarConfig config = Config((*upstream)->port(), 200);
+  config.data_plane = SidecarConfig::DataPlane::kH2;
+  config.data_plane_threads = 1;
+  config.data_plane_upstream_idle_timeout = absl::Milliseconds(300);
+  auto sidecar = SidecarServer::Start(config);
+  ASSERT_TRUE(sidecar.ok()) << sidecar.status();
+  SidecarClient client(**sidecar);
+  auto infer = [&] {
+    grpc::ClientContext ctx;
+    inference::ModelInferResponse response;
+    return client.stub->ModelInfer(&ctx, Request(1), &response).ok();
+  };
+  const char* const kOpen = "carbon_sidecar_h2_open_connections{side=\"upstream\"}";
+  const char* const kDialled = "carbon_sidecar_h2_connections_total{side=\"upstream\"}";
+  ASSERT_TRUE(infer());
+  EXPECT_EQ(client.Sample(kOpen), 1);
+  // Calls in quick succession keep it open: none is idle for 300 ms.
+  const absl::Time busy_until = absl::Now() + absl::Milliseconds(700);
+  while (absl::Now() < busy_until) {
+    ASSERT_TRUE(infer());
+    absl::SleepFor(absl::Milliseconds(50));
+  }
+  EXPECT_EQ(client.Sample(kOpen), 1);
+  EXPECT_EQ(client.Sample(kDialled), 1);
+  // Left idle, it is closed after the timeout (and within half of it more: the sweep interval).
+  const absl::Time idle_from = absl::Now();
+  EXPECT_TRUE(PollUntil([&] { return client.Sample(kOpen) == 0; }));
+  EXPECT_LT(absl::Now() - idle_from, absl::Seconds(2));
+  EXPECT_GE(absl::Now() - idle_from, absl::Milliseconds(150));
+  ASSERT_TRUE(infer());
+  EXPECT_EQ(client.Sample(kOpen), 1);
+  EXPECT_EQ(client.Sample(kDialled), 2);
+  (*sidecar)->Shutdown(absl::ZeroDuration());
+}
+
 TEST_F(AdminTest, SelectionExplainsTheChoice) {
   auto res = http_->Get("/v1/selection");
   ASSERT_TRUE(res);

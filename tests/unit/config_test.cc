@@ -212,7 +212,8 @@ TEST_F(ConfigTest, EveryMistakeNamesFileLineAndColumn) {
       {"unknown key", "drain_timeout: 5s", "drain_timeout: 5s\nlisten_port: 1",
        "6:1: unknown key 'listen_port' in the config (known keys: listen, drain_timeout, "
        "memory_limit_bytes, data_plane, data_plane_threads, data_plane_stream_window_bytes, "
-       "data_plane_connection_window_bytes, data_plane_upstream_max_concurrent_streams, admin, tls, upstream, intensity, routes, accounting, clusters)"},
+       "data_plane_connection_window_bytes, data_plane_upstream_max_concurrent_streams, "
+       "data_plane_upstream_idle_timeout, admin, tls, upstream, intensity, routes, accounting, clusters)"},
       {"unknown data plane", "drain_timeout: 5s", "drain_timeout: 5s\ndata_plane: quic",
        "6:13: data_plane must be grpc or h2, got 'quic'"},
       {"data plane threads", "drain_timeout: 5s", "drain_timeout: 5s\ndata_plane_threads: -1",
@@ -225,6 +226,8 @@ TEST_F(ConfigTest, EveryMistakeNamesFileLineAndColumn) {
       {"negative upstream stream limit", "drain_timeout: 5s",
        "drain_timeout: 5s\ndata_plane_upstream_max_concurrent_streams: -2",
        "6:45: data_plane_upstream_max_concurrent_streams must lie between 0 (no limit) and 2147483647"},
+      {"negative upstream idle timeout", "drain_timeout: 5s", "drain_timeout: 5s\ndata_plane_upstream_idle_timeout: -1s",
+       "6:35: data_plane_upstream_idle_timeout"},
       {"small memory limit", "drain_timeout: 5s", "drain_timeout: 5s\nmemory_limit_bytes: 65536",
        "6:21: memory_limit_bytes must be 0 (no limit) or at least 16777216"},
       {"misspelt nested key", "  refresh: 10s", "  refesh: 10s",
@@ -288,7 +291,8 @@ TEST_F(ConfigTest, TheH2DataPlaneIsRestartOnly) {
   std::string h2 = kValid;
   h2.replace(h2.find("drain_timeout: 5s\n"), 18,
              "drain_timeout: 5s\ndata_plane: h2\ndata_plane_threads: 3\ndata_plane_stream_window_bytes: 1048576\n"
-             "data_plane_connection_window_bytes: 16777216\ndata_plane_upstream_max_concurrent_streams: 8\n");
+             "data_plane_connection_window_bytes: 16777216\ndata_plane_upstream_max_concurrent_streams: 8\n"
+             "data_plane_upstream_idle_timeout: 5m\n");
   auto config = LoadConfig(Write("sidecar.yaml", h2));
   ASSERT_TRUE(config.ok()) << config.status();
   EXPECT_EQ(config->data_plane, SidecarConfig::DataPlane::kH2);
@@ -296,6 +300,7 @@ TEST_F(ConfigTest, TheH2DataPlaneIsRestartOnly) {
   EXPECT_EQ(config->data_plane_stream_window_bytes, 1048576);
   EXPECT_EQ(config->data_plane_connection_window_bytes, 16777216);
   EXPECT_EQ(config->data_plane_upstream_max_concurrent_streams, 8);
+  EXPECT_EQ(config->data_plane_upstream_idle_timeout, absl::Minutes(5));
   EXPECT_EQ(LoadConfig(Write("grpc.yaml", kValid))->data_plane, SidecarConfig::DataPlane::kGrpc);
 
   std::vector<std::string> changed;
@@ -304,7 +309,8 @@ TEST_F(ConfigTest, TheH2DataPlaneIsRestartOnly) {
   EXPECT_EQ(applied.data_plane, SidecarConfig::DataPlane::kGrpc);
   EXPECT_THAT(changed, ::testing::IsSupersetOf({"data_plane", "data_plane_threads", "data_plane_stream_window_bytes",
                                                 "data_plane_connection_window_bytes",
-                                                "data_plane_upstream_max_concurrent_streams"}));
+                                                "data_plane_upstream_max_concurrent_streams",
+                                                "data_plane_upstream_idle_timeout"}));
 }
 
 // The keys a mapping accepts, as the unknown-key error lists them.
