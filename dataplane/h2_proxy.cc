@@ -456,6 +456,9 @@ bool Connection::Handshake() {
     return false;
   }
   ScheduleFlush();  // what waited for the handshake (the preface, SETTINGS, requests) goes now
+  // OpenSSL may have read ahead past the handshake (the peer's SETTINGS, say) when the handshake
+  // ended on a write event: those bytes are no longer in the socket to wake a read.
+  if (read_event != nullptr) event_active(read_event, EV_READ, 0);
   return true;
 }
 
@@ -464,10 +467,11 @@ bool Connection::ReceiveTls(uint8_t* buffer) {
     if (!Handshake()) return false;
     if (!handshake_done) return true;
   }
-  // Whole records only: with read-ahead off, what OpenSSL has not returned is still in the socket,
-  // which stays readable, so stopping while a full record still fits loses no wake-up.
+  // Whole records only, while a full record still fits. OpenSSL reads ahead: when the loop stops for
+  // room, what it holds may already be out of the socket, which then wakes no one: come back for it.
   size_t have = 0;
   bool open = true;
+  bool waits_for_socket = false;
   while (kReadBufferBytes - have >= kMaxTlsRecord) {
     ERR_clear_error();
     const int n = SSL_read(ssl, buffer + have, static_cast<int>(kReadBufferBytes - have));
@@ -476,13 +480,17 @@ bool Connection::ReceiveTls(uint8_t* buffer) {
       continue;
     }
     const int error = SSL_get_error(ssl, n);
-    if (error == SSL_ERROR_WANT_READ || error == SSL_ERROR_WANT_WRITE) break;
+    if (error == SSL_ERROR_WANT_READ || error == SSL_ERROR_WANT_WRITE) {
+      waits_for_socket = true;
+      break;
+    }
     if (error == SSL_ERROR_SSL) failure = absl::StrCat("TLS failed: ", TlsErrorText(ssl));
     ERR_clear_error();
     open = false;  // close_notify, a reset, or a TLS error: after what was read is passed on
     break;
   }
   if (have > 0 && nghttp2_session_mem_recv(session, buffer, have) < 0) return false;
+  if (open && !closing && !waits_for_socket) event_active(read_event, EV_READ, 0);
   return open && !closing;
 }
 

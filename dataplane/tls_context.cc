@@ -17,6 +17,11 @@
 namespace carbon::dataplane {
 namespace {
 
+// What one read() from a TLS connection's socket may take (OpenSSL's read-ahead buffer). Under
+// glibc's 128 KiB mmap threshold: with SSL_MODE_RELEASE_BUFFERS the buffer is allocated again for
+// each burst, and from the heap that is cheap (at 128 KiB each would be an mmap and page faults).
+constexpr size_t kTlsReadAhead = 64 * 1024;
+
 // gRPC's own TLS 1.2 suites: forward-secret AEAD only, none of them on HTTP/2's block list
 // (RFC 7540 appendix A). TLS 1.3 keeps OpenSSL's defaults, all AEAD.
 constexpr char kTls12Ciphers[] =
@@ -103,6 +108,11 @@ absl::StatusOr<SSL_CTX*> Build(TlsContext::Side side, const TlsFiles& files, con
   // Idle connections give their record buffers back; output is handed over from a buffer that
   // may move between a write that would block and its retry.
   SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+  // One read() takes what the socket has, up to kTlsReadAhead bytes, not one record's header and
+  // then its body (two reads per 16 KiB record without read-ahead). The buffer is given back when
+  // empty (SSL_MODE_RELEASE_BUFFERS).
+  SSL_CTX_set_read_ahead(ctx, 1);
+  SSL_CTX_set_default_read_buffer_len(ctx, kTlsReadAhead);
   SSL_CTX_set_cipher_list(ctx, kTls12Ciphers);
 
   if (!contents[0].empty()) {
