@@ -23,6 +23,9 @@
 #                  and connection window C bytes
 #   --h2-alt 'KEY: VALUE; ...'  also measure a third sidecar, "sidecar-h2-alt": the h2 plane with
 #                  these top-level config keys added (e.g. 'data_plane_upstream_max_concurrent_streams: 4')
+#   --tls          the sidecars and nginx terminate TLS from the loadgen (a fresh self-signed
+#                  P-256 certificate for 127.0.0.1; the upstream stays plaintext, direct too);
+#                  needs --rows; grpc-floor (plaintext only) is left out
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -32,9 +35,11 @@ growth_duration=3
 rows=""
 h2_alt=""       # config lines of the third sidecar
 h2_alt_name=""  # its name in the results
+tls=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --rows) rows="$2"; shift 2 ;;
+    --tls) tls=1; shift ;;
     --h2-wide) h2_alt=$(printf 'data_plane_stream_window_bytes: %s\ndata_plane_connection_window_bytes: %s' "${2%%:*}" "${2##*:}")
                h2_alt_name=sidecar-h2-wide; shift 2 ;;
     --h2-alt) h2_alt=$(printf '%s' "$2" | sed -e 's/; */\n/g'); h2_alt_name=sidecar-h2-alt; shift 2 ;;
@@ -42,9 +47,13 @@ while [ $# -gt 0 ]; do
     --reps) reps="$2"; shift 2 ;;
     --growth-duration) growth_duration="${2%s}"; shift 2 ;;
     *) echo "usage: bench/compare.sh [--duration SECONDS] [--reps N] [--growth-duration SECONDS] [--rows LIST]" \
-         "[--h2-wide STREAM_WINDOW:CONNECTION_WINDOW | --h2-alt 'KEY: VALUE; ...']" >&2; exit 2 ;;
+         "[--h2-wide STREAM_WINDOW:CONNECTION_WINDOW | --h2-alt 'KEY: VALUE; ...'] [--tls]" >&2; exit 2 ;;
   esac
 done
+if [ -n "$tls" ] && [ -z "$rows" ]; then
+  echo "bench/compare.sh: --tls measures chosen rows only: add --rows" >&2
+  exit 2
+fi
 
 bash scripts/setup.sh nginx-light nghttp2-client bc
 build_dir=${BUILD_DIR:-build}
@@ -69,6 +78,16 @@ upstream_port=$(free_port)
 pids+=($!)
 wait_port "$upstream_port"
 
+tls_yaml=""
+nginx_tls=""
+if [ -n "$tls" ]; then
+  mkdir -p "$out/tls"
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=127.0.0.1 \
+    -addext subjectAltName=IP:127.0.0.1 -keyout "$out/tls/key.pem" -out "$out/tls/cert.pem" 2>/dev/null
+  tls_yaml="tls: { cert_file: $PWD/$out/tls/cert.pem, key_file: $PWD/$out/tls/key.pem }"
+  nginx_tls="ssl_certificate $PWD/$out/tls/cert.pem; ssl_certificate_key $PWD/$out/tls/key.pem; ssl_protocols TLSv1.2 TLSv1.3;"
+fi
+
 sidecar_port=$(free_port)
 cat >"$out/sidecar.yaml" <<YAML
 listen: 127.0.0.1:$sidecar_port
@@ -78,6 +97,7 @@ upstream: { target: "127.0.0.1:$upstream_port", readiness_interval: 0s }
 intensity: { provider: static, gco2_per_kwh: 200, refresh: 1h, window_bounds: { low: 100, high: 300 } }
 routes:
   - { name: resnet, pool: $PWD/config/pools/resnet-v100.yaml, baseline: resnet50, default: resnet50, batch_dimension: true }
+$tls_yaml
 YAML
 "$build_dir/sidecar/carbon-sidecar" --config "$out/sidecar.yaml" --log_level warn 2>"$out/sidecar.log" &
 sidecar_pid=$!
@@ -128,7 +148,8 @@ http {
   keepalive_requests 1000000;
   upstream inference { server 127.0.0.1:$upstream_port; keepalive 64; }
   server {
-    listen 127.0.0.1:$nginx_port http2;
+    listen 127.0.0.1:$nginx_port $([ -n "$tls" ] && echo ssl) http2;
+    $nginx_tls
     location / { grpc_pass grpc://inference; }
   }
 }
@@ -158,7 +179,9 @@ measure() {  # mode target payload concurrency seconds rep [response_bytes]
     grpc-floor) port=$floor_port; model=resnet50; pid=$floor_pid ;;
   esac
   if [ "$pid" != 0 ]; then before=$(cpu_seconds "$pid"); reset_peak_rss "$pid"; fi
-  result=$("$build_dir/bench/loadgen" --target "127.0.0.1:$port" --model "$model" \
+  local ca_file=""
+  if [ -n "$tls" ] && [ "$target" != direct ]; then ca_file="$out/tls/cert.pem"; fi
+  result=$("$build_dir/bench/loadgen" --target "127.0.0.1:$port" --model "$model" --ca_file "$ca_file" \
     --stream="$([ "$mode" = stream ] && echo true || echo false)" \
     --concurrency "$concurrency" --payload_bytes "$payload" --response_bytes "$response" --warmup 1s \
     --duration "${seconds}s")
@@ -176,12 +199,16 @@ if [ -n "$rows" ]; then
   for rep in $(seq "$reps"); do
     for row in ${rows//,/ }; do
       IFS=: read -r mode payload response concurrency <<<"$row"
-      for target in $targets $([ "$mode" = unary ] && echo grpc-floor); do
+      for target in $targets $([ "$mode" = unary ] && [ -z "$tls" ] && echo grpc-floor); do
         measure "$mode" "$target" "$payload" "$concurrency" "$duration" "$rep" "$response" >>"$raw"
       done
     done
   done
   /usr/bin/python3 bench/compare_summary.py "$raw" /dev/null >"$out/summary.md"
+  if [ -n "$tls" ]; then
+    echo "TLS (--tls): the sidecars and nginx terminate TLS from the loadgen; direct and every upstream hop are plaintext." \
+      >>"$out/summary.md"
+  fi
   cat "$out/summary.md"
   echo
   echo "results: $out"

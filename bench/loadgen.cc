@@ -15,8 +15,10 @@
 #include <atomic>
 #include <cstdio>
 #include <cstdlib>
+#include <fstream>
 #include <functional>
 #include <map>
+#include <sstream>
 #include <thread>
 #include <vector>
 
@@ -45,6 +47,9 @@ ABSL_FLAG(int64_t, batch, 1, "shape[0] of the input tensor.");
 ABSL_FLAG(absl::Duration, timeout, absl::Seconds(10), "Deadline of each call.");
 ABSL_FLAG(int, channels, 1, "gRPC channels (connections) the calls are spread over.");
 ABSL_FLAG(bool, stream, false, "ModelStreamInfer streams instead of unary calls (closed loop).");
+ABSL_FLAG(std::string, ca_file, "",
+          "TLS to the target, trusting the CA certificates in this PEM file (the target's certificate "
+          "must name its host); empty: plaintext.");
 
 namespace {
 
@@ -60,13 +65,26 @@ class LoadGenerator {
     if (absl::GetFlag(FLAGS_response_bytes) > 0) {
       (*request_.mutable_parameters())["response_bytes"].set_int64_param(absl::GetFlag(FLAGS_response_bytes));
     }
+    std::shared_ptr<grpc::ChannelCredentials> credentials = grpc::InsecureChannelCredentials();
+    if (const std::string ca_file = absl::GetFlag(FLAGS_ca_file); !ca_file.empty()) {
+      std::ifstream in(ca_file);
+      std::stringstream pem;
+      pem << in.rdbuf();
+      if (!in || pem.str().empty()) {
+        std::fprintf(stderr, "loadgen: cannot read --ca_file %s\n", ca_file.c_str());
+        std::exit(2);
+      }
+      grpc::SslCredentialsOptions tls;
+      tls.pem_root_certs = pem.str();
+      credentials = grpc::SslCredentials(tls);
+    }
     grpc::ChannelArguments args;
     args.SetMaxReceiveMessageSize(-1);
     args.SetMaxSendMessageSize(-1);
     for (int c = 0; c < std::max(1, absl::GetFlag(FLAGS_channels)); ++c) {
       args.SetInt("carbon.loadgen.channel", c);  // distinct arguments: distinct connections
       stubs_.push_back(inference::GRPCInferenceService::NewStub(
-          grpc::CreateCustomChannel(absl::GetFlag(FLAGS_target), grpc::InsecureChannelCredentials(), args)));
+          grpc::CreateCustomChannel(absl::GetFlag(FLAGS_target), credentials, args)));
     }
   }
 
