@@ -5,6 +5,7 @@
 #include <atomic>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <set>
 #include <sstream>
 #include <map>
@@ -259,17 +260,37 @@ TEST_F(AdminTest, EveryFamilyHasHelpAndTypeOnceBeforeItsSamples) {
   EXPECT_TRUE(std::regex_search(res->body, std::regex("carbon_sidecar_build_info\\{version=\"0\\.1\\.0\",revision=\"[0-9a-f]+|unknown\"\\} 1")));
 }
 
+// A fake upstream serving the four variants and, in front of it, a sidecar on the h2 plane at
+// 200 g/kWh (`adjust_upstream` and `adjust` change their options first); shut down when this goes.
+struct H2SidecarAt200 {
+  std::unique_ptr<bench::FakeUpstreamServer> upstream;
+  std::unique_ptr<SidecarServer> sidecar;
+
+  void Start(const std::function<void(SidecarConfig&)>& adjust = {},
+             const std::function<void(bench::FakeUpstreamOptions&)>& adjust_upstream = {}) {
+    bench::FakeUpstreamOptions options;
+    options.models = {"resnet34", "resnet50", "resnet101", "resnet152"};
+    if (adjust_upstream) adjust_upstream(options);
+    auto started_upstream = bench::FakeUpstreamServer::Start("127.0.0.1:0", options);
+    ASSERT_TRUE(started_upstream.ok()) << started_upstream.status();
+    upstream = *std::move(started_upstream);
+    SidecarConfig config = Config(upstream->port(), 200);
+    config.data_plane = SidecarConfig::DataPlane::kH2;
+    if (adjust) adjust(config);
+    auto started_sidecar = SidecarServer::Start(config);
+    ASSERT_TRUE(started_sidecar.ok()) << started_sidecar.status();
+    sidecar = *std::move(started_sidecar);
+  }
+  ~H2SidecarAt200() {
+    if (sidecar) sidecar->Shutdown(absl::ZeroDuration());
+  }
+};
+
 // The h2 data plane's own families: connections both ways, calls in flight, bytes held.
 TEST(H2PlaneMetricsTest, ConnectionsCallsAndHeldBytesAreExported) {
-  bench::FakeUpstreamOptions options;
-  options.models = {"resnet34", "resnet50", "resnet101", "resnet152"};
-  auto upstream = bench::FakeUpstreamServer::Start("127.0.0.1:0", options);
-  ASSERT_TRUE(upstream.ok());
-  SidecarConfig config = Config((*upstream)->port(), 200);
-  config.data_plane = SidecarConfig::DataPlane::kH2;
-  auto sidecar = SidecarServer::Start(config);
-  ASSERT_TRUE(sidecar.ok()) << sidecar.status();
-  SidecarClient client(**sidecar);
+  H2SidecarAt200 h2;
+  ASSERT_NO_FATAL_FAILURE(h2.Start());
+  SidecarClient client(*h2.sidecar);
   for (int i = 0; i < 3; ++i) {
     grpc::ClientContext ctx;
     inference::ModelInferResponse response;
@@ -286,25 +307,22 @@ TEST(H2PlaneMetricsTest, ConnectionsCallsAndHeldBytesAreExported) {
   auto res = client.http.Get("/metrics");
   ASSERT_TRUE(res);
   ExpectPromtoolAccepts(res->body);
-  (*sidecar)->Shutdown(absl::ZeroDuration());
 }
 
 // With data_plane_upstream_max_concurrent_streams, a worker opens another upstream connection
 // when each of its connections carries that many calls, gives a new call to the least busy one,
 // and keeps them for the calls that follow.
 TEST(H2PlaneMetricsTest, AWorkerSpreadsCallsOverUpstreamConnectionsOfAtMostTheLimit) {
-  bench::FakeUpstreamOptions options;
-  options.models = {"resnet34", "resnet50", "resnet101", "resnet152"};
-  options.service_time["resnet101"] = absl::Milliseconds(400);  // the model chosen at 200 g/kWh
-  auto upstream = bench::FakeUpstreamServer::Start("127.0.0.1:0", options);
-  ASSERT_TRUE(upstream.ok());
-  SidecarConfig config = Config((*upstream)->port(), 200);
-  config.data_plane = SidecarConfig::DataPlane::kH2;
-  config.data_plane_threads = 1;  // every call on one worker
-  config.data_plane_upstream_max_concurrent_streams = 2;
-  auto sidecar = SidecarServer::Start(config);
-  ASSERT_TRUE(sidecar.ok()) << sidecar.status();
-  SidecarClient client(**sidecar);
+  H2SidecarAt200 h2;
+  ASSERT_NO_FATAL_FAILURE(h2.Start(
+      [](SidecarConfig& config) {
+        config.data_plane_threads = 1;  // every call on one worker
+        config.data_plane_upstream_max_concurrent_streams = 2;
+      },
+      [](bench::FakeUpstreamOptions& options) {
+        options.service_time["resnet101"] = absl::Milliseconds(400);  // the model chosen at 200 g/kWh
+      }));
+  SidecarClient client(*h2.sidecar);
   auto wave = [&](int calls) {
     std::vector<std::thread> threads;
     std::atomic<int> succeeded{0};
@@ -328,23 +346,17 @@ TEST(H2PlaneMetricsTest, AWorkerSpreadsCallsOverUpstreamConnectionsOfAtMostTheLi
   wave(5);  // the same three connections again
   EXPECT_EQ(client.Sample("carbon_sidecar_h2_connections_total{side=\"upstream\"}"), 3);
   EXPECT_EQ(client.Sample("carbon_sidecar_h2_open_connections{side=\"upstream\"}"), 3);
-  (*sidecar)->Shutdown(absl::ZeroDuration());
 }
 
 // An upstream connection idle for data_plane_upstream_idle_timeout is closed; the next call
 // dials again.
 TEST(H2PlaneMetricsTest, AnIdleUpstreamConnectionIsClosedAndTheNextCallDialsAgain) {
-  bench::FakeUpstreamOptions options;
-  options.models = {"resnet34", "resnet50", "resnet101", "resnet152"};
-  auto upstream = bench::FakeUpstreamServer::Start("127.0.0.1:0", options);
-  ASSERT_TRUE(upstream.ok());
-  SidecarConfig config = Config((*upstream)->port(), 200);
-  config.data_plane = SidecarConfig::DataPlane::kH2;
-  config.data_plane_threads = 1;
-  config.data_plane_upstream_idle_timeout = absl::Milliseconds(300);
-  auto sidecar = SidecarServer::Start(config);
-  ASSERT_TRUE(sidecar.ok()) << sidecar.status();
-  SidecarClient client(**sidecar);
+  H2SidecarAt200 h2;
+  ASSERT_NO_FATAL_FAILURE(h2.Start([](SidecarConfig& config) {
+    config.data_plane_threads = 1;
+    config.data_plane_upstream_idle_timeout = absl::Milliseconds(300);
+  }));
+  SidecarClient client(*h2.sidecar);
   auto infer = [&] {
     grpc::ClientContext ctx;
     inference::ModelInferResponse response;
@@ -370,7 +382,6 @@ TEST(H2PlaneMetricsTest, AnIdleUpstreamConnectionIsClosedAndTheNextCallDialsAgai
   ASSERT_TRUE(infer());
   EXPECT_EQ(client.Sample(kOpen), 1);
   EXPECT_EQ(client.Sample(kDialled), 2);
-  (*sidecar)->Shutdown(absl::ZeroDuration());
 }
 
 TEST_F(AdminTest, SelectionExplainsTheChoice) {
