@@ -55,7 +55,7 @@ if [ -n "$tls" ] && [ -z "$rows" ]; then
   exit 2
 fi
 
-bash scripts/setup.sh nginx-light nghttp2-client bc
+bash scripts/setup.sh nginx-light nghttp2-client bc openssl  # openssl: the --tls certificate
 build_dir=${BUILD_DIR:-build}
 cmake -S . -B "$build_dir" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
 cmake --build "$build_dir" -j2 --target carbon-sidecar fake-upstream loadgen grpc-floor-proxy inference_proto_python
